@@ -1,0 +1,63 @@
+"""Keep credentials out of everything a person or another system reads: logs, store, alerts, dashboard."""
+
+from __future__ import annotations
+
+import logging
+import re
+from urllib.parse import SplitResult, parse_qsl, urlencode, urlsplit, urlunsplit
+
+MASK = "***"
+# Query parameters that commonly carry credentials on camera snapshot URLs.
+_SECRET_PARAMS = {"password", "pass", "pwd", "passwd", "token", "access_token", "key", "apikey", "api_key",
+                  "secret", "auth", "signature", "sig", "user", "username", "usr"}
+# user:password@ inside any URL-looking text (for free text such as exception messages).
+_USERINFO = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)(?P<userinfo>[^/@\s]+)@")
+_QUERY_SECRET = re.compile(
+    r"(?P<k>[?&](?:" + "|".join(sorted(_SECRET_PARAMS)) + r"))=(?P<v>[^&\s#'\"]*)", re.IGNORECASE
+)
+
+
+def redact_url(url: str) -> str:
+    """The URL with its user/password and secret query parameters masked; host, port and path kept."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return redact_text(url)
+    netloc = parts.netloc
+    if "@" in netloc:
+        netloc = f"{MASK}@{netloc.rsplit('@', 1)[1]}"
+    query = parts.query
+    if query:
+        pairs = parse_qsl(query, keep_blank_values=True)
+        query = urlencode([(k, MASK if k.lower() in _SECRET_PARAMS else v) for k, v in pairs], safe="*")
+    return urlunsplit(SplitResult(parts.scheme, netloc, parts.path, query, parts.fragment))
+
+
+def redact_text(text: str) -> str:
+    """Mask credentials in URLs embedded anywhere in free text."""
+    text = _USERINFO.sub(lambda m: f"{m['scheme']}{MASK}@", text)
+    return _QUERY_SECRET.sub(lambda m: f"{m['k']}={MASK}", text)
+
+
+class RedactingFilter(logging.Filter):
+    """Applied to every handler so no log line can carry a camera password, whatever logged it."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        redacted = redact_text(message)
+        if redacted != message or record.exc_info:
+            record.msg, record.args = redacted, None
+        if record.exc_info and not record.exc_text:
+            record.exc_text = redact_text(logging.Formatter().formatException(record.exc_info))
+        elif record.exc_text:
+            record.exc_text = redact_text(record.exc_text)
+        return True
+
+
+def setup_logging(level: str = "INFO") -> None:
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.addFilter(RedactingFilter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
