@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import importlib
+import importlib.util
 from typing import Any
 
 import click
@@ -34,7 +35,7 @@ class LazyGroup(click.Group):
             return None
         module, attr = target.split(":")
         command: Any = getattr(importlib.import_module(module), attr)
-        return command  # type: ignore[no-any-return]
+        return command  # type: ignore[no-any-return,unused-ignore]
 
     @staticmethod
     def _available(name: str) -> bool:
