@@ -1,0 +1,178 @@
+"""Two-stage inference: a face detector batched over frames, then a mask classifier batched over all
+faces of all frames of the micro-batch."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+
+from inference.postprocess import decode_detector, nomask_probability, select_faces
+from inference.preprocess import BatchPreprocessor, InvalidImageError, check_frame, decode_image
+from inference.session import Device, OrtModel
+from inference.spec import ModelSpec
+
+__all__ = [
+    "DEFAULT_NOMASK_THRESHOLD",
+    "Face",
+    "FrameResult",
+    "InferenceEngine",
+    "InvalidImageError",
+    "decode_image",
+]
+
+# Operating point of the default pair, chosen by `maskwatch eval` on the Kaggle face-mask set
+# (no-mask recall >= 0.90 at the best precision there); see inference/evaluate.py.
+DEFAULT_NOMASK_THRESHOLD = 0.5
+
+Label = Literal["mask", "no_mask"]
+
+
+@dataclass(frozen=True)
+class Face:
+    box: tuple[float, float, float, float]  # x1, y1, x2, y2 in original-frame pixels
+    det_score: float
+    nomask_prob: float
+    label: Label
+
+
+@dataclass
+class FrameResult:
+    faces: list[Face]
+    width: int
+    height: int
+    # Milliseconds spent on the micro-batch this frame was part of, by stage.
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def nomask_count(self) -> int:
+        return sum(f.label == "no_mask" for f in self.faces)
+
+
+def _models_dir() -> Path:
+    from maskwatch.config import Settings
+
+    return Settings().models_dir
+
+
+class InferenceEngine:
+    def __init__(
+        self,
+        detector: ModelSpec,
+        classifier: ModelSpec,
+        *,
+        models_dir: Path | None = None,
+        device: Device = "auto",
+        max_batch: int = 32,
+        max_faces: int = 64,
+        score_threshold: float | None = None,
+        nomask_threshold: float = DEFAULT_NOMASK_THRESHOLD,
+        threads: int | None = None,
+    ) -> None:
+        if detector.kind != "detector" or classifier.kind != "classifier":
+            raise ValueError(
+                f"expected a detector and a classifier, got {detector.name} ({detector.kind}) and "
+                f"{classifier.name} ({classifier.kind})"
+            )
+        base = models_dir or _models_dir()
+        self.detector_spec, self.classifier_spec = detector, classifier
+        self.detector = OrtModel(
+            detector.path(base),
+            device=device,
+            max_batch=max_batch,
+            threads=threads,
+            output_names=detector.outputs,
+        )
+        self.classifier = OrtModel(
+            classifier.path(base),
+            device=device,
+            max_batch=max_batch * 4,
+            threads=threads,
+            output_names=classifier.outputs,
+        )
+        self._det_pre = BatchPreprocessor(detector.preprocess)
+        self._cls_pre = BatchPreprocessor(classifier.preprocess)
+        self.max_batch = max_batch
+        self.max_faces = max_faces
+        self.score_threshold = detector.score_threshold if score_threshold is None else score_threshold
+        self.nomask_threshold = nomask_threshold
+
+    @classmethod
+    def default(
+        cls, detector: str | None = None, classifier: str | None = None, **kwargs: object
+    ) -> InferenceEngine:
+        """The engine for the shipped models in the manifest (`maskwatch models pull` writes them)."""
+        from inference.models.manifest import DEFAULT_CLASSIFIER, DEFAULT_DETECTOR, get_spec
+
+        return cls(
+            get_spec(detector or DEFAULT_DETECTOR), get_spec(classifier or DEFAULT_CLASSIFIER), **kwargs
+        )  # type: ignore[arg-type]
+
+    @property
+    def providers(self) -> dict[str, str]:
+        return {"detector": self.detector.provider, "classifier": self.classifier.provider}
+
+    def detect(self, frames: Sequence[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Per frame: face boxes [K, 4] (x1,y1,x2,y2 original pixels) and detector scores [K]."""
+        spec = self.detector_spec
+        result: list[tuple[np.ndarray, np.ndarray]] = []
+        for i in range(0, len(frames), self.max_batch):
+            chunk = frames[i : i + self.max_batch]
+            batch, transforms = self._det_pre.frames(chunk)
+            raw = decode_detector(self.detector.run(batch), spec)
+            for (boxes, scores), t in zip(raw, transforms, strict=True):
+                result.append(
+                    select_faces(
+                        boxes,
+                        scores,
+                        t,
+                        score_threshold=self.score_threshold,
+                        nms_iou=spec.nms_iou,
+                        max_faces=self.max_faces,
+                    )
+                )
+        return result
+
+    def classify(self, frames: Sequence[np.ndarray], boxes: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """No-mask probability of every box of every frame, classified in one batch."""
+        counts = [len(b) for b in boxes]
+        if sum(counts) == 0:
+            return [np.zeros((0,), np.float32) for _ in boxes]
+        batch = self._cls_pre.crops(frames, boxes, self.classifier_spec.crop_margin)
+        (out, *_) = self.classifier.run(batch)
+        probs = nomask_probability(out, self.classifier_spec)
+        return np.split(probs, np.cumsum(counts)[:-1])
+
+    def infer(self, frames: Sequence[np.ndarray]) -> list[FrameResult]:
+        """Faces with no-mask probabilities for each frame (BGR uint8, any size)."""
+        if not frames:
+            return []
+        frames = [check_frame(f, i) for i, f in enumerate(frames)]
+        t0 = time.perf_counter()
+        detections = self.detect(frames)
+        t1 = time.perf_counter()
+        probs = self.classify(frames, [b for b, _ in detections])
+        t2 = time.perf_counter()
+        timings = {
+            "detect_ms": (t1 - t0) * 1e3,
+            "classify_ms": (t2 - t1) * 1e3,
+            "total_ms": (t2 - t0) * 1e3,
+            "batch": float(len(frames)),
+        }
+        results = []
+        for frame, (boxes, scores), p in zip(frames, detections, probs, strict=True):
+            faces = [
+                Face(
+                    box=(float(b[0]), float(b[1]), float(b[2]), float(b[3])),
+                    det_score=float(s),
+                    nomask_prob=float(q),
+                    label="no_mask" if q >= self.nomask_threshold else "mask",
+                )
+                for b, s, q in zip(boxes, scores, p, strict=True)
+            ]
+            results.append(FrameResult(faces, frame.shape[1], frame.shape[0], dict(timings)))
+        return results

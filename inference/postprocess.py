@@ -1,0 +1,111 @@
+"""Raw model outputs -> face boxes in original pixels and no-mask probabilities (vectorised numpy)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from inference.preprocess import Transform
+from inference.spec import ModelSpec
+
+
+def _scores_2d(scores: np.ndarray) -> np.ndarray:
+    # Ultra-Light exports give [B, N, 2] (background, face); the contract is [B, N] face prob.
+    if scores.ndim == 3:
+        return scores[..., -1]
+    return scores
+
+
+def decode_detector(outputs: Sequence[np.ndarray], spec: ModelSpec) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Per batch item: boxes [N, 4] x1,y1,x2,y2 in model-input pixels and scores [N]."""
+    w, h = spec.preprocess.width, spec.preprocess.height
+    if spec.decoder == "boxes_scores":
+        boxes, scores = outputs[0], _scores_2d(outputs[1])
+        if boxes.ndim != 3 or boxes.shape[-1] != 4:
+            raise ValueError(f"{spec.name}: boxes output has shape {boxes.shape}, expected [B, N, 4]")
+        scale = np.array([w, h, w, h], np.float32)
+        return [(boxes[i] * scale, scores[i]) for i in range(boxes.shape[0])]
+    if spec.decoder == "yolov8":
+        out = outputs[0]  # [B, 5 (+ landmarks), N]: cx, cy, w, h, conf
+        if out.ndim != 3 or out.shape[1] < 5:
+            raise ValueError(f"{spec.name}: yolov8 output has shape {out.shape}, expected [B, 5+, N]")
+        result = []
+        for i in range(out.shape[0]):
+            cx, cy, bw, bh, conf = out[i, :5]
+            boxes = np.stack([cx - bw / 2, cy - bh / 2, cx + bw / 2, cy + bh / 2], axis=1)
+            result.append((boxes, conf))
+        return result
+    raise ValueError(f"{spec.name}: decoder {spec.decoder!r} is not a detector decoder")
+
+
+def nms(boxes: np.ndarray, scores: np.ndarray, iou: float, limit: int) -> np.ndarray:
+    """Indices kept by greedy non-maximum suppression, best first, at most `limit`."""
+    order = np.argsort(-scores, kind="stable")
+    x1, y1, x2, y2 = boxes[:, 0], boxes[:, 1], boxes[:, 2], boxes[:, 3]
+    areas = np.maximum(x2 - x1, 0) * np.maximum(y2 - y1, 0)
+    keep: list[int] = []
+    while order.size and len(keep) < limit:
+        i = int(order[0])
+        keep.append(i)
+        rest = order[1:]
+        iw = np.maximum(np.minimum(x2[i], x2[rest]) - np.maximum(x1[i], x1[rest]), 0)
+        ih = np.maximum(np.minimum(y2[i], y2[rest]) - np.maximum(y1[i], y1[rest]), 0)
+        inter = iw * ih
+        union = areas[i] + areas[rest] - inter
+        overlap = np.where(union > 0, inter / np.maximum(union, 1e-9), 0.0)
+        order = rest[overlap <= iou]
+    return np.asarray(keep, dtype=np.int64)
+
+
+def to_original(boxes: np.ndarray, t: Transform) -> np.ndarray:
+    """Model-input pixel boxes -> original-frame pixel boxes, clipped to the frame."""
+    out = np.empty_like(boxes, dtype=np.float32)
+    out[:, 0] = (boxes[:, 0] - t.pad_x) / t.scale_x
+    out[:, 2] = (boxes[:, 2] - t.pad_x) / t.scale_x
+    out[:, 1] = (boxes[:, 1] - t.pad_y) / t.scale_y
+    out[:, 3] = (boxes[:, 3] - t.pad_y) / t.scale_y
+    out[:, 0] = np.clip(out[:, 0], 0, t.width)
+    out[:, 2] = np.clip(out[:, 2], 0, t.width)
+    out[:, 1] = np.clip(out[:, 1], 0, t.height)
+    out[:, 3] = np.clip(out[:, 3], 0, t.height)
+    return out
+
+
+def select_faces(
+    boxes: np.ndarray,
+    scores: np.ndarray,
+    t: Transform,
+    *,
+    score_threshold: float,
+    nms_iou: float,
+    max_faces: int,
+    min_size: float = 2.0,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Threshold, NMS and un-letterbox one frame's raw detections -> (boxes [K,4] pixels, scores [K])."""
+    mask = scores >= score_threshold
+    boxes, scores = boxes[mask], scores[mask].astype(np.float32)
+    if boxes.shape[0] == 0:
+        return np.zeros((0, 4), np.float32), np.zeros((0,), np.float32)
+    boxes = to_original(boxes, t)
+    ok = ((boxes[:, 2] - boxes[:, 0]) >= min_size) & ((boxes[:, 3] - boxes[:, 1]) >= min_size)
+    boxes, scores = boxes[ok], scores[ok]
+    keep = nms(boxes, scores, nms_iou, max_faces)
+    return boxes[keep], scores[keep]
+
+
+def nomask_probability(output: np.ndarray, spec: ModelSpec) -> np.ndarray:
+    """Classifier output [B, C] (softmax) or [B, 1] (sigmoid) -> no-mask probability [B]."""
+    out = np.asarray(output, np.float32)
+    if spec.decoder == "softmax":
+        if out.ndim != 2 or out.shape[1] <= spec.nomask_index:
+            raise ValueError(f"{spec.name}: output shape {out.shape} has no class {spec.nomask_index}")
+        if spec.logits:
+            z = out - out.max(axis=1, keepdims=True)
+            e = np.exp(z)
+            out = e / e.sum(axis=1, keepdims=True)
+        return out[:, spec.nomask_index]
+    if spec.decoder == "sigmoid":
+        p = out.reshape(out.shape[0], -1)[:, 0]
+        return 1.0 / (1.0 + np.exp(-p)) if spec.logits else p
+    raise ValueError(f"{spec.name}: decoder {spec.decoder!r} is not a classifier decoder")

@@ -1,0 +1,169 @@
+"""ONNX Runtime sessions: the fastest provider that really initialises (TensorRT -> CUDA -> CPU).
+
+`onnxruntime.get_available_providers()` only says what the installed build was compiled with; CUDA or
+TensorRT libraries may still be missing at run time, in which case ORT silently drops the provider. So
+the chosen provider is read back from the created session and logged, and a failure falls back to CPU.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import onnxruntime as ort
+
+log = logging.getLogger(__name__)
+
+Device = Literal["auto", "cpu", "cuda", "tensorrt"]
+
+_PROVIDER = {
+    "tensorrt": "TensorrtExecutionProvider",
+    "cuda": "CUDAExecutionProvider",
+    "cpu": "CPUExecutionProvider",
+}
+
+
+def cpu_count() -> int:
+    """CPUs this process may run on (cgroup/affinity aware, unlike os.cpu_count)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - non-Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def wanted_providers(device: Device = "auto") -> list[str]:
+    """Provider names to try, best first, limited to what this onnxruntime build offers."""
+    env = os.environ.get("MASKWATCH_DEVICE")
+    if device == "auto" and env:
+        if env not in _PROVIDER and env != "auto":
+            raise ValueError(f"MASKWATCH_DEVICE={env!r}: expected one of auto, cpu, cuda, tensorrt")
+        device = env  # type: ignore[assignment]
+    available = set(ort.get_available_providers())
+    order = ["tensorrt", "cuda", "cpu"] if device == "auto" else [device, "cpu"]
+    return [_PROVIDER[d] for d in dict.fromkeys(order) if _PROVIDER[d] in available]
+
+
+def _options(threads: int | None) -> ort.SessionOptions:
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    # One model runs at a time per process; all cores go to intra-op parallelism.
+    so.intra_op_num_threads = threads or cpu_count()
+    so.inter_op_num_threads = 1
+    so.log_severity_level = 3  # ORT warns about benign exporter quirks on every load
+    return so
+
+
+def _provider_options(
+    name: str, input_name: str, input_shape: Sequence[int], max_batch: int, cache_dir: Path | None, fp16: bool
+) -> dict[str, Any]:
+    if name == "TensorrtExecutionProvider":
+        dims = "x".join(str(d) for d in input_shape[1:])
+        opts: dict[str, Any] = {
+            "trt_fp16_enable": fp16,
+            "trt_profile_min_shapes": f"{input_name}:1x{dims}",
+            "trt_profile_opt_shapes": f"{input_name}:{max_batch}x{dims}",
+            "trt_profile_max_shapes": f"{input_name}:{max_batch}x{dims}",
+        }
+        if cache_dir is not None:
+            # Engine builds take tens of seconds; cache them beside the models.
+            cache_dir.mkdir(parents=True, exist_ok=True)
+            opts.update(
+                trt_engine_cache_enable=True,
+                trt_engine_cache_path=str(cache_dir),
+                trt_timing_cache_enable=True,
+                trt_timing_cache_path=str(cache_dir),
+            )
+        return opts
+    if name == "CUDAExecutionProvider":
+        return {"cudnn_conv_algo_search": "HEURISTIC", "do_copy_in_default_stream": True}
+    return {}
+
+
+class OrtModel:
+    """One ONNX model on one provider; `run(batch)` returns its outputs as numpy arrays."""
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        device: Device = "auto",
+        fp16: bool = True,
+        max_batch: int = 32,
+        threads: int | None = None,
+        output_names: Sequence[str] = (),
+    ) -> None:
+        if not path.is_file():
+            raise FileNotFoundError(f"ONNX model not found: {path} (run `maskwatch models pull`)")
+        self.path = path
+        self.session = self._create(path, device, fp16, max_batch, threads)
+        self.provider: str = self.session.get_providers()[0]
+        inp = self.session.get_inputs()[0]
+        self.input_name: str = inp.name
+        self.input_shape: list[Any] = list(inp.shape)
+        self.input_type: str = inp.type
+        # A model exported with a fixed batch of 1 is run item by item (still correct, just slower).
+        b = inp.shape[0]
+        self.max_batch = b if isinstance(b, int) and b > 0 else max_batch
+        names = [o.name for o in self.session.get_outputs()]
+        missing = [n for n in output_names if n not in names]
+        if missing:
+            raise ValueError(f"{path.name}: outputs {missing} not in the model (it has {names})")
+        self.output_names = list(output_names) or names
+        self.fp16 = fp16 and self.provider == "TensorrtExecutionProvider"
+        self._gpu = self.provider in ("CUDAExecutionProvider", "TensorrtExecutionProvider")
+        log.info(
+            "model %s on %s (batch<=%d, fp16=%s, io_binding=%s)",
+            path.name,
+            self.provider,
+            self.max_batch,
+            self.fp16,
+            self._gpu,
+        )
+
+    def _create(
+        self, path: Path, device: Device, fp16: bool, max_batch: int, threads: int | None
+    ) -> ort.InferenceSession:
+        wanted = wanted_providers(device)
+        probe = ort.InferenceSession(str(path), _options(1), providers=["CPUExecutionProvider"])
+        inp = probe.get_inputs()[0]
+        shape = [d if isinstance(d, int) and d > 0 else max_batch for d in inp.shape]
+        del probe
+        cache = path.parent / "trt-cache"
+        for i, name in enumerate(wanted):
+            providers: list[Any] = [
+                (n, _provider_options(n, inp.name, shape, max_batch, cache, fp16)) for n in wanted[i:]
+            ]
+            try:
+                sess = ort.InferenceSession(str(path), _options(threads), providers=providers)
+            except Exception as exc:  # a broken CUDA/TensorRT install must not stop the camera flow
+                log.warning("provider %s failed for %s (%s); trying the next one", name, path.name, exc)
+                continue
+            got = sess.get_providers()[0]
+            if got != name:
+                log.warning("provider %s did not initialise for %s; using %s", name, path.name, got)
+            return sess
+        raise RuntimeError(f"no ONNX Runtime provider could load {path}")
+
+    def run(self, batch: np.ndarray) -> list[np.ndarray]:
+        """Run the model on a batch, in chunks of at most `max_batch`."""
+        if batch.shape[0] <= self.max_batch:
+            return self._run(batch)
+        parts = [self._run(batch[i : i + self.max_batch]) for i in range(0, batch.shape[0], self.max_batch)]
+        return [np.concatenate([p[k] for p in parts]) for k in range(len(self.output_names))]
+
+    def _run(self, batch: np.ndarray) -> list[np.ndarray]:
+        batch = np.ascontiguousarray(batch)
+        if not self._gpu:
+            return list(self.session.run(self.output_names, {self.input_name: batch}))
+        # IO binding: one host->device copy in, outputs left on the device until copied out once.
+        binding = self.session.io_binding()
+        binding.bind_ortvalue_input(self.input_name, ort.OrtValue.ortvalue_from_numpy(batch, "cuda", 0))
+        for name in self.output_names:
+            binding.bind_output(name, "cuda", 0)
+        self.session.run_with_iobinding(binding)
+        return list(binding.copy_outputs_to_cpu())
