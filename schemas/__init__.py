@@ -1,0 +1,32 @@
+"""Record schemas: pydantic models (``schemas.events``), their JSON Schemas (``schemas/json``) and the
+ClickHouse DDL migrations (``schemas/sql``)."""
+
+from schemas.events import (
+    SCHEMA_VERSION,
+    Alert,
+    Camera,
+    CameraHealth,
+    DeadLetter,
+    FaceDetection,
+    FrameResult,
+    RuleOverrides,
+    Tick,
+    tick_id,
+)
+from schemas.parse import SchemaError, parse_event, validate_event
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "Alert",
+    "Camera",
+    "CameraHealth",
+    "DeadLetter",
+    "FaceDetection",
+    "FrameResult",
+    "RuleOverrides",
+    "SchemaError",
+    "Tick",
+    "parse_event",
+    "tick_id",
+    "validate_event",
+]

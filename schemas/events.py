@@ -1,0 +1,225 @@
+"""Event and registry models: the one definition of every record that crosses a process boundary.
+
+Kafka payloads are these models as JSON; ClickHouse tables (``schemas/sql``) have one column per field;
+``schemas/json`` holds the JSON Schemas generated from them (``python -m schemas.generate``). Every event
+carries ``schema_version`` so a consumer can refuse or upgrade a payload it does not understand.
+Timestamps are timezone-aware UTC.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from datetime import UTC, datetime
+from typing import Annotated, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+
+from maskwatch.redact import redact_text, redact_url
+
+SCHEMA_VERSION = 1
+
+# Camera ids are Kafka keys, ClickHouse keys and the prefix of tick ids ("<camera>:<ms>"), so no colon.
+CAMERA_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+SOURCE_SCHEMES = ("rtsp", "rtsps", "http", "https", "file")
+
+
+def _utc(value: datetime) -> datetime:
+    """Naive datetimes are taken as UTC (ClickHouse returns them so); aware ones are converted."""
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+UtcDatetime = Annotated[datetime, AfterValidator(_utc)]
+CameraId = Annotated[str, Field(pattern=CAMERA_ID_PATTERN, description="Registry id of the camera.")]
+# Redacted free text: an error message may quote a camera URL, so credentials are masked on the way in.
+SafeText = Annotated[str, AfterValidator(redact_text)]
+
+
+def tick_id(camera_id: str, scheduled_ms: int) -> str:
+    """Deterministic, so a replayed or re-emitted tick is recognised downstream and deduplicated."""
+    return f"{camera_id}:{scheduled_ms}"
+
+
+class Event(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
+
+    schema_version: int = Field(default=SCHEMA_VERSION, ge=1, le=SCHEMA_VERSION)
+
+
+class Tick(Event):
+    """"Look at this camera now." Carries no URL: the flow resolves the source from the registry."""
+
+    camera_id: CameraId
+    tick_id: str = Field(description="f'{camera_id}:{scheduled epoch ms}'")
+    scheduled_at: UtcDatetime
+    emitted_at: UtcDatetime
+
+
+class FrameResult(Event):
+    """One processed tick of one camera (also written when the frame could not be fetched)."""
+
+    camera_id: CameraId
+    tick_id: str
+    site: str = ""
+    zone: str = ""
+    scheduled_at: UtcDatetime
+    captured_at: UtcDatetime | None = None
+    processed_at: UtcDatetime
+    status: Literal["ok", "fetch_error", "decode_error", "inference_error"]
+    width: int = Field(default=0, ge=0)
+    height: int = Field(default=0, ge=0)
+    faces: int = Field(default=0, ge=0)
+    nomask_faces: int = Field(default=0, ge=0)
+    detector_model: str = ""
+    classifier_model: str = ""
+    fetch_ms: float = Field(default=0.0, ge=0)
+    inference_ms: float = Field(default=0.0, ge=0)
+    snapshot_path: str = Field(default="", description="Saved (annotated) frame for the dashboard, or ''.")
+    error: SafeText = ""
+
+
+class FaceDetection(Event):
+    """One face found on a frame and its mask classification. Box corners are fractions of the frame."""
+
+    camera_id: CameraId
+    tick_id: str
+    face_index: int = Field(ge=0)
+    site: str = ""
+    zone: str = ""
+    scheduled_at: UtcDatetime
+    x1: float = Field(ge=0, le=1)
+    y1: float = Field(ge=0, le=1)
+    x2: float = Field(ge=0, le=1)
+    y2: float = Field(ge=0, le=1)
+    detection_score: float = Field(ge=0, le=1)
+    nomask_prob: float = Field(ge=0, le=1, description="P(no mask); an incorrectly worn mask counts as none.")
+    nomask: bool
+    detector_model: str
+    classifier_model: str
+
+
+class Alert(Event):
+    """A camera broke its no-mask rule within a window. ``triggered_at`` is event time (the tick's
+    scheduled time), so a replay produces the same alert id and row."""
+
+    alert_id: str
+    camera_id: CameraId
+    site: str = ""
+    zone: str = ""
+    rule: str = Field(description="Human-readable rule that fired, e.g. '>=3 no-mask faces in 60s'.")
+    triggered_at: UtcDatetime
+    window_start: UtcDatetime
+    window_end: UtcDatetime
+    faces: int = Field(ge=0)
+    nomask_faces: int = Field(ge=0)
+    nomask_ratio: float = Field(ge=0, le=1)
+    tick_ids: list[str] = Field(default_factory=list)
+    snapshot_path: str = ""
+    message: SafeText = ""
+
+
+class CameraHealth(Event):
+    """Per tick: could the camera be read, how long it took, how many failures in a row."""
+
+    camera_id: CameraId
+    tick_id: str
+    site: str = ""
+    zone: str = ""
+    scheduled_at: UtcDatetime
+    observed_at: UtcDatetime
+    status: Literal["ok", "fetch_error", "decode_error", "timeout"]
+    latency_ms: float = Field(default=0.0, ge=0)
+    consecutive_failures: int = Field(default=0, ge=0)
+    error: SafeText = ""
+
+
+class DeadLetter(Event):
+    """A record a stage could not process, kept with its reason instead of being dropped."""
+
+    stage: str = Field(description="Where it failed, e.g. 'parse_tick', 'fetch', 'sink'.")
+    error: SafeText
+    topic: str = ""
+    partition: int = -1
+    offset: int = -1
+    key: SafeText = ""
+    payload: SafeText = Field(default="", description="The original record as text (bad bytes replaced).")
+    occurred_at: UtcDatetime
+
+
+class RuleOverrides(BaseModel):
+    """Per-camera overrides of the flow's no-mask rule; unset fields use the flow's defaults."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
+
+    min_nomask_faces: int | None = Field(default=None, ge=1)
+    window_s: float | None = Field(default=None, gt=0)
+    nomask_ratio: float | None = Field(default=None, ge=0, le=1)
+    cooldown_s: float | None = Field(default=None, ge=0)
+
+
+def _check_source(url: str) -> str:
+    scheme = url.split("://", 1)[0].lower() if "://" in url else ""
+    if scheme not in SOURCE_SCHEMES:
+        raise ValueError(f"unsupported source {redact_url(url)!r}: expected one of "
+                         + ", ".join(f"{s}://" for s in SOURCE_SCHEMES))
+    return url
+
+
+_PLACEHOLDER = re.compile(r"\$\{([A-Z_][A-Z0-9_]*)\}")
+
+
+class Camera(BaseModel):
+    """A registered camera. ``source_url`` may hold credentials: it is kept out of repr/str and shown only
+    as ``display_url``. To keep a password out of the store too, write it as ``${ENV_NAME}`` in the URL;
+    ``resolved_source_url()`` fills it from the environment (or ``ENV_NAME_FILE``) where the flow runs."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
+
+    id: CameraId
+    name: str = ""
+    site: str = ""
+    zone: str = ""
+    source_url: Annotated[str, AfterValidator(_check_source)] = Field(repr=False)
+    interval_s: float = Field(default=5.0, gt=0, le=86400)
+    enabled: bool = True
+    rules: RuleOverrides = Field(default_factory=RuleOverrides)
+    updated_at: UtcDatetime = Field(default_factory=lambda: datetime.now(UTC))
+
+    @property
+    def display_url(self) -> str:
+        return redact_url(self.source_url)
+
+    def resolved_source_url(self) -> str:
+        from maskwatch.config import secret
+
+        def fill(match: re.Match[str]) -> str:
+            value = secret(match[1])
+            if value is None:
+                raise LookupError(f"camera {self.id}: source URL needs ${{{match[1]}}}, which is not set")
+            return value
+
+        return _PLACEHOLDER.sub(fill, self.source_url)
+
+    def content_hash(self) -> str:
+        """Identity of the camera's settings (not of when they were written): for idempotent imports."""
+        body = self.model_dump(mode="json", exclude={"updated_at"})
+        return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+
+
+EVENT_MODELS: dict[str, type[BaseModel]] = {
+    "tick": Tick,
+    "frame_result": FrameResult,
+    "face_detection": FaceDetection,
+    "alert": Alert,
+    "camera_health": CameraHealth,
+    "dead_letter": DeadLetter,
+    "camera": Camera,
+}
+
+
+def model_name(model: type[BaseModel]) -> str:
+    for name, cls in EVENT_MODELS.items():
+        if cls is model:
+            return name
+    return model.__name__

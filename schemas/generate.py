@@ -1,0 +1,39 @@
+"""Write the JSON Schemas of every event model to ``schemas/json`` (``python -m schemas.generate``).
+
+Consumers in other languages validate against these files; a test fails when they drift from the models.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from schemas.events import EVENT_MODELS, SCHEMA_VERSION
+
+JSON_DIR = Path(__file__).parent / "json"
+
+
+def render() -> dict[str, str]:
+    """File name -> JSON text for every model."""
+    files = {}
+    for name, model in EVENT_MODELS.items():
+        schema = model.model_json_schema(mode="serialization")
+        schema["$id"] = f"https://maskwatch.dev/schemas/{name}.v{SCHEMA_VERSION}.json"
+        schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+        files[f"{name}.v{SCHEMA_VERSION}.json"] = json.dumps(schema, indent=2, sort_keys=True) + "\n"
+    return files
+
+
+def write(directory: Path = JSON_DIR) -> list[Path]:
+    directory.mkdir(parents=True, exist_ok=True)
+    written = []
+    for file_name, text in render().items():
+        path = directory / file_name
+        path.write_text(text)
+        written.append(path)
+    return written
+
+
+if __name__ == "__main__":
+    for path in write():
+        print(path)
