@@ -1,0 +1,70 @@
+"""Annotated snapshots: a downscaled JPEG with face boxes for each frame that has a no-mask face.
+
+Files live under ``MASKWATCH_HOME/snapshots/<camera>/<YYYYMMDD>/<tick>.jpg``; the path is derived from
+the tick, so a replay overwrites the same file instead of adding one.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+NOMASK_COLOR = (0, 0, 255)  # BGR red
+MASK_COLOR = (0, 200, 0)
+
+
+@dataclass(frozen=True)
+class BoxedFace:
+    box: tuple[float, float, float, float]  # x1, y1, x2, y2 in frame pixels
+    nomask: bool
+    nomask_prob: float
+
+
+def annotate(frame: np.ndarray, faces: Sequence[BoxedFace], max_width: int, blur_faces: bool) -> np.ndarray:
+    """A copy of ``frame`` no wider than ``max_width`` with a box (red = no mask) around each face."""
+    scale = min(1.0, max_width / frame.shape[1])
+    out = frame.copy() if scale == 1.0 else cv2.resize(
+        frame, (max(1, round(frame.shape[1] * scale)), max(1, round(frame.shape[0] * scale))),
+        interpolation=cv2.INTER_AREA,
+    )
+    h, w = out.shape[:2]
+    for face in faces:
+        x1, y1, x2, y2 = (round(v * scale) for v in face.box)
+        x1, x2 = max(0, min(w - 1, x1)), max(0, min(w, x2))
+        y1, y2 = max(0, min(h - 1, y1)), max(0, min(h, y2))
+        if blur_faces and x2 > x1 and y2 > y1:
+            k = max(3, ((x2 - x1) // 3) | 1)
+            out[y1:y2, x1:x2] = cv2.GaussianBlur(out[y1:y2, x1:x2], (k, k), 0)
+        color = NOMASK_COLOR if face.nomask else MASK_COLOR
+        cv2.rectangle(out, (x1, y1), (x2, y2), color, 2)
+        cv2.putText(out, f"{face.nomask_prob:.2f}", (x1, max(10, y1 - 3)), cv2.FONT_HERSHEY_SIMPLEX, 0.4,
+                    color, 1, cv2.LINE_AA)
+    return out
+
+
+def snapshot_path(root: Path, camera_id: str, tick_id: str, scheduled_at: datetime) -> Path:
+    safe_tick = tick_id.replace(":", "_").replace("/", "_")
+    return root / camera_id / scheduled_at.strftime("%Y%m%d") / f"{safe_tick}.jpg"
+
+
+def save_snapshot(
+    root: Path, camera_id: str, tick_id: str, scheduled_at: datetime, frame: np.ndarray,
+    faces: Sequence[BoxedFace], max_width: int = 640, blur_faces: bool = False, quality: int = 80,
+) -> Path:
+    """Write the annotated JPEG atomically (temp file + rename) and return its path."""
+    path = snapshot_path(root, camera_id, tick_id, scheduled_at)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ok, data = cv2.imencode(".jpg", annotate(frame, faces, max_width, blur_faces),
+                            [cv2.IMWRITE_JPEG_QUALITY, quality])
+    if not ok:
+        raise OSError(f"cannot encode snapshot for {tick_id}")
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")
+    tmp.write_bytes(data.tobytes())
+    os.replace(tmp, path)
+    return path
