@@ -1,0 +1,163 @@
+"""Background processes owned by ``maskwatch services``: pid file, log file, readiness, clean stop.
+
+A service is identified by its pid file under ``$MASKWATCH_HOME/run``; a pid file whose process is gone
+(or is now some other program) is stale and is removed rather than trusted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+
+class ServiceError(RuntimeError):
+    """A service could not be started or stopped; the message says which and why."""
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port the OS considers free right now (tests; there is a small race with other processes)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def port_in_use(host: str, port: int) -> bool:
+    """True when something accepts connections on host:port or the port cannot be bound."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.settimeout(0.5)
+        if sock.connect_ex((host, port)) == 0:
+            return True
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return True
+    return False
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie child (exited, not yet reaped) is not running.
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return True
+    return state != "Z"
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def wait_until(check: Callable[[], bool], timeout: float, interval: float = 0.1) -> bool:
+    deadline = time.monotonic() + timeout
+    while True:
+        if check():
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(interval)
+
+
+def tail(path: Path, lines: int = 20) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
+
+
+@dataclass
+class ManagedProcess:
+    """One daemon: started detached (own session) so it outlives the CLI that started it."""
+
+    name: str
+    run_dir: Path
+    log_dir: Path
+    # A substring of the command line that identifies our program, to tell a live pid from a reused one.
+    marker: str
+
+    @property
+    def pid_file(self) -> Path:
+        return self.run_dir / f"{self.name}.pid"
+
+    @property
+    def log_file(self) -> Path:
+        return self.log_dir / f"{self.name}.log"
+
+    def pid(self) -> int | None:
+        """The pid of our running process, or None; removes a stale pid file."""
+        try:
+            pid = int(self.pid_file.read_text().strip())
+        except FileNotFoundError:
+            return None
+        except ValueError:
+            log.warning("%s: unreadable pid file %s removed", self.name, self.pid_file)
+            self.pid_file.unlink(missing_ok=True)
+            return None
+        if pid_alive(pid) and self.marker in _cmdline(pid):
+            return pid
+        log.info("%s: stale pid file (pid %d not running) removed", self.name, pid)
+        self.pid_file.unlink(missing_ok=True)
+        return None
+
+    def start(self, argv: Sequence[str], env: Mapping[str, str] | None = None,
+              cwd: Path | None = None) -> int:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        full_env = dict(os.environ)
+        if env:
+            full_env.update(env)
+        with open(self.log_file, "ab") as out:
+            proc = subprocess.Popen(
+                list(argv), stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                env=full_env, cwd=cwd, start_new_session=True,
+            )
+        self.pid_file.write_text(f"{proc.pid}\n")
+        # Keep a handle so a process that dies during start-up is reaped, not left a zombie.
+        self._popen = proc
+        return proc.pid
+
+    def exited(self) -> int | None:
+        """Exit code when the process this object started has already died."""
+        proc: subprocess.Popen[bytes] | None = getattr(self, "_popen", None)
+        return None if proc is None else proc.poll()
+
+    def stop(self, timeout: float = 10.0) -> bool:
+        """SIGTERM, then SIGKILL after ``timeout``; True when something was running."""
+        pid = self.pid()
+        if pid is None:
+            return False
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+        proc: subprocess.Popen[bytes] | None = getattr(self, "_popen", None)
+        if not wait_until(lambda: self._gone(pid, proc), timeout):
+            log.warning("%s: pid %d ignored SIGTERM for %.0fs; sending SIGKILL", self.name, pid, timeout)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+            wait_until(lambda: self._gone(pid, proc), 5.0)
+        self.pid_file.unlink(missing_ok=True)
+        return True
+
+    @staticmethod
+    def _gone(pid: int, proc: subprocess.Popen[bytes] | None) -> bool:
+        if proc is not None and proc.pid == pid:
+            return proc.poll() is not None
+        return not pid_alive(pid)

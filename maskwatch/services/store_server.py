@@ -1,0 +1,550 @@
+"""The embedded store: one chdb engine exposed over the ClickHouse HTTP interface.
+
+chdb allows one process per data directory, so the flow, the dashboard and the CLI cannot each open it.
+This server owns the directory and speaks enough of ClickHouse's HTTP protocol that every other process
+uses ``clickhouse_connect.get_client(dsn='http://...')`` exactly as it would against a real server.
+
+Per request: a fresh chdb connection handle (cheap, ~1 ms) gets ``USE`` + ``SET`` for the request's
+database and settings, so nothing leaks between requests; ``session_id`` keeps a handle (and its
+``USE``/``SET``/temporary tables) across requests. All engine calls hold one lock: chdb's embedded
+engine is not safe for concurrent calls on one process.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import gzip
+import json
+import logging
+import os
+import re
+import signal
+import tempfile
+import threading
+import time
+import uuid
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from email.parser import BytesParser
+from email.policy import HTTP as HTTP_POLICY
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qsl, urlsplit
+
+log = logging.getLogger(__name__)
+
+LOCK_NAME = ".maskwatch-store.lock"
+SESSION_TIMEOUT_S = 60.0
+
+# Request parameters that steer the HTTP layer; the rest are ClickHouse settings for the query.
+_TRANSPORT_PARAMS = frozenset({
+    "query", "database", "default_format", "query_id", "session_id", "session_timeout", "session_check",
+    "wait_end_of_query", "enable_http_compression", "send_progress_in_http_headers",
+    "http_headers_progress_interval_ms", "http_response_buffer_size", "http_wait_end_of_query",
+    "client_protocol_version", "compress", "decompress", "buffer_size", "user", "password", "quota_key",
+    "role", "cancel_http_readonly_queries_on_client_close", "http_zlib_compression_level",
+})
+_SETTING_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_TRAILING_FORMAT = re.compile(r"\bFORMAT\s+(\w+)\s*;?\s*$", re.IGNORECASE)
+# An INSERT whose data follows the statement: "INSERT INTO t (a, b) [SETTINGS ...] FORMAT Native\n<data>".
+_INSERT_WITH_DATA = re.compile(
+    rb"^\s*(INSERT\s+INTO\s+.*?)\bFORMAT\s+(\w+)[ \t]*(?:\r?\n|$)", re.IGNORECASE | re.DOTALL
+)
+_SETTINGS_CLAUSE = re.compile(r"\bSETTINGS\b", re.IGNORECASE)
+_ERROR_CODE = re.compile(r"Code:\s*(\d+)")
+_BINARY_FORMATS = {"native", "rowbinary", "rowbinarywithnames", "rowbinarywithnamesandtypes", "arrow",
+                   "arrowstream", "parquet", "orc", "avro", "msgpack", "protobuf"}
+
+
+class StoreError(Exception):
+    """A request failure reported ClickHouse-style: numeric code plus ``Code: N. DB::Exception: ...``."""
+
+    def __init__(self, message: str, code: int = 36, name: str = "BAD_ARGUMENTS", status: int = 500):
+        if not message.startswith("Code:"):
+            message = f"Code: {code}. DB::Exception: {message}. ({name})"
+        super().__init__(message)
+        self.code = code
+        self.status = status
+
+    @classmethod
+    def from_engine(cls, ex: Exception) -> StoreError:
+        text = str(ex)
+        start = text.find("Code: ")
+        message = text[start:].strip() if start >= 0 else text.strip()
+        match = _ERROR_CODE.search(message)
+        return cls(message if match else f"Code: 1001. DB::Exception: {message}. (STD_EXCEPTION)",
+                   code=int(match.group(1)) if match else 1001)
+
+
+class DataDirBusy(RuntimeError):
+    """Another live process already serves this chdb data directory."""
+
+
+def _quote_ident(name: str) -> str:
+    return "`" + name.replace("\\", "\\\\").replace("`", "\\`") + "`"
+
+
+def _quote_value(value: str) -> str:
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+@dataclass
+class Request:
+    params: dict[str, str]
+    body: bytes
+    accept_encoding: str = ""
+
+
+@dataclass
+class Response:
+    body: bytes
+    fmt: str | None
+    summary: dict[str, str]
+    query_id: str
+    content_type: str = "text/plain; charset=UTF-8"
+
+
+@dataclass
+class _Session:
+    conn: Any
+    timeout: float
+    last_used: float = field(default_factory=time.monotonic)
+    database: str | None = None
+
+
+def decompress(data: bytes, encoding: str) -> bytes:
+    """Request bodies as clickhouse-connect (or curl) sends them: lz4 frame, zstd, gzip, deflate."""
+    encoding = encoding.strip().lower()
+    if encoding in ("", "identity"):
+        return data
+    try:
+        if encoding == "lz4":
+            import lz4.frame
+
+            return bytes(lz4.frame.decompress(data))
+        if encoding == "zstd":
+            import zstandard
+
+            return zstandard.ZstdDecompressor().decompressobj().decompress(data)
+        if encoding == "gzip":
+            return gzip.decompress(data)
+        if encoding == "deflate":
+            return zlib.decompress(data)
+    except Exception as ex:
+        raise StoreError(f"cannot decompress the request body as {encoding}: {ex}", 271,
+                         "CANNOT_DECOMPRESS") from ex
+    raise StoreError(f"unsupported Content-Encoding {encoding!r} (supported: lz4, zstd, gzip, deflate)",
+                     48, "NOT_IMPLEMENTED")
+
+
+def compress(data: bytes, accept_encoding: str) -> tuple[bytes, str | None]:
+    """Compress a response with the first encoding the client accepts that this server can write."""
+    for raw in accept_encoding.split(","):
+        encoding = raw.split(";")[0].strip().lower()
+        if encoding == "lz4":
+            import lz4.frame
+
+            return bytes(lz4.frame.compress(data)), "lz4"
+        if encoding == "zstd":
+            import zstandard
+
+            return zstandard.ZstdCompressor().compress(data), "zstd"
+        if encoding == "gzip":
+            return gzip.compress(data, compresslevel=3), "gzip"
+        if encoding == "deflate":
+            return zlib.compress(data, 3), "deflate"
+    return data, None
+
+
+class DataDirLock:
+    """An exclusive ``flock`` on the data directory, held for the server's lifetime (freed if it dies)."""
+
+    def __init__(self, data_dir: Path):
+        self.path = data_dir / LOCK_NAME
+        self._fd: int | None = None
+
+    def acquire(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            owner = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise DataDirBusy(
+                f"store data directory {self.path.parent} is already served by another running process "
+                f"(pid {owner}); chdb allows one process per directory. Stop it or use another --data-dir."
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._fd = fd
+
+    def release(self) -> None:
+        if self._fd is not None:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None
+
+
+class Engine:
+    """The chdb engine and the per-request protocol logic, independent of the HTTP plumbing."""
+
+    def __init__(self, data_dir: Path):
+        import chdb
+
+        self._chdb = chdb
+        self.data_dir = data_dir
+        self._dir_lock = DataDirLock(data_dir)
+        self._dir_lock.acquire()
+        self.dsn = str(data_dir)
+        self._lock = threading.Lock()
+        self._sessions: dict[str, _Session] = {}
+        self._tmp = data_dir / "tmp_inserts"
+        self._tmp.mkdir(parents=True, exist_ok=True)
+        try:
+            # This handle keeps the engine alive between requests.
+            self._keeper = chdb.connect(self.dsn)
+            info = self._keeper.query("SELECT version(), timezone()", "TabSeparated").bytes().decode()
+            self.version, self.timezone = info.split("\t")
+        except Exception:
+            self._dir_lock.release()
+            raise
+        self.timezone = self.timezone.strip()
+
+    def close(self) -> None:
+        with self._lock:
+            for session in self._sessions.values():
+                with contextlib.suppress(Exception):
+                    session.conn.close()
+            self._sessions.clear()
+            with contextlib.suppress(Exception):
+                self._keeper.close()
+            self._dir_lock.release()
+
+    # -- request execution -------------------------------------------------------------------------
+
+    def execute(self, request: Request) -> Response:
+        params = request.params
+        query_id = params.get("query_id") or str(uuid.uuid4())
+        sql, data = self._split(params.get("query", ""), request.body)
+        if not sql.strip():
+            raise StoreError("empty query", 62, "SYNTAX_ERROR")
+        binds = {k[len("param_"):]: v for k, v in params.items() if k.startswith("param_")}
+        settings = {k: v for k, v in params.items()
+                    if k not in _TRANSPORT_PARAMS and not k.startswith("param_")}
+        for name in settings:
+            if not _SETTING_NAME.match(name):
+                raise StoreError(f"invalid setting name {name!r} in the request parameters")
+        if params.get("decompress") in ("1", "true"):
+            raise StoreError("decompress=1 (ClickHouse-native block compression) is not supported; "
+                             "send Content-Encoding instead", 48, "NOT_IMPLEMENTED")
+        with self._lock:
+            self._expire_sessions()
+            session_id = params.get("session_id")
+            if session_id:
+                session = self._session(session_id, params)
+                return self._run_in_session(session, sql, data, binds, settings, params, query_id)
+            conn = self._chdb.connect(self.dsn)
+            try:
+                self._use(conn, params.get("database"))
+                for key, value in settings.items():
+                    self._engine(conn, f"SET {key} = {_quote_value(value)}")
+                return self._run(conn, sql, data, binds, params, query_id)
+            finally:
+                conn.close()
+
+    def _run_in_session(self, session: _Session, sql: str, data: bytes | None, binds: dict[str, str],
+                        settings: dict[str, str], params: dict[str, str], query_id: str) -> Response:
+        database = params.get("database")
+        if database and database != session.database:
+            self._use(session.conn, database)
+            session.database = database
+        # URL settings apply to this query only; SET statements run by the client persist in the session.
+        snapshot = self._snapshot(session.conn, settings)
+        try:
+            for key, value in settings.items():
+                self._engine(session.conn, f"SET {key} = {_quote_value(value)}")
+            return self._run(session.conn, sql, data, binds, params, query_id)
+        finally:
+            for key, (value, changed) in snapshot.items():
+                restore = _quote_value(value) if changed else "DEFAULT"
+                with contextlib.suppress(StoreError):
+                    self._engine(session.conn, f"SET {key} = {restore}")
+            session.last_used = time.monotonic()
+
+    def _snapshot(self, conn: Any, settings: dict[str, str]) -> dict[str, tuple[str, bool]]:
+        if not settings:
+            return {}
+        names = ", ".join(_quote_value(k) for k in settings)
+        rows = self._engine(conn, f"SELECT name, value, changed FROM system.settings WHERE name IN ({names})",
+                            "JSONEachRow").bytes()
+        found = {row["name"]: (row["value"], bool(row["changed"]))
+                 for row in map(json.loads, rows.splitlines())}
+        return {k: found.get(k, ("", False)) for k in settings}
+
+    def _run(self, conn: Any, sql: str, data: bytes | None, binds: dict[str, str], params: dict[str, str],
+             query_id: str) -> Response:
+        if data is not None:
+            return self._insert(conn, sql, data, query_id)
+        match = _TRAILING_FORMAT.search(sql)
+        fmt = match.group(1) if match else params.get("default_format") or "TabSeparated"
+        # Like ClickHouse, report X-ClickHouse-Format only for statements that produce a result set:
+        # with names, a result set has at least the header line, a DDL statement prints nothing.
+        probe = match is None and fmt == "TabSeparated"
+        result = self._engine(conn, sql, "TabSeparatedWithNames" if probe else fmt, binds)
+        body = result.bytes() or b""
+        result_fmt: str | None = fmt
+        if probe:
+            newline = body.find(b"\n")
+            if body:
+                body = body[newline + 1:] if newline >= 0 else b""
+            else:
+                result_fmt = None
+        summary = _summary(result, read=True)
+        summary["result_bytes"] = str(len(body))
+        content_type = ("application/octet-stream" if fmt.lower() in _BINARY_FORMATS
+                        else "text/plain; charset=UTF-8")
+        return Response(body, result_fmt, summary, query_id, content_type)
+
+    def _insert(self, conn: Any, statement: str, data: bytes, query_id: str) -> Response:
+        """Feed INSERT data through a temp file, the way chdb ingests a binary (Native) payload."""
+        match = _INSERT_WITH_DATA.match(statement.encode())
+        if match is None:  # _split only sends data here for statements that matched
+            raise StoreError("INSERT data without an INSERT ... FORMAT statement")
+        head, fmt = match.group(1).decode().strip(), match.group(2).decode()
+        settings_clause = ""
+        at = _SETTINGS_CLAUSE.search(head)
+        if at:
+            head, settings_clause = head[: at.start()].strip(), head[at.start():].strip()
+        fd, path = tempfile.mkstemp(suffix=".insert", dir=self._tmp)
+        try:
+            with os.fdopen(fd, "wb") as out:
+                out.write(data)
+            sql = f"{head} FROM INFILE {_quote_value(path)} {settings_clause} FORMAT {fmt}"
+            result = self._engine(conn, sql)
+        finally:
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+        return Response(b"", None, _summary(result, read=False), query_id)
+
+    @staticmethod
+    def _split(query_param: str, body: bytes) -> tuple[str, bytes | None]:
+        """(SQL, INSERT data or None) from the ``query`` parameter and the request body."""
+        if query_param:
+            if body and _INSERT_WITH_DATA.match(query_param.encode() + b"\n"):
+                return query_param, body
+            if not body:
+                return query_param, None
+            return query_param + "\n" + _text(body), None
+        match = _INSERT_WITH_DATA.match(body[:65536])
+        if match:
+            return body[: match.end()].decode(errors="replace"), body[match.end():]
+        return _text(body), None
+
+    def _session(self, session_id: str, params: dict[str, str]) -> _Session:
+        session = self._sessions.get(session_id)
+        if session is None:
+            if params.get("session_check") in ("1", "true"):
+                raise StoreError(f"Session {session_id} not found", 372, "SESSION_NOT_FOUND")
+            try:
+                timeout = float(params.get("session_timeout") or SESSION_TIMEOUT_S)
+            except ValueError:
+                raise StoreError(f"invalid session_timeout {params.get('session_timeout')!r}") from None
+            session = _Session(self._chdb.connect(self.dsn), timeout)
+            self._sessions[session_id] = session
+        return session
+
+    def _expire_sessions(self) -> None:
+        now = time.monotonic()
+        for key, session in list(self._sessions.items()):
+            if now - session.last_used > session.timeout:
+                with contextlib.suppress(Exception):
+                    session.conn.close()
+                del self._sessions[key]
+
+    def _use(self, conn: Any, database: str | None) -> None:
+        if database:
+            self._engine(conn, f"USE {_quote_ident(database)}")
+
+    @staticmethod
+    def _engine(conn: Any, sql: str, fmt: str = "TabSeparated", binds: dict[str, str] | None = None) -> Any:
+        try:
+            return conn.query(sql, fmt, params=binds or {})
+        except Exception as ex:
+            raise StoreError.from_engine(ex) from ex
+
+
+def _text(body: bytes) -> str:
+    try:
+        return body.decode()
+    except UnicodeDecodeError as ex:
+        raise StoreError(f"the query text is not valid UTF-8 ({ex})", 27, "CANNOT_PARSE_INPUT") from ex
+
+
+def _summary(result: Any, read: bool) -> dict[str, str]:
+    try:
+        rows, size, elapsed = result.rows_read(), result.bytes_read(), result.elapsed()
+    except Exception:
+        return {}
+    keys = ("read_rows", "read_bytes") if read else ("written_rows", "written_bytes")
+    return {keys[0]: str(rows), keys[1]: str(size), "elapsed_ns": str(int(elapsed * 1e9))}
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server_version = "maskwatch-store"
+    server: _Server
+
+    def log_message(self, format: str, *args: Any) -> None:
+        log.debug("%s %s", self.address_string(), format % args)
+
+    def do_GET(self) -> None:
+        self._handle()
+
+    def do_POST(self) -> None:
+        self._handle()
+
+    def _handle(self) -> None:
+        url = urlsplit(self.path)
+        try:
+            body = self._read_body()
+        except StoreError as ex:
+            self._error(ex)
+            self.close_connection = True
+            return
+        if url.path in ("/ping", "/replicas_status"):
+            self._send(200, b"Ok.\n", {"Content-Type": "text/plain; charset=UTF-8"})
+            return
+        if url.path not in ("/", ""):
+            self._error(StoreError(f"unknown HTTP path {url.path!r}; use / or /ping", 0, "UNKNOWN", 404))
+            return
+        try:
+            params = dict(parse_qsl(url.query, keep_blank_values=True))
+            body = decompress(body, self.headers.get("Content-Encoding", ""))
+            content_type = self.headers.get("Content-Type", "")
+            if content_type.startswith("multipart/form-data"):
+                body = self._form(content_type, body, params)
+            response = self.server.engine.execute(Request(params, body))
+        except StoreError as ex:
+            self._error(ex)
+            return
+        except Exception as ex:  # never drop the connection without a ClickHouse-style answer
+            log.exception("store request failed")
+            self._error(StoreError(f"{type(ex).__name__}: {ex}", 1001, "STD_EXCEPTION"))
+            return
+        headers = {
+            "Content-Type": response.content_type,
+            "X-ClickHouse-Query-Id": response.query_id,
+            "X-ClickHouse-Timezone": self.server.engine.timezone,
+            "X-ClickHouse-Summary": json.dumps(response.summary),
+            "X-ClickHouse-Server-Display-Name": "maskwatch-store",
+        }
+        if response.fmt:
+            headers["X-ClickHouse-Format"] = response.fmt
+        payload = response.body
+        # The engine's enable_http_compression defaults to 1 (clients read it from system.settings), so
+        # compress whenever the client accepts an encoding unless the request turns it off.
+        if params.get("enable_http_compression", "1") not in ("0", "false") and payload:
+            payload, encoding = compress(payload, self.headers.get("Accept-Encoding", ""))
+            if encoding:
+                headers["Content-Encoding"] = encoding
+        self._send(200, payload, headers)
+
+    def _read_body(self) -> bytes:
+        if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
+            chunks = list(self._chunks())
+            return b"".join(chunks)
+        length = self.headers.get("Content-Length")
+        if not length:
+            return b""
+        try:
+            size = int(length)
+        except ValueError:
+            raise StoreError(f"invalid Content-Length {length!r}") from None
+        return self.rfile.read(size)
+
+    def _chunks(self) -> Iterator[bytes]:
+        while True:
+            line = self.rfile.readline(65537)
+            try:
+                size = int(line.split(b";")[0].strip(), 16)
+            except ValueError:
+                raise StoreError(f"malformed chunked request body (chunk header {line[:40]!r})") from None
+            if size == 0:
+                while self.rfile.readline(65537) not in (b"\r\n", b"\n", b""):
+                    pass  # trailers
+                return
+            yield self.rfile.read(size)
+            self.rfile.readline(3)
+
+    @staticmethod
+    def _form(content_type: str, body: bytes, params: dict[str, str]) -> bytes:
+        """Form-encoded queries: ``query`` and ``param_*`` fields become parameters; no external data."""
+        message = BytesParser(policy=HTTP_POLICY).parsebytes(
+            f"Content-Type: {content_type}\r\n\r\n".encode() + body
+        )
+        for part in message.iter_parts():
+            name = part.get_param("name", header="content-disposition")
+            if part.get_filename():
+                raise StoreError("external data tables are not supported by the embedded store", 48,
+                                 "NOT_IMPLEMENTED")
+            payload = part.get_payload(decode=True)
+            if isinstance(name, str) and isinstance(payload, bytes):
+                params[name] = payload.decode()
+        return b""
+
+    def _error(self, ex: StoreError) -> None:
+        self._send(ex.status, (str(ex) + "\n").encode(), {
+            "Content-Type": "text/plain; charset=UTF-8",
+            "X-ClickHouse-Exception-Code": str(ex.code),
+        })
+
+    def _send(self, status: int, body: bytes, headers: dict[str, str]) -> None:
+        self.send_response(status, HTTPStatus(status).phrase)
+        for key, value in headers.items():
+            self.send_header(key, value)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def __init__(self, address: tuple[str, int], engine: Engine):
+        self.engine = engine
+        super().__init__(address, _Handler)
+
+
+def serve(host: str, port: int, data_dir: str) -> None:
+    """Serve the chdb engine at ``data_dir`` on ``http://host:port`` until SIGTERM/SIGINT."""
+    path = Path(data_dir).resolve()
+    try:
+        engine = Engine(path)
+    except DataDirBusy as ex:
+        raise SystemExit(f"store serve: {ex}") from None
+    try:
+        server = _Server((host, port), engine)
+    except OSError as ex:
+        engine.close()
+        raise SystemExit(f"store serve: cannot listen on {host}:{port}: {ex.strerror or ex}") from None
+
+    def stop(signum: int, _frame: object) -> None:
+        log.info("store server: signal %d, shutting down", signum)
+        # shutdown() waits for serve_forever to return, so it must not run on serve_forever's thread.
+        threading.Thread(target=server.shutdown, daemon=True).start()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    log.info("store server on http://%s:%d (chdb %s, data %s)", host, port, engine.version, path)
+    try:
+        server.serve_forever(poll_interval=0.2)
+    finally:
+        server.server_close()
+        engine.close()  # waits for the query in flight (engine lock), then frees the directory
+        log.info("store server stopped")

@@ -1,0 +1,93 @@
+"""Shared fixtures: a real Tansu broker and a real embedded store server per test session.
+
+Everything binds 127.0.0.1 on ports picked at run time and lives in pytest tmp dirs, because other test
+runs share this machine.
+
+- ``broker`` (session): ``.bootstrap`` = "127.0.0.1:PORT" of a running Tansu broker (memory storage).
+- ``store_server`` (session): ``.url`` = "http://127.0.0.1:PORT" of a running ``maskwatch store serve``.
+- ``store_url`` (function): ``{store_server.url}/?database=t_<uuid hex>``, a fresh database name per test
+  (not created; the store layer's migrate() creates it).
+- ``mw_env`` (function): MASKWATCH_* env for this test (home, broker, store, unique topic names) and the
+  resulting ``Settings()``.
+- ``dataset_dir`` (session): the Kaggle face-mask dataset next to the repo.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from maskwatch.config import Settings
+from maskwatch.services.broker import Broker
+from maskwatch.services.process import free_port
+from maskwatch.services.store_service import StoreService
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DATASET_DIR = (REPO_ROOT / ".." / "shared" / "datasets" / "kaggle-face-mask").resolve()
+
+
+def _start_with_retry(service: Broker | StoreService, attempts: int = 3) -> None:
+    """Start on a fresh free port; retry when another process grabbed the port in between."""
+    from maskwatch.services.process import ServiceError
+
+    for attempt in range(attempts):
+        try:
+            service.start()
+            return
+        except ServiceError:
+            if attempt == attempts - 1:
+                raise
+            service.port = free_port()
+
+
+@pytest.fixture(scope="session")
+def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
+    service = Broker(home=tmp_path_factory.mktemp("broker-home"), port=free_port())
+    _start_with_retry(service)
+    try:
+        yield service
+    finally:
+        service.stop()
+
+
+@pytest.fixture(scope="session")
+def store_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StoreService]:
+    home = tmp_path_factory.mktemp("store-home")
+    service = StoreService(home=home, port=free_port(), data_dir=home / "chdb")
+    _start_with_retry(service)
+    try:
+        yield service
+    finally:
+        service.stop()
+
+
+@pytest.fixture
+def store_url(store_server: StoreService) -> str:
+    return f"{store_server.url}/?database=t_{uuid.uuid4().hex}"
+
+
+@pytest.fixture
+def mw_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, broker: Broker, store_url: str) -> Settings:
+    suffix = uuid.uuid4().hex[:12]
+    monkeypatch.setenv("MASKWATCH_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("MASKWATCH_KAFKA_BOOTSTRAP", broker.bootstrap)
+    monkeypatch.setenv("MASKWATCH_STORE_URL", store_url)
+    monkeypatch.setenv("MASKWATCH_TOPIC_TICKS", f"maskwatch.ticks.{suffix}")
+    monkeypatch.setenv("MASKWATCH_TOPIC_ALERTS", f"maskwatch.alerts.{suffix}")
+    monkeypatch.setenv("MASKWATCH_TOPIC_DEAD_LETTER", f"maskwatch.dead-letter.{suffix}")
+    return Settings()
+
+
+@pytest.fixture(scope="session")
+def dataset_dir() -> Path:
+    if not (DATASET_DIR / "images").is_dir():
+        pytest.fail(
+            f"face-mask dataset not found at {DATASET_DIR} (expected images/ and annotations/ there; "
+            "it lives in ../shared/datasets/kaggle-face-mask relative to the repo root and is never copied "
+            "into the repo)",
+            pytrace=False,
+        )
+    return DATASET_DIR
