@@ -1,0 +1,122 @@
+"""``maskwatch cameras``: manage the camera registry. Source URLs are always shown redacted."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import click
+
+from maskwatch import registry
+from maskwatch.redact import redact_text
+from maskwatch.store import StoreError
+from schemas.events import Camera
+from schemas.parse import SchemaError
+
+
+class _Group(click.Group):
+    """Expected failures (bad input, unknown camera, store not ready) print one clear line, no traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (registry.RegistryError, SchemaError, StoreError) as exc:
+            raise click.ClickException(redact_text(str(exc))) from None
+
+
+def _display(camera: Camera) -> dict[str, Any]:
+    data = camera.model_dump(mode="json", exclude={"source_url"})
+    data["source"] = camera.display_url
+    data["rules"] = camera.rules.model_dump(exclude_none=True)
+    return data
+
+
+@click.group(cls=_Group)
+def cameras() -> None:
+    """Register, list and change cameras (stored in the ClickHouse store)."""
+
+
+@cameras.command("add")
+@click.argument("camera_id")
+@click.argument("source_url")
+@click.option("--name", default="")
+@click.option("--site", default="")
+@click.option("--zone", default="")
+@click.option("--interval", "interval_s", type=float, default=5.0, show_default=True,
+              help="Seconds between ticks.")
+@click.option("--disabled", is_flag=True, help="Register without ticking it yet.")
+@click.option("--rules", default="{}", help='Rule overrides as JSON, e.g. \'{"min_nomask_faces": 3}\'.')
+def add(camera_id: str, source_url: str, name: str, site: str, zone: str, interval_s: float,
+        disabled: bool, rules: str) -> None:
+    """Add or replace camera CAMERA_ID reading from SOURCE_URL (rtsp://, http(s)://, file://)."""
+    try:
+        overrides = json.loads(rules)
+    except json.JSONDecodeError as exc:
+        raise click.BadParameter(f"not valid JSON ({exc})", param_hint="--rules") from None
+    camera = registry.put_camera(registry.parse_camera(
+        {"id": camera_id, "name": name, "site": site, "zone": zone, "source_url": source_url,
+         "interval_s": interval_s, "enabled": not disabled, "rules": overrides}))
+    click.echo(f"saved camera {camera.id} ({camera.display_url})")
+
+
+@cameras.command("list")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
+def list_command(as_json: bool) -> None:
+    """List registered cameras."""
+    found = registry.list_cameras()
+    if as_json:
+        for camera in found:
+            click.echo(json.dumps(_display(camera)))
+        return
+    if not found:
+        click.echo("no cameras registered")
+        return
+    header = ("ID", "ENABLED", "INTERVAL", "SITE", "ZONE", "SOURCE")
+    rows = [(c.id, "yes" if c.enabled else "no", f"{c.interval_s:g}s", c.site, c.zone, c.display_url)
+            for c in found]
+    widths = [max(len(str(row[i])) for row in [header, *rows]) for i in range(len(header) - 1)]
+    for row in [header, *rows]:
+        click.echo("  ".join(str(cell).ljust(width) for cell, width in zip(row, widths, strict=False))
+                   + "  " + row[-1])
+
+
+@cameras.command("show")
+@click.argument("camera_id")
+def show(camera_id: str) -> None:
+    """Show one camera as JSON."""
+    camera = registry.require_camera(camera_id)
+    click.echo(json.dumps(_display(camera), indent=2))
+
+
+@cameras.command("remove")
+@click.argument("camera_id")
+def remove(camera_id: str) -> None:
+    """Remove a camera (the ticker stops within its refresh period)."""
+    registry.remove_camera(camera_id)
+    click.echo(f"removed camera {camera_id}")
+
+
+@cameras.command("enable")
+@click.argument("camera_id")
+def enable(camera_id: str) -> None:
+    """Start ticking a camera."""
+    registry.set_enabled(camera_id, True)
+    click.echo(f"enabled camera {camera_id}")
+
+
+@cameras.command("disable")
+@click.argument("camera_id")
+def disable(camera_id: str) -> None:
+    """Stop ticking a camera, keeping its settings."""
+    registry.set_enabled(camera_id, False)
+    click.echo(f"disabled camera {camera_id}")
+
+
+@cameras.command("import")
+@click.argument("path", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+def import_command(path: Path) -> None:
+    """Add/update cameras from a YAML file (idempotent; nothing is written if any entry is invalid)."""
+    result = registry.import_yaml(path)
+    click.echo(f"imported {path}: {len(result.added)} added, {len(result.updated)} updated, "
+               f"{len(result.unchanged)} unchanged")
