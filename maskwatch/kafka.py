@@ -9,10 +9,10 @@ from confluent_kafka.admin import AdminClient
 
 from maskwatch.config import Settings
 
-# Keep undelivered records queued in librdkafka for 10 minutes, so a broker restart loses nothing;
-# idempotence keeps a retried send from being written twice.
+# Keep undelivered records queued in librdkafka for 10 minutes, so a broker restart loses nothing.
+# No idempotent producer: a broker that restarts without its state (Tansu on memory storage) would make
+# its sequence numbers a fatal error; duplicates are harmless because every record has a deterministic id.
 PRODUCER_DEFAULTS: dict[str, Any] = {
-    "enable.idempotence": True,
     "acks": "all",
     "message.timeout.ms": 600_000,
     "linger.ms": 20,
