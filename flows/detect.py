@@ -1,0 +1,228 @@
+"""The detection dataflow, top to bottom:
+
+    ticks (Kafka) -> parse/validate -> dead letters (Kafka)
+                  -> resolve camera in the registry (unknown/disabled dropped, counted)
+                  -> micro-batch per shard (op.collect) -> fetch concurrently -> two-stage inference
+                  -> frames, detections, camera health -> ClickHouse
+                  -> event-time buckets per camera -> rules -> alerts -> ClickHouse + alert topic
+
+Run it with ``maskwatch flow run`` (or ``python -m bytewax.run flows.detect:flow``). Everything is read
+from ``MASKWATCH_*`` variables (``maskwatch.config.Settings`` and ``flows.options.FlowOptions``).
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import threading
+from datetime import UTC, datetime, timedelta
+from typing import Any, TypeGuard
+
+import bytewax.operators as op
+import bytewax.operators.windowing as win
+from bytewax.connectors.kafka import KafkaError, KafkaSink, KafkaSinkMessage, KafkaSource, KafkaSourceMessage
+from bytewax.dataflow import Dataflow
+from prometheus_client import Counter as PromCounter
+
+from flows.batching import BatchProcessor, TickOutcome, shard_key
+from flows.fetch import Fetcher
+from flows.options import FlowOptions
+from flows.registry_cache import RegistryCache, store_loader
+from flows.rules import EPOCH, Bucket, Observation, RuleConfig, RuleState, evaluate
+from flows.sinks import AlertTopicSink, StoreItem, StoreSink, store_writer
+from maskwatch.config import Settings
+from maskwatch.redact import redact_text
+from schemas.events import Alert, Camera, DeadLetter, Tick
+from schemas.parse import SchemaError, parse_event
+
+log = logging.getLogger(__name__)
+
+LATE_TICKS = PromCounter("maskwatch_flow_late_ticks_total", "Ticks that arrived after their bucket closed")
+RawMessage = KafkaSourceMessage[bytes | None, bytes | None] | KafkaError[bytes | None, bytes | None]
+# Event time only moves with ticks (never with the wall clock), so a replay after a crash puts every
+# tick in the same bucket as the first run did and alert ids come out identical.
+_FROZEN_NOW = datetime(2000, 1, 1, tzinfo=UTC)
+
+
+def _text(raw: bytes | None) -> str:
+    if raw is None:
+        return ""
+    try:
+        return raw.decode()
+    except UnicodeDecodeError:
+        return "base64:" + base64.b64encode(raw).decode()
+
+
+def parse_tick(msg: RawMessage) -> Tick | DeadLetter:
+    """A valid tick, or a dead letter naming what is wrong and keeping the raw record."""
+    record = msg.msg if isinstance(msg, KafkaError) else msg
+    where: dict[str, Any] = {
+        "topic": record.topic or "", "partition": record.partition if record.partition is not None else -1,
+        "offset": record.offset if record.offset is not None else -1, "key": _text(record.key),
+        "payload": _text(record.value),
+    }
+    if isinstance(msg, KafkaError):
+        return DeadLetter(stage="consume_tick", error=str(msg.err), occurred_at=datetime.now(UTC), **where)
+    try:
+        return parse_event(Tick, record.value or b"")
+    except SchemaError as exc:
+        return DeadLetter(stage="parse_tick", error=str(exc), occurred_at=datetime.now(UTC), **where)
+
+
+def _is_tick(item: Tick | DeadLetter) -> TypeGuard[Tick]:
+    return isinstance(item, Tick)
+
+
+def dead_letter_message(dead: DeadLetter) -> KafkaSinkMessage[bytes | None, bytes | None]:
+    return KafkaSinkMessage(key=dead.key.encode() or None, value=dead.model_dump_json().encode())
+
+
+def observation(outcome: TickOutcome) -> Observation:
+    f = outcome.frame
+    return Observation(f.camera_id, f.scheduled_at, 1 if f.status == "ok" else 0, f.faces, f.nomask_faces,
+                       f.tick_id, f.snapshot_path)
+
+
+def count_health(failures: int | None, outcome: TickOutcome) -> tuple[int, StoreItem]:
+    failures = 0 if outcome.fetched_status == "ok" else (failures or 0) + 1
+    return failures, ("camera_health", outcome.health(failures))
+
+
+def to_alert(camera: Camera | None, camera_id: str, decision_config: RuleConfig, d: Any) -> Alert:
+    ratio = d.nomask_frames / d.frames if d.frames else 0.0
+    rule = decision_config.describe(d.rule)
+    return Alert(
+        alert_id=d.alert_id, camera_id=camera_id, site=camera.site if camera else "",
+        zone=camera.zone if camera else "", rule=rule, triggered_at=d.window_end, window_start=d.window_start,
+        window_end=d.window_end, faces=d.faces, nomask_faces=d.nomask_faces, nomask_ratio=min(1.0, ratio),
+        tick_ids=list(d.tick_ids), snapshot_path=d.snapshot_path,
+        message=f"{camera.name if camera and camera.name else camera_id}: {rule} "
+                f"({d.nomask_faces} no-mask faces on {d.nomask_frames}/{d.frames} frames)",
+    )
+
+
+class _Runtime:
+    """Per-process registry cache, per-worker (thread) fetcher and engine: built on first use, so
+    importing this module or building the flow touches no network, store or model."""
+
+    def __init__(self, settings: Settings, opts: FlowOptions):
+        self.settings, self.opts = settings, opts
+        self._lock = threading.Lock()
+        self._registry: RegistryCache | None = None
+        self._local = threading.local()
+
+    @property
+    def registry(self) -> RegistryCache:
+        with self._lock:
+            if self._registry is None:
+                self._registry = RegistryCache(store_loader(self.settings), self.opts.registry_refresh_s)
+            return self._registry
+
+    def processor(self) -> BatchProcessor:
+        proc: BatchProcessor | None = getattr(self._local, "processor", None)
+        if proc is None:
+            from inference.engine import InferenceEngine
+
+            engine = InferenceEngine.default(models_dir=self.settings.models_dir)
+            snapshots = self.settings.home / "snapshots" if self.opts.snapshots else None
+            proc = BatchProcessor(
+                Fetcher(self.opts.fetch), engine, snapshots, detector_model=engine.detector_spec.name,
+                classifier_model=engine.classifier_spec.name, snapshot_max_width=self.opts.snapshot_max_width,
+                blur_faces=self.opts.snapshot_blur_faces,
+            )
+            self._local.processor = proc
+        return proc
+
+    def rule_config(self, camera_id: str) -> tuple[Camera | None, RuleConfig]:
+        camera = self.registry.get(camera_id)
+        if camera is None:
+            return None, self.opts.rule
+        try:
+            overrides = camera.rules.model_dump(exclude_none=True)
+            return camera, self.opts.rule.with_overrides(overrides, self.opts.bucket_s)
+        except ValueError as exc:
+            log.error("camera %s: invalid rule overrides, using the defaults: %s", camera_id, exc)
+            return camera, self.opts.rule
+
+
+def build_flow(settings: Settings | None = None, opts: FlowOptions | None = None) -> Dataflow:
+    settings = settings or Settings()
+    opts = opts or FlowOptions.from_env()
+    rt = _Runtime(settings, opts)
+    kafka_conf = settings.kafka_config()
+    brokers = [kafka_conf.pop("bootstrap.servers")]
+    flow = Dataflow("maskwatch-detect")
+
+    # 1. Ticks in; anything that is not a valid tick goes to the dead-letter topic with its reason.
+    raw = op.input("ticks", flow, KafkaSource(brokers, [settings.topic_ticks], add_config=kafka_conf,
+                                              raise_on_errors=False))
+    parsed = op.map("parse_tick", raw, parse_tick)
+    split = op.branch("valid_tick", parsed, _is_tick)
+    dead = op.map("dead_letter_message", split.falses, lambda d: dead_letter_message(d))  # type: ignore[arg-type]
+    op.output("dead_letters", dead, KafkaSink(brokers, settings.topic_dead_letter, add_config=kafka_conf))
+
+    # 2. Resolve each tick's camera from the registry (the URL never comes from the event).
+    def resolve(tick: Tick) -> tuple[Tick, Camera] | None:
+        camera, _reason = rt.registry.resolve(tick.camera_id)
+        return (tick, camera) if camera is not None else None
+
+    resolved = op.filter_map("resolve_camera", split.trues, resolve)
+
+    # 3. Micro-batches that mix cameras, fetched concurrently and inferred together.
+    sharded = op.key_on("shard", resolved, lambda tc: shard_key(tc[0].camera_id, opts.shards))
+    batches = op.collect("micro_batch", sharded, timedelta(seconds=opts.batch_timeout_s), opts.batch_max)
+    inferred = op.flat_map_value("fetch_infer", batches, lambda b: rt.processor().process(b))
+    outcomes = op.key_rm("unshard", inferred)
+
+    # 4. Rows for the store: frames, detections and per-camera health (failures in a row are state).
+    by_camera = op.key_on("by_camera", outcomes, lambda o: o.frame.camera_id)
+    frames = op.flat_map("frame_rows", outcomes, lambda o: [("frames", o.frame)]
+                         + [("detections", d) for d in o.faces])
+    health = op.key_rm("health_rm", op.stateful_map("health", by_camera, count_health))
+
+    # 5. Rules: event-time buckets per camera, then the pure decision with per-camera overrides.
+    clock: win.EventClock[Observation] = win.EventClock(
+        lambda o: o.ts, wait_for_system_duration=timedelta(seconds=opts.lateness_s),
+        now_getter=lambda: _FROZEN_NOW, to_system_utc=lambda _ts: None,
+    )
+    windower = win.TumblingWindower(length=timedelta(seconds=opts.bucket_s), align_to=EPOCH)
+    observations = op.map_value("observe", by_camera, observation)
+    buckets = win.fold_window("buckets", observations, clock, windower, lambda: Bucket(EPOCH),
+                              lambda b, o: b.add(o), lambda a, b: a.merge(b))
+    op.inspect("late_ticks", buckets.late, lambda _step, item: _count_late(item))
+
+    def decide_keyed(state: RuleState | None, window: tuple[int, Bucket], camera_id: str) -> tuple[
+        RuleState, Alert | None
+    ]:
+        window_id, bucket = window
+        bucket.start = EPOCH + timedelta(seconds=window_id * opts.bucket_s)
+        camera, config = rt.rule_config(camera_id)
+        new_state, decision = evaluate(state or RuleState(), bucket, opts.bucket_s, config, camera_id)
+        return new_state, to_alert(camera, camera_id, config, decision) if decision else None
+
+    keyed_windows = op.map("with_camera", buckets.down, lambda kv: (kv[0], (kv[0], kv[1])))
+    decided = op.stateful_map("rules", keyed_windows,
+                              lambda s, cw: decide_keyed(s, cw[1], cw[0]))
+    alerts = op.filter_map("alerts", op.key_rm("alerts_rm", decided), lambda a: a)
+
+    # 6. Sinks: every row to the store (buffered on disk while it is down), alerts also to Kafka.
+    rows = op.merge("rows", frames, health, op.map("alert_rows", alerts, lambda a: ("alerts", a)))
+    op.output("store", rows, StoreSink(store_writer(settings), settings.home / "buffer" / "store",
+                                       opts.buffer_max_bytes, opts.store_retry_max_s))
+    op.output("alert_topic", alerts, AlertTopicSink(dict(settings.kafka_config()), settings.topic_alerts,
+                                                    opts.alert_dedup_horizon_s))
+    return flow
+
+
+def _count_late(item: tuple[str, tuple[int, Observation]]) -> None:
+    camera_id, (_window, obs) = item
+    LATE_TICKS.inc()
+    log.warning("late tick %s of camera %s: its %s bucket already closed; not counted by the rules",
+                redact_text(obs.tick_id), camera_id, obs.ts.isoformat())
+
+
+def __getattr__(name: str) -> Dataflow:
+    # `python -m bytewax.run flows.detect:flow` builds the flow from the environment on first access.
+    if name == "flow":
+        return build_flow()
+    raise AttributeError(name)

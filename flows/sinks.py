@@ -1,0 +1,203 @@
+"""Where the flow's results go: ClickHouse (through ``maskwatch.store``) and the Kafka alert topic.
+
+Both sinks are safe under Bytewax replay (after a crash the last epoch's items come again):
+
+* store rows carry deterministic keys (tick id, face index, alert id) in ReplacingMergeTree tables, so a
+  repeated row merges away; when the store is down, rows go to a :class:`~flows.buffer.DiskBuffer` and
+  are retried with backoff, so nothing is lost and the flow keeps running;
+* the alert topic is read back on start-up (within a horizon) and an alert id already there is not
+  published again, so each alert reaches the topic once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import time
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from bytewax.outputs import DynamicSink, StatelessSinkPartition
+from confluent_kafka import Consumer, Producer, TopicPartition
+from pydantic import BaseModel
+
+from flows.buffer import BufferFullError, DiskBuffer, Row
+from maskwatch.config import Settings
+from maskwatch.redact import redact_text
+from schemas.events import Alert
+
+log = logging.getLogger(__name__)
+
+StoreItem = tuple[str, BaseModel]  # (table, event)
+Writer = Callable[[str, list[Row]], None]
+
+
+def store_writer(settings: Settings) -> Writer:
+    def write(table: str, rows: list[Row]) -> None:
+        from maskwatch.store import insert_rows
+
+        insert_rows(table, rows, settings)
+
+    return write
+
+
+class StorePartition(StatelessSinkPartition[StoreItem]):
+    def __init__(self, write: Writer, buffer: DiskBuffer, retry_max_s: float):
+        self._write = write
+        self._buffer = buffer
+        self._retry_max_s = retry_max_s
+        self._backoff = 0.0
+        self._next_try = 0.0
+        self._pending = len(buffer) > 0
+
+    def _failed(self, exc: Exception) -> None:
+        self._backoff = min(self._retry_max_s, max(0.5, self._backoff * 2))
+        self._next_try = time.monotonic() + self._backoff
+        log.warning("store write failed (retry in %.1fs, rows kept in %s): %s", self._backoff,
+                    self._buffer.directory, redact_text(str(exc)))
+
+    def _drain(self) -> bool:
+        """Write buffered rows first so the store sees rows in order; True when the buffer is empty."""
+        if not self._pending:
+            return True
+        if time.monotonic() < self._next_try:
+            return False
+        try:
+            n = self._buffer.drain(self._write)
+        except Exception as exc:
+            self._failed(exc)
+            return False
+        log.info("store is back: wrote %d buffered batches", n)
+        self._pending, self._backoff = False, 0.0
+        return True
+
+    def write_batch(self, items: Sequence[StoreItem]) -> None:
+        by_table: dict[str, list[Row]] = defaultdict(list)
+        for table, event in items:
+            by_table[table].append(dict(event))
+        ready = self._drain()
+        for table, rows in by_table.items():
+            if ready:
+                try:
+                    self._write(table, rows)
+                    continue
+                except Exception as exc:
+                    self._failed(exc)
+                    ready = False
+            self._append(table, rows)
+
+    def _append(self, table: str, rows: list[Row]) -> None:
+        while True:
+            try:
+                self._buffer.append(table, rows)
+                self._pending = True
+                return
+            except BufferFullError as exc:
+                # Full: hold the flow (backpressure) until the store takes the buffer, never drop rows.
+                log.error("%s", exc)
+                time.sleep(max(0.5, self._next_try - time.monotonic()))
+                self._next_try = 0.0
+                self._drain()
+
+    def close(self) -> None:
+        self._drain()
+
+
+class StoreSink(DynamicSink[StoreItem]):
+    """Rows to ClickHouse in one insert per table per epoch; a disk buffer per worker for outages."""
+
+    def __init__(self, write: Writer, buffer_dir: Path, buffer_max_bytes: int, retry_max_s: float):
+        self._write = write
+        self._buffer_dir = buffer_dir
+        self._max_bytes = buffer_max_bytes
+        self._retry_max_s = retry_max_s
+
+    def build(self, step_id: str, worker_index: int, worker_count: int) -> StorePartition:
+        buffer = DiskBuffer(self._buffer_dir / f"worker-{worker_index}", max_bytes=self._max_bytes)
+        return StorePartition(self._write, buffer, self._retry_max_s)
+
+
+def alert_payload(alert: Alert) -> bytes:
+    return alert.model_dump_json().encode()
+
+
+def published_alert_ids(
+    config: dict[str, str], topic: str, horizon_s: int, timeout_s: float = 30.0
+) -> set[str]:
+    """Alert ids already on ``topic`` since ``now - horizon_s`` (read with a throwaway consumer)."""
+    consumer = Consumer({**config, "group.id": "maskwatch-flow-alert-dedup", "enable.auto.commit": False,
+                         "enable.partition.eof": True, "auto.offset.reset": "earliest"})
+    try:
+        meta = consumer.list_topics(topic, timeout=timeout_s).topics.get(topic)
+        if meta is None or meta.error is not None:
+            raise RuntimeError(f"cannot read alert topic {topic!r}: {meta.error if meta else 'missing'}")
+        since_ms = int((time.time() - horizon_s) * 1000)
+        wanted = [TopicPartition(topic, p, since_ms) for p in meta.partitions]
+        starts = consumer.offsets_for_times(wanted, timeout=timeout_s)
+        ends: dict[int, int] = {}
+        for tp in starts:
+            _, high = consumer.get_watermark_offsets(tp, timeout=timeout_s)
+            if tp.offset >= 0 and tp.offset < high:
+                ends[tp.partition] = high
+        seen: set[str] = set()
+        if not ends:
+            return seen
+        consumer.assign([tp for tp in starts if tp.partition in ends])
+        deadline = time.monotonic() + timeout_s
+        while ends and time.monotonic() < deadline:
+            for msg in consumer.consume(500, 0.5):
+                if msg.error() is not None:
+                    continue
+                # A record that is not an alert is not ours to judge here; the topic's consumers do.
+                with contextlib.suppress(ValueError, KeyError, TypeError):
+                    seen.add(json.loads(msg.value() or b"")["alert_id"])
+                part, offset = msg.partition() or 0, msg.offset() or 0
+                if offset + 1 >= ends.get(part, 0):
+                    ends.pop(part, None)
+        if ends:
+            raise RuntimeError(f"timed out reading alert topic {topic!r} for de-duplication")
+        return seen
+    finally:
+        consumer.close()
+
+
+class AlertPartition(StatelessSinkPartition[Alert]):
+    def __init__(self, producer: Producer, topic: str, seen: set[str]):
+        self._producer = producer
+        self._topic = topic
+        self._seen = seen
+
+    def write_batch(self, items: Sequence[Alert]) -> None:
+        fresh = [a for a in items if a.alert_id not in self._seen]
+        for alert in fresh:
+            self._producer.produce(self._topic, key=alert.camera_id.encode(), value=alert_payload(alert),
+                                   headers=[("schema_version", str(alert.schema_version).encode())])
+        if fresh:
+            left = self._producer.flush(30)
+            if left:
+                raise RuntimeError(f"{left} alerts not acknowledged by Kafka within 30s")
+            self._seen.update(a.alert_id for a in fresh)
+            log.info("published %d alert(s) to %s", len(fresh), self._topic)
+
+    def close(self) -> None:
+        self._producer.flush(30)
+
+
+class AlertTopicSink(DynamicSink[Alert]):
+    """JSON alerts (``schemas.events.Alert``) keyed by camera id; each alert id published once."""
+
+    def __init__(self, config: dict[str, str], topic: str, horizon_s: int):
+        self._config = config
+        self._topic = topic
+        self._horizon_s = horizon_s
+
+    def build(self, step_id: str, worker_index: int, worker_count: int) -> AlertPartition:
+        from maskwatch.kafka import PRODUCER_DEFAULTS
+
+        seen = published_alert_ids(self._config, self._topic, self._horizon_s)
+        log.info("alert topic %s holds %d recent alert(s); those are not published again",
+                 self._topic, len(seen))
+        producer = Producer({**PRODUCER_DEFAULTS, **self._config})
+        return AlertPartition(producer, self._topic, seen)

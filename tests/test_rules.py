@@ -1,0 +1,145 @@
+"""The alert rules' decision logic: examples plus hypothesis properties over random tick sequences."""
+
+from __future__ import annotations
+
+import itertools
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from flows.rules import (
+    RULE_COUNT,
+    RULE_RATIO,
+    Bucket,
+    Observation,
+    RuleConfig,
+    RuleState,
+    alert_id,
+    bucket_start,
+    evaluate,
+)
+
+T0 = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
+B = 10
+
+
+def run(observations: list[Observation], config: RuleConfig, bucket_s: int = B) -> list:
+    """Fold observations into buckets (what the flow's fold_window does) and evaluate in order."""
+    buckets: dict[datetime, Bucket] = {}
+    for obs in observations:
+        start = bucket_start(obs.ts, bucket_s)
+        buckets.setdefault(start, Bucket(start)).add(obs)
+    state, alerts = RuleState(), []
+    for start in sorted(buckets):
+        state, decision = evaluate(state, buckets[start], bucket_s, config, "cam")
+        if decision:
+            alerts.append(decision)
+    return alerts
+
+
+def obs(second: float, faces: int = 1, nomask: int = 0, frames: int = 1) -> Observation:
+    ts = T0 + timedelta(seconds=second)
+    return Observation("cam", ts, frames, faces, nomask, f"cam:{int(second * 1000)}")
+
+
+def test_count_rule_fires_once_per_incident_with_cooldown() -> None:
+    config = RuleConfig(window_s=30, min_nomask_faces=3, nomask_ratio=1.0, min_frames=100, cooldown_s=60)
+    masked = [obs(s, faces=2) for s in range(0, 30, 2)]
+    unmasked = [obs(s, faces=1, nomask=1) for s in range(30, 90, 2)]
+    alerts = run(masked + unmasked, config)
+    # 30 s of no-mask frames from t=30: the 3rd no-mask face is in bucket [30,40) -> one alert, then
+    # quiet for 60 s (until bucket end 100) although every later bucket would also trigger.
+    assert [a.rule for a in alerts] == [RULE_COUNT]
+    assert alerts[0].window_end == T0 + timedelta(seconds=40)
+    assert alerts[0].nomask_faces >= 3
+    assert alerts[0].tick_ids and all(t.startswith("cam:") for t in alerts[0].tick_ids)
+    # After the cool-down the continuing incident alerts again.
+    alerts = run(masked + unmasked + [obs(s, faces=1, nomask=1) for s in range(90, 120, 2)], config)
+    assert len(alerts) == 2 and alerts[1].window_end > alerts[0].window_end + timedelta(seconds=60)
+
+
+def test_ratio_rule_and_masked_people_never_alert() -> None:
+    config = RuleConfig(window_s=20, min_nomask_faces=50, nomask_ratio=0.5, min_frames=4, cooldown_s=0)
+    assert run([obs(s, faces=3) for s in range(0, 200, 2)], config) == []
+    half = [obs(s, faces=2, nomask=1 if (s // 2) % 2 else 0) for s in range(0, 20, 2)]
+    alerts = run(half, config)
+    assert alerts and alerts[0].rule == RULE_RATIO and alerts[0].value >= 0.5
+
+
+def test_failed_fetches_move_time_but_never_count() -> None:
+    config = RuleConfig(window_s=10, min_nomask_faces=1, nomask_ratio=0.1, min_frames=1, cooldown_s=0)
+    assert run([obs(s, faces=0, nomask=0, frames=0) for s in range(0, 60, 2)], config) == []
+
+
+def test_overrides_apply_and_reject_unknown_keys() -> None:
+    base = RuleConfig()
+    got = base.with_overrides({"min_nomask_faces": 1, "window_s": 25.0, "nomask_ratio": None}, bucket_s=10)
+    assert got.min_nomask_faces == 1 and got.window_s == 30 and got.nomask_ratio == base.nomask_ratio
+    with pytest.raises(ValueError, match="unknown rule override"):
+        base.with_overrides({"threshold": 3}, bucket_s=10)
+    with pytest.raises(ValueError, match="nomask_ratio"):
+        RuleConfig(nomask_ratio=0.0)
+
+
+def test_alert_ids_are_deterministic_and_distinct() -> None:
+    a = alert_id("cam1", RULE_COUNT, T0)
+    assert a == alert_id("cam1", RULE_COUNT, T0.astimezone(UTC))
+    assert len({a, alert_id("cam2", RULE_COUNT, T0), alert_id("cam1", RULE_RATIO, T0),
+                alert_id("cam1", RULE_COUNT, T0 + timedelta(seconds=10))}) == 4
+
+
+tick = st.tuples(st.integers(0, 600), st.integers(0, 4), st.integers(0, 4), st.booleans())
+configs = st.builds(RuleConfig, window_s=st.sampled_from([10, 30, 60]), min_nomask_faces=st.integers(1, 6),
+                    nomask_ratio=st.floats(0.05, 1.0), min_frames=st.integers(1, 10),
+                    cooldown_s=st.sampled_from([0, 30, 120]))
+
+
+def _observations(raw: list[tuple[int, int, int, bool]]) -> list[Observation]:
+    return [obs(s, faces=max(f, n), nomask=n if ok else 0, frames=1 if ok else 0) for s, f, n, ok in raw]
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(tick, max_size=80), configs)
+def test_property_every_alert_meets_its_threshold(raw: list, config: RuleConfig) -> None:
+    observations = _observations(raw)
+    for a in run(observations, config):
+        inside = [o for o in observations if a.window_start <= o.ts < a.window_end]
+        assert a.window_end - a.window_start == timedelta(seconds=config.window_s)
+        assert a.nomask_faces == sum(o.nomask_faces for o in inside)
+        assert a.frames == sum(o.frames for o in inside)
+        if a.rule == RULE_COUNT:
+            assert a.nomask_faces >= config.min_nomask_faces
+        else:
+            assert a.frames >= config.min_frames
+            assert a.nomask_frames / a.frames >= config.nomask_ratio
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(tick, max_size=80), configs)
+def test_property_cooldown_separates_alerts_and_replay_is_identical(raw: list, config: RuleConfig) -> None:
+    observations = _observations(raw)
+    alerts = run(observations, config)
+    for prev, nxt in itertools.pairwise(alerts):
+        assert nxt.window_end > prev.window_end + timedelta(seconds=config.cooldown_s)
+    # Replaying the same ticks, in any arrival order, gives the same alert ids.
+    assert [a.alert_id for a in run(list(reversed(observations)), config)] == [a.alert_id for a in alerts]
+    assert len({a.alert_id for a in alerts}) == len(alerts)
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(tick, max_size=60), configs)
+def test_property_no_nomask_faces_means_no_alert(raw: list, config: RuleConfig) -> None:
+    observations = [obs(s, faces=f, nomask=0, frames=1 if ok else 0) for s, f, _n, ok in raw]
+    assert run(observations, config) == []
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(tick, min_size=1, max_size=60), configs)
+def test_property_an_overwhelming_incident_always_alerts(raw: list, config: RuleConfig) -> None:
+    # Every frame of a full window unmasked with enough faces: some rule must fire.
+    start = 1000
+    incident = [obs(start + s, faces=config.min_nomask_faces, nomask=config.min_nomask_faces)
+                for s in range(0, config.window_s, 1)]
+    assert run(_observations(raw) + incident, config)
