@@ -27,6 +27,7 @@ from pydantic import BaseModel
 
 from maskwatch.config import Settings
 from maskwatch.redact import redact_url
+from schemas.events import Alert, CameraHealth, FaceDetection, FrameResult
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +35,13 @@ SQL_DIR = Path(__file__).resolve().parent.parent / "schemas" / "sql"
 # Days each table keeps its rows; override with MASKWATCH_TTL_DAYS_<TABLE>, read when a migration is applied.
 TTL_DEFAULTS = {"frames": 30, "detections": 30, "alerts": 365, "camera_health": 14}
 DEFAULT_DATABASE = "maskwatch"
+# Table of each event written by the flow; each model field is a column of the same name.
+EVENT_TABLES: dict[type[BaseModel], str] = {
+    FrameResult: "frames",
+    FaceDetection: "detections",
+    Alert: "alerts",
+    CameraHealth: "camera_health",
+}
 
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
 _MIGRATION_FILE = re.compile(r"^(\d{3})_([a-z0-9_]+)\.sql$")

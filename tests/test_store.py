@@ -1,0 +1,190 @@
+"""The store layer on the real engine: over HTTP (embedded store server) and in-process chdb://."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+import threading
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+import pytest
+
+from maskwatch import store
+from maskwatch.config import Settings
+from schemas.events import Alert, CameraHealth, FaceDetection, FrameResult
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+# Recent (older rows would already be past their TTL and dropped), whole milliseconds (DateTime64(3)).
+T0 = (datetime.now(UTC) - timedelta(hours=1)).replace(microsecond=0)
+
+
+@pytest.fixture
+def settings(store_url: str, monkeypatch: pytest.MonkeyPatch) -> Settings:
+    monkeypatch.setenv("MASKWATCH_STORE_URL", store_url)
+    return Settings()
+
+
+def test_migrate_creates_database_and_is_idempotent(settings: Settings) -> None:
+    with pytest.raises(store.StoreError, match=r"does not exist.*maskwatch store migrate"):
+        store.client(settings)
+    assert store.migrate(settings) == ["001_init"]
+    assert store.migrate(settings) == []
+    tables = store.query_df(
+        "SELECT name, engine FROM system.tables WHERE database = currentDatabase() ORDER BY name",
+        settings=settings)
+    engines = dict(zip(tables["name"], tables["engine"], strict=True))
+    for table in ("cameras", "frames", "detections", "alerts", "alert_acks", "camera_health",
+                  "schema_migrations"):
+        assert engines.get(table) == "ReplacingMergeTree", table
+    assert store.query_rows("SELECT count() AS n FROM schema_migrations", settings=settings) == [{"n": 1}]
+
+
+def test_ttls_come_from_the_environment(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MASKWATCH_TTL_DAYS_FRAMES", "7")
+    monkeypatch.setenv("MASKWATCH_TTL_DAYS_ALERTS", "90")
+    store.migrate(settings)
+    assert "toIntervalDay(7)" in store.command("SHOW CREATE TABLE frames", settings=settings)
+    assert "toIntervalDay(90)" in store.command("SHOW CREATE TABLE alerts", settings=settings)
+    assert "toIntervalDay(30)" in store.command("SHOW CREATE TABLE detections", settings=settings)
+    frame = _events()[0]
+    expired_at = datetime.now(UTC) - timedelta(days=8)
+    old = frame.model_copy(update={"tick_id": "cam-1:old", "scheduled_at": expired_at})
+    store.insert_models("frames", [frame, old], settings)
+    store.command("OPTIMIZE TABLE frames FINAL", settings=settings)
+    assert store.query_rows("SELECT tick_id FROM frames", settings=settings) == [{"tick_id": frame.tick_id}]
+
+
+def test_bad_ttl_and_bad_url_are_clear_errors(monkeypatch: pytest.MonkeyPatch, store_url: str) -> None:
+    monkeypatch.setenv("MASKWATCH_TTL_DAYS_DETECTIONS", "a week")
+    with pytest.raises(store.StoreError, match="MASKWATCH_TTL_DAYS_DETECTIONS='a week'"):
+        store.ttl_days()
+    monkeypatch.setenv("MASKWATCH_STORE_URL", "ftp://admin:hunter2@db/?database=x")
+    with pytest.raises(store.StoreError, match="scheme must be http, https or chdb") as info:
+        store.client()
+    assert "hunter2" not in str(info.value)
+    monkeypatch.setenv("MASKWATCH_STORE_URL", store_url.replace("database=", "database=bad-name"))
+    with pytest.raises(store.StoreError, match="invalid database name"):
+        store.client()
+
+
+def _events() -> tuple[FrameResult, list[FaceDetection], Alert, CameraHealth]:
+    common: dict[str, Any] = {"camera_id": "cam-1", "tick_id": "cam-1:1772353800000", "site": "hq", "zone": "lobby"}
+    frame = FrameResult(**common, scheduled_at=T0, captured_at=T0, processed_at=T0 + timedelta(seconds=1),
+                        status="ok", width=640, height=480, faces=2, nomask_faces=1, detector_model="det",
+                        classifier_model="cls", fetch_ms=12.5, inference_ms=30.0, snapshot_path="snaps/a.jpg")
+    faces = [FaceDetection(**common, face_index=i, scheduled_at=T0, x1=0.1 * i, y1=0.1, x2=0.1 * i + 0.1,
+                           y2=0.3, detection_score=0.9, nomask_prob=p, nomask=p > 0.5,
+                           detector_model="det", classifier_model="cls")
+             for i, p in enumerate([0.2, 0.8])]
+    alert = Alert(alert_id="cam-1:1772353800000", camera_id="cam-1", site="hq", zone="lobby",
+                  rule=">=1 in 60s", triggered_at=T0, window_start=T0 - timedelta(seconds=60), window_end=T0,
+                  faces=2, nomask_faces=1, nomask_ratio=0.5, tick_ids=[common["tick_id"]],
+                  message="no mask at lobby")
+    health = CameraHealth(**common, scheduled_at=T0, observed_at=T0, status="ok", latency_ms=12.5)
+    return frame, faces, alert, health
+
+
+def test_every_event_field_is_a_column(settings: Settings) -> None:
+    store.migrate(settings)
+    for model, table in store.EVENT_TABLES.items():
+        columns = set(store.query_df(f"SELECT * FROM {table} LIMIT 0", settings=settings).columns)
+        assert set(model.model_fields) == columns, table
+
+
+def test_events_insert_and_replays_do_not_duplicate(settings: Settings) -> None:
+    store.migrate(settings)
+    frame, faces, alert, health = _events()
+    for _ in range(2):  # the second round is a replay of the same events
+        assert store.insert_models("frames", [frame], settings) == 1
+        assert store.insert_models("detections", faces, settings) == 2
+        assert store.insert_models("alerts", [alert], settings) == 1
+        assert store.insert_models("camera_health", [health], settings) == 1
+    counts = store.query_rows(
+        "SELECT (SELECT count() FROM frames FINAL) AS frames, "
+        "(SELECT count() FROM detections FINAL) AS faces, (SELECT count() FROM alerts FINAL) AS alerts, "
+        "(SELECT count() FROM camera_health FINAL) AS health",
+        settings=settings)
+    assert counts == [{"frames": 1, "faces": 2, "alerts": 1, "health": 1}]
+    df = store.query_df("SELECT * FROM detections FINAL WHERE camera_id = {cam:String} ORDER BY face_index",
+                        {"cam": "cam-1"}, settings=settings)
+    assert isinstance(df, pl.DataFrame)
+    assert df["nomask"].to_list() == [False, True]
+    assert df["scheduled_at"].dtype == pl.Datetime("ms", "UTC")
+    assert df["scheduled_at"][0] == T0
+    alerts = store.query_df("SELECT tick_ids, window_start FROM alerts FINAL", settings=settings)
+    assert alerts["tick_ids"].to_list() == [[frame.tick_id]]
+    assert alerts["window_start"][0] == T0 - timedelta(seconds=60)
+
+
+def test_insert_rows_checks_columns(settings: Settings) -> None:
+    store.migrate(settings)
+    rows: list[dict[str, object]] = [
+        {"alert_id": "a", "acknowledged_by": "ana", "acknowledged_at": T0, "note": ""},
+        {"alert_id": "b", "acknowledged_by": "ana", "note": ""},
+    ]
+    with pytest.raises(store.StoreError, match="row 1 has columns"):
+        store.insert_rows("alert_acks", rows, settings)
+    assert store.insert_rows("alert_acks", rows[:1], settings) == 1
+    assert store.query_rows("SELECT alert_id, acknowledged FROM alert_acks FINAL", settings=settings) == [
+        {"alert_id": "a", "acknowledged": True}]
+
+
+def test_clients_are_per_thread_and_run_concurrently(settings: Settings) -> None:
+    store.migrate(settings)
+    seen: list[object] = []
+    errors: list[BaseException] = []
+
+    def work() -> None:
+        try:
+            seen.append(store.client(settings))
+            for _ in range(5):
+                store.query_rows("SELECT sleep(0.05), count() FROM frames", settings=settings)
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors
+    assert len({id(c) for c in seen}) == 4
+    assert store.client(settings) is store.client(settings)
+
+
+CHDB_SCRIPT = textwrap.dedent("""
+    import json, sys
+    from datetime import UTC, datetime
+    from maskwatch import registry, store
+    from schemas.events import Camera, CameraHealth
+    first, second = store.migrate(), store.migrate()
+    registry.put_camera(Camera(id="cam-1", site="hq", source_url="rtsp://admin:hunter2@10.0.0.9/live"))
+    now = datetime.now(UTC)
+    health = CameraHealth(camera_id="cam-1", tick_id="cam-1:1", scheduled_at=now, observed_at=now,
+                          status="ok")
+    store.insert_models("camera_health", [health, health])
+    rows = store.query_rows("SELECT display_url, site FROM cameras FINAL")
+    n = store.query_df("SELECT count() AS n FROM camera_health FINAL")["n"][0]
+    json.dump({"first": first, "second": second, "cameras": rows, "health": int(n),
+               "listed": [c.id for c in registry.list_cameras()]}, sys.stdout)
+""")
+
+
+def test_chdb_in_process_url(tmp_path: Path) -> None:
+    """Same code path on the in-process engine (its own process: one chdb path per Python process)."""
+    env = {"MASKWATCH_STORE_URL": f"chdb://{tmp_path / 'chdb'}?database=mw", "PATH": "/usr/bin:/bin",
+           "HOME": str(tmp_path), "PYTHONPATH": str(REPO_ROOT)}
+    done = subprocess.run([sys.executable, "-c", CHDB_SCRIPT], env=env, capture_output=True, text=True,
+                          timeout=180, cwd=REPO_ROOT)
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads(done.stdout)
+    assert result["first"] == ["001_init"] and result["second"] == []
+    assert result["cameras"] == [{"display_url": "rtsp://***@10.0.0.9/live", "site": "hq"}]
+    assert result["health"] == 1
+    assert result["listed"] == ["cam-1"]
+    assert "hunter2" not in done.stderr
