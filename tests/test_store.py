@@ -73,7 +73,8 @@ def test_bad_ttl_and_bad_url_are_clear_errors(monkeypatch: pytest.MonkeyPatch, s
 
 
 def _events() -> tuple[FrameResult, list[FaceDetection], Alert, CameraHealth]:
-    common: dict[str, Any] = {"camera_id": "cam-1", "tick_id": "cam-1:1772353800000", "site": "hq", "zone": "lobby"}
+    common: dict[str, Any] = {"camera_id": "cam-1", "tick_id": "cam-1:1772353800000", "site": "hq",
+                              "zone": "lobby"}
     frame = FrameResult(**common, scheduled_at=T0, captured_at=T0, processed_at=T0 + timedelta(seconds=1),
                         status="ok", width=640, height=480, faces=2, nomask_faces=1, detector_model="det",
                         classifier_model="cls", fetch_ms=12.5, inference_ms=30.0, snapshot_path="snaps/a.jpg")
