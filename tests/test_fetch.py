@@ -1,0 +1,170 @@
+"""Frame fetching against real sources: local HTTP servers (healthy, hanging, refusing, oversize),
+real dataset JPEGs and a corrupt one, a directory replay, a video file and the RTSP-style reader."""
+
+from __future__ import annotations
+
+import http.server
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import ClassVar
+
+import cv2
+import numpy as np
+import pytest
+
+from flows.fetch import Fetcher, FetchOptions, FetchRequest, RtspReader, replay_index
+from maskwatch.services.process import free_port
+
+
+class _Handler(http.server.BaseHTTPRequestHandler):
+    body = b""
+    auth_seen: ClassVar[list[str | None]] = []
+
+    def do_GET(self) -> None:
+        _Handler.auth_seen.append(self.headers.get("Authorization"))
+        if self.path.startswith("/hang"):
+            time.sleep(10)
+            return
+        if self.path.startswith("/slowdrip"):
+            self.send_response(200)
+            self.end_headers()
+            for _ in range(100):
+                self.wfile.write(b"x")
+                self.wfile.flush()
+                time.sleep(0.2)
+            return
+        body = self.body if not self.path.startswith("/big") else b"\xff" * 200_000
+        if self.path.startswith("/missing"):
+            self.send_error(404)
+            return
+        self.send_response(200)
+        self.send_header("Content-Type", "image/jpeg")
+        if not self.path.startswith("/big-nolength"):
+            self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def http_camera(dataset_dir: Path) -> Iterator[str]:
+    _Handler.body = (dataset_dir / "images" / "maksssksksss0.jpg").read_bytes()
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+
+
+def req(url: str, cam: str = "cam1", ms: int = 0, interval: float = 1.0) -> FetchRequest:
+    return FetchRequest(cam, f"{cam}:{ms}", url, ms, interval)
+
+
+OPTS = FetchOptions(concurrency=4, deadline_s=1.5, connect_timeout_s=0.5, read_timeout_s=1.0,
+                    max_bytes=100_000)
+
+
+def test_http_ok_hang_refused_and_404_in_one_batch(http_camera: str) -> None:
+    fetcher = Fetcher(OPTS)
+    refused = f"http://admin:s3cret@127.0.0.1:{free_port()}/snap.jpg"
+    started = time.monotonic()
+    out = fetcher.fetch_batch([
+        req(f"http://user:pw%40x@{http_camera.removeprefix('http://')}/snap.jpg", "ok"),
+        req(f"{http_camera}/hang", "hang"),
+        req(refused, "refused"),
+        req(f"{http_camera}/missing", "missing"),
+    ])
+    elapsed = time.monotonic() - started
+    assert elapsed < OPTS.deadline_s + 1.0, "a hanging camera held the batch past the deadline"
+    by = {f.camera_id: f for f in out}
+    assert by["ok"].status == "ok" and by["ok"].frame is not None and by["ok"].frame.shape[2] == 3
+    assert "Basic dXNlcjpwd0B4" in (_Handler.auth_seen[0] or "")  # user:pw@x from the URL, decoded
+    assert by["hang"].status in ("timeout", "fetch_error")
+    assert by["refused"].status == "fetch_error" and "Connection" in by["refused"].error
+    assert "s3cret" not in by["refused"].error and "admin" not in by["refused"].error
+    assert by["missing"].status == "fetch_error" and "404" in by["missing"].error
+    fetcher.close()
+
+
+def test_http_size_limit_and_slow_drip_are_aborted(http_camera: str) -> None:
+    fetcher = Fetcher(OPTS)
+    out = fetcher.fetch_batch([req(f"{http_camera}/big", "big"), req(f"{http_camera}/big-nolength", "stream"),
+                               req(f"{http_camera}/slowdrip", "drip")])
+    by = {f.camera_id: f for f in out}
+    assert "limit" in by["big"].error
+    assert "limit" in by["stream"].error  # no Content-Length: stopped while streaming
+    assert by["drip"].status in ("timeout", "fetch_error")
+    fetcher.close()
+
+
+def test_corrupt_jpeg_is_a_decode_error(tmp_path: Path, dataset_dir: Path) -> None:
+    good = (dataset_dir / "images" / "maksssksksss1.jpg").read_bytes()
+    bad = tmp_path / "corrupt.jpg"
+    bad.write_bytes(good[:20] + b"\x00" * 50)
+    out = Fetcher(OPTS).fetch_batch([req(bad.as_uri())])
+    assert out[0].status == "decode_error" and "decode" in out[0].error
+    assert Fetcher(OPTS).fetch_batch([req((tmp_path / "nope.jpg").as_uri())])[0].status == "fetch_error"
+
+
+def test_directory_replay_cycles_in_sorted_order_by_tick(tmp_path: Path, dataset_dir: Path) -> None:
+    names = ["maksssksksss2.jpg", "maksssksksss0.jpg", "maksssksksss1.jpg"]
+    for n in names:
+        (tmp_path / n).write_bytes((dataset_dir / "images" / n).read_bytes())
+    fetcher = Fetcher(OPTS)
+    expected = [cv2.imread(str(tmp_path / n)) for n in sorted(names)]
+    got = fetcher.fetch_batch([req(tmp_path.as_uri(), ms=i * 2000, interval=2.0) for i in range(4)])
+    for i, f in enumerate(got):
+        assert f.status == "ok" and f.frame is not None
+        assert np.array_equal(f.frame, expected[i % 3])  # type: ignore[arg-type]
+    assert replay_index(6000, 2.0, 3) == 0 and replay_index(8000, 2.0, 3) == 1
+
+
+def _video(path: Path, frames: int = 6) -> Path:
+    fourcc = cv2.VideoWriter_fourcc(*"MJPG")  # type: ignore[attr-defined]
+    writer = cv2.VideoWriter(str(path), fourcc, 5, (64, 48))
+    for i in range(frames):
+        writer.write(np.full((48, 64, 3), i * 40, np.uint8))
+    writer.release()
+    return path
+
+
+def test_video_file_replay_seeks_by_tick(tmp_path: Path) -> None:
+    video = _video(tmp_path / "clip.avi")
+    fetcher = Fetcher(OPTS)
+    a, b = fetcher.fetch_batch([req(video.as_uri(), ms=1000), req(video.as_uri(), ms=3000)])
+    assert a.status == b.status == "ok"
+    assert a.frame is not None and b.frame is not None
+    assert abs(int(a.frame.mean()) - 40) < 12 and abs(int(b.frame.mean()) - 120) < 12
+    fetcher.close()
+
+
+def test_stream_reader_keeps_latest_frame_and_reconnects(tmp_path: Path) -> None:
+    # The RTSP reader drives any FFmpeg URL; a short file "drops" at its end and must be reopened.
+    video = _video(tmp_path / "stream.avi", frames=3)
+    reader = RtspReader(str(video), max_backoff_s=0.2)
+    try:
+        frame = reader.latest(max_age_s=5, deadline=time.monotonic() + 5)
+        assert frame.shape == (48, 64, 3)
+        time.sleep(1.0)  # several end-of-stream/reconnect cycles
+        assert reader.latest(max_age_s=1.0, deadline=time.monotonic() + 3).shape == (48, 64, 3)
+    finally:
+        reader.close()
+    dead = RtspReader(f"rtsp://u:pw@127.0.0.1:{free_port()}/live", max_backoff_s=0.2)
+    try:
+        from flows.fetch import FetchError
+
+        with pytest.raises(FetchError) as err:
+            dead.latest(max_age_s=1, deadline=time.monotonic() + 1)
+        assert "pw" not in str(err.value)
+    finally:
+        dead.close()
+
+
+def test_unsupported_scheme() -> None:
+    out = Fetcher(OPTS).fetch_batch([req("ftp://127.0.0.1/x.jpg")])
+    assert out[0].status == "fetch_error" and "unsupported" in out[0].error
