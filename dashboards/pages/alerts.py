@@ -1,0 +1,106 @@
+"""Alerts: a live feed (refreshes by itself), the detail of one alert with its annotated snapshots, and
+acknowledgement."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import polars as pl
+import streamlit as st
+
+from dashboards import data, queries, ui
+
+REFRESH_S = 10
+
+settings = ui.settings()
+scope = ui.scope()
+
+st.title("Alerts")
+unacked = st.toggle("Unacknowledged only", key="unacked_only")
+
+
+@st.fragment(run_every=REFRESH_S)
+def feed() -> None:
+    # The range's end moves with the clock, so new alerts appear without touching the page.
+    live = replace(scope, end=max(scope.end, ui.range_end()))
+    with ui.store_errors(settings):
+        rows = data.alerts(settings, live, unacked)
+    st.caption(f"{ui.describe(live)} · refreshed every {REFRESH_S} s · newest {queries.FEED_LIMIT} shown")
+    if rows.is_empty():
+        st.info("No alerts in this range." if not unacked else "No unacknowledged alerts in this range.",
+                icon=":material/notifications_off:")
+        return
+    st.session_state["alert_ids"] = rows["alert_id"].to_list()
+    st.dataframe(
+        rows.select(
+            "triggered_at", "camera_id", "site", "zone", "nomask_faces", "faces", "nomask_ratio", "rule",
+            pl.when(pl.col("acknowledged"))
+            .then(pl.lit("✔ ") + pl.col("acknowledged_by"))
+            .otherwise(pl.lit(""))
+            .alias("acknowledged"),
+            "message", "alert_id",
+        ),
+        hide_index=True,
+        width="stretch",
+        height=320,
+        column_config={
+            "triggered_at": st.column_config.DatetimeColumn("Triggered (UTC)", format="YYYY-MM-DD HH:mm:ss"),
+            "nomask_ratio": st.column_config.NumberColumn("No-mask share", format="percent"),
+            "nomask_faces": st.column_config.NumberColumn("No-mask faces"),
+        },
+    )
+
+
+feed()
+
+st.subheader("Alert detail")
+ids: list[str] = st.session_state.get("alert_ids") or []
+if not ids:
+    st.stop()
+selected = st.selectbox("Alert", ids, key="alert_id")
+with ui.store_errors(settings):
+    found = data.alert(settings, selected)
+if found.is_empty():
+    st.warning(f"Alert {selected!r} is no longer in the store.")
+    st.stop()
+row = found.row(0, named=True)
+
+flash = st.session_state.pop("alert_flash", None)
+if flash:
+    st.success(flash, icon=":material/check_circle:")
+cols = st.columns(4)
+cols[0].metric("No-mask faces", ui.count(row["nomask_faces"]), border=True)
+cols[1].metric("Faces in window", ui.count(row["faces"]), border=True)
+cols[2].metric("No-mask share", ui.pct(row["nomask_ratio"]), border=True)
+cols[3].metric("Status", "Acknowledged" if row["acknowledged"] else "Open", border=True)
+st.markdown(
+    f"**{row['camera_id']}** · {row['site']} / {row['zone']} · rule `{row['rule']}`  \n"
+    f"Window {row['window_start']:%Y-%m-%d %H:%M:%S} → {row['window_end']:%H:%M:%S} UTC, "
+    f"triggered {row['triggered_at']:%Y-%m-%d %H:%M:%S} UTC  \n{row['message']}"
+)
+if row["acknowledged"]:
+    st.caption(f"Acknowledged by {row['acknowledged_by']} at {row['acknowledged_at']:%Y-%m-%d %H:%M:%S} UTC"
+               + (f": {row['note']}" if row["note"] else ""))
+
+with ui.store_errors(settings):
+    frames = data.alert_frames(settings, selected)
+paths = [p for p in dict.fromkeys([row["snapshot_path"], *frames["snapshot_path"].to_list()]) if p]
+files = [f for f in (ui.snapshot_file(p, settings) for p in paths) if f is not None]
+if files:
+    st.markdown(f"**Snapshots** ({len(files)})")
+    grid = st.columns(3)
+    for i, file in enumerate(files[:9]):
+        grid[i % 3].image(str(file), caption=file.stem.replace("_", ":"), width="stretch")
+else:
+    st.caption("No annotated snapshot is available for this alert.")
+
+if not row["acknowledged"]:
+    with st.form("ack_form"):
+        who = st.text_input("Your name", key="ack_by")
+        note = st.text_input("Note (optional)", key="ack_note")
+        if st.form_submit_button("Acknowledge", type="primary"):
+            with ui.store_errors(settings):
+                queries.acknowledge(settings, selected, who, note)
+            data.clear_alerts()
+            st.session_state["alert_flash"] = f"Alert acknowledged by {who.strip() or 'dashboard'}."
+            st.rerun()
