@@ -1,0 +1,156 @@
+"""Camera registry on the real store server: CRUD, tombstones, YAML import, credentials never shown."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from maskwatch import registry, store
+from maskwatch.config import Settings
+from maskwatch.registry_cli import cameras
+from schemas.events import Camera, RuleOverrides
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SECRET_URL = "rtsp://admin:hunter2@10.1.2.3:554/stream1?token=tok3n"
+
+
+@pytest.fixture
+def settings(store_url: str, monkeypatch: pytest.MonkeyPatch) -> Settings:
+    monkeypatch.setenv("MASKWATCH_STORE_URL", store_url)
+    store.migrate()
+    return Settings()
+
+
+def test_round_trip_update_disable_remove(settings: Settings) -> None:
+    door = Camera(id="door", name="Door", site="hq", zone="entry", source_url=SECRET_URL, interval_s=2.5,
+                  rules=RuleOverrides(min_nomask_faces=3, window_s=60))
+    registry.put_camera(door)
+    registry.put_camera(Camera(id="yard", site="depot", source_url="http://10.1.2.4/snap.jpg"))
+    got = registry.require_camera("door")
+    assert (got.source_url, got.interval_s, got.rules) == (SECRET_URL, 2.5, door.rules)
+    assert got.rules.nomask_ratio is None
+
+    registry.put_camera(door.model_copy(update={"interval_s": 10.0}))
+    assert registry.require_camera("door").interval_s == 10.0
+    registry.set_enabled("door", False)
+    assert [c.id for c in registry.list_cameras(enabled_only=True)] == ["yard"]
+    assert [c.id for c in registry.list_cameras()] == ["door", "yard"]
+
+    removed = registry.remove_camera("door")
+    assert removed.id == "door"
+    assert registry.get_camera("door") is None
+    assert [c.id for c in registry.list_cameras()] == ["yard"]
+    history = store.query_rows("SELECT deleted FROM cameras WHERE id = 'door' ORDER BY updated_at")
+    assert history[-1] == {"deleted": 1}  # a tombstone row, not a lost update
+    with pytest.raises(registry.RegistryError, match="no camera with id 'door'"):
+        registry.set_enabled("door", True)
+
+    registry.put_camera(door)  # re-adding after removal works
+    assert registry.require_camera("door").enabled
+
+
+def test_rapid_updates_keep_the_latest(settings: Settings) -> None:
+    camera = Camera(id="fast", source_url="file:///tmp/x")
+    for interval in (1.0, 2.0, 3.0, 4.0):
+        registry.put_camera(camera.model_copy(update={"interval_s": interval}))
+    assert registry.require_camera("fast").interval_s == 4.0
+
+
+def test_sample_yaml_import_is_idempotent(settings: Settings, dataset_dir: Path) -> None:
+    sample = REPO_ROOT / "samples" / "cameras.yaml"
+    first = registry.import_yaml(sample)
+    assert len(first.added) >= 3 and not first.updated and not first.unchanged
+    for camera in registry.list_cameras():
+        assert camera.source_url.startswith("file:///")
+        assert Path(camera.source_url.removeprefix("file://")) == dataset_dir / "images"
+    second = registry.import_yaml(sample)
+    assert (second.added, second.updated, sorted(second.unchanged)) == ([], [], sorted(first.added))
+    rows_before = store.query_rows("SELECT count() AS n FROM cameras")[0]["n"]
+    assert rows_before == len(first.added)  # unchanged cameras were not rewritten
+
+
+def test_yaml_import_updates_changed_cameras(settings: Settings, tmp_path: Path) -> None:
+    path = tmp_path / "cams.yaml"
+    cams: list[dict[str, Any]] = [{"id": "a", "source_url": "file://images", "interval_s": 1},
+            {"id": "b", "source_url": SECRET_URL, "site": "hq"}]
+    path.write_text(yaml.safe_dump({"cameras": cams}))
+    assert registry.import_yaml(path).added == ["a", "b"]
+    assert registry.require_camera("a").source_url == (tmp_path / "images").as_uri()  # relative to the file
+    cams[0]["interval_s"] = 3
+    path.write_text(yaml.safe_dump({"cameras": cams}))
+    result = registry.import_yaml(path)
+    assert (result.added, result.updated, result.unchanged) == ([], ["a"], ["b"])
+    assert registry.require_camera("a").interval_s == 3
+
+
+@pytest.mark.parametrize(
+    ("document", "expected"),
+    [
+        ("cameras: {id: a}", "expected a top-level 'cameras:' list"),
+        ("cameras: [{id: a, source_url: 'file:///x'}, {id: b, source_url: 'ftp://u:hunter2@h/x'}]",
+         "camera #2 (b): camera.source_url: value error"),
+        ("cameras: [{id: a, source_url: 'file:///x'}, {id: a, source_url: 'file:///y'}]",
+         "camera #2 (a): duplicate id"),
+        ("cameras: [{id: a, source_url: 'file:///x', interval_s: 0}]",
+         "camera #1 (a): camera.interval_s: input should be greater than 0"),
+        ("cameras: [{id: a, source_url: 'file:///x', rules: {min_faces: 2}}]",
+         "camera #1 (a): camera.rules.min_faces: extra inputs are not permitted"),
+        ("cameras: [a: b: c]", "cannot read camera file"),
+    ],
+)
+def test_bad_yaml_is_rejected_and_writes_nothing(settings: Settings, tmp_path: Path, document: str,
+                                                 expected: str) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text(document)
+    with pytest.raises(registry.RegistryError) as info:
+        registry.import_yaml(path)
+    assert expected in str(info.value)
+    assert "hunter2" not in str(info.value)
+    assert registry.list_cameras() == []
+
+
+def test_cli_never_shows_credentials(settings: Settings, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
+    runner = CliRunner()
+    outputs = []
+    for args in (["add", "door", SECRET_URL, "--site", "hq", "--rules", '{"cooldown_s": 30}'],
+                 ["list"], ["list", "--json"], ["show", "door"], ["disable", "door"], ["remove", "door"]):
+        result = runner.invoke(cameras, args, catch_exceptions=False)
+        assert result.exit_code == 0, result.output
+        outputs.append(result.output)
+    text = "\n".join(outputs)
+    assert "rtsp://***@10.1.2.3:554/stream1?token=***" in text
+    assert "door" in outputs[1] and '"cooldown_s": 30' in outputs[3]
+    shown = json.loads(outputs[2])
+    assert shown["source"] == "rtsp://***@10.1.2.3:554/stream1?token=***" and "source_url" not in shown
+    assert "hunter2" not in text and "tok3n" not in text and "admin" not in text
+    assert caplog.records, "registry changes are logged"
+    assert not any("hunter2" in r.getMessage() or "tok3n" in r.getMessage() for r in caplog.records)
+    stored = store.query_rows("SELECT DISTINCT display_url FROM cameras")
+    assert stored == [{"display_url": "rtsp://***@10.1.2.3:554/stream1?token=***"}]
+
+
+def test_cli_errors_are_one_clear_line(settings: Settings) -> None:
+    runner = CliRunner()
+    result = runner.invoke(cameras, ["add", "bad:id", "ftp://admin:hunter2@nas/x"])
+    assert result.exit_code == 1
+    assert "camera.id: string should match pattern" in result.output
+    assert "camera.source_url" in result.output and "hunter2" not in result.output
+    assert "Traceback" not in result.output
+    result = runner.invoke(cameras, ["add", "ok", "file:///x", "--rules", "{oops"])
+    assert result.exit_code == 2 and "--rules" in result.output
+    result = runner.invoke(cameras, ["enable", "ghost"])
+    assert result.exit_code == 1 and "no camera with id 'ghost'" in result.output
+
+
+def test_cli_reports_an_unmigrated_store(store_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MASKWATCH_STORE_URL", store_url)
+    result = CliRunner().invoke(cameras, ["list"])
+    assert result.exit_code == 1
+    assert "does not exist" in result.output and "maskwatch store migrate" in result.output
