@@ -38,6 +38,8 @@ def port_in_use(host: str, port: int) -> bool:
         if sock.connect_ex((host, port)) == 0:
             return True
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        # As servers do: connections in TIME_WAIT from a just-stopped service must not count as "in use".
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((host, port))
         except OSError:

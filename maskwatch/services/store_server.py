@@ -205,6 +205,8 @@ class Engine:
         self._sessions: dict[str, _Session] = {}
         self._tmp = data_dir / "tmp_inserts"
         self._tmp.mkdir(parents=True, exist_ok=True)
+        for stale in self._tmp.glob("*.insert"):  # left by a server that was killed mid-insert
+            stale.unlink(missing_ok=True)
         try:
             # This handle keeps the engine alive between requests.
             self._keeper = chdb.connect(self.dsn)
