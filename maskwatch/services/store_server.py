@@ -113,7 +113,9 @@ class _Session:
     conn: Any
     timeout: float
     last_used: float = field(default_factory=time.monotonic)
-    database: str | None = None
+    # URL settings currently SET on the handle, and the values they replaced.
+    applied: dict[str, str] = field(default_factory=dict)
+    replaced: dict[str, tuple[str, bool]] = field(default_factory=dict)
 
 
 def decompress(data: bytes, encoding: str) -> bytes:
@@ -261,22 +263,29 @@ class Engine:
 
     def _run_in_session(self, session: _Session, sql: str, data: bytes | None, binds: dict[str, str],
                         settings: dict[str, str], params: dict[str, str], query_id: str) -> Response:
-        database = params.get("database")
-        if database and database != session.database:
-            self._use(session.conn, database)
-            session.database = database
-        # URL settings apply to this query only; SET statements run by the client persist in the session.
-        snapshot = self._snapshot(session.conn, settings)
-        try:
-            for key, value in settings.items():
-                self._engine(session.conn, f"SET {key} = {_quote_value(value)}")
-            return self._run(session.conn, sql, data, binds, params, query_id)
-        finally:
-            for key, (value, changed) in snapshot.items():
-                restore = _quote_value(value) if changed else "DEFAULT"
-                with contextlib.suppress(StoreError):
-                    self._engine(session.conn, f"SET {key} = {restore}")
-            session.last_used = time.monotonic()
+        session.last_used = time.monotonic()
+        self._use(session.conn, params.get("database"))  # every time: the client may have run USE itself
+        # URL settings apply to the request; SET statements the client runs persist in the session.
+        # clickhouse-connect sends the same settings with every request of a client, so they stay applied
+        # while they are unchanged, and are swapped back to the replaced values when they change.
+        if settings != session.applied:
+            self._restore(session)
+            session.replaced = self._snapshot(session.conn, settings)
+            session.applied = dict(settings)
+            try:
+                for key, value in settings.items():
+                    self._engine(session.conn, f"SET {key} = {_quote_value(value)}")
+            except StoreError:
+                self._restore(session)
+                raise
+        return self._run(session.conn, sql, data, binds, params, query_id)
+
+    def _restore(self, session: _Session) -> None:
+        for key, (value, changed) in session.replaced.items():
+            restore = _quote_value(value) if changed else "DEFAULT"
+            with contextlib.suppress(StoreError):
+                self._engine(session.conn, f"SET {key} = {restore}")
+        session.applied, session.replaced = {}, {}
 
     def _snapshot(self, conn: Any, settings: dict[str, str]) -> dict[str, tuple[str, bool]]:
         if not settings:
@@ -399,6 +408,8 @@ def _summary(result: Any, read: bool) -> dict[str, str]:
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version = "maskwatch-store"
+    # Headers and body go out in separate writes: with Nagle on, each response waits ~40 ms for an ACK.
+    disable_nagle_algorithm = True
     server: _Server
 
     def log_message(self, format: str, *args: Any) -> None:
