@@ -1,0 +1,62 @@
+"""``maskwatch flow``: run the detection dataflow (a thin wrapper over ``python -m bytewax.run``)."""
+
+from __future__ import annotations
+
+import logging
+import os
+from datetime import timedelta
+from pathlib import Path
+
+import click
+
+log = logging.getLogger(__name__)
+
+
+@click.group()
+def flow() -> None:
+    """The Bytewax detection dataflow: ticks -> frames -> inference -> rules -> store and alerts."""
+
+
+@flow.command()
+@click.option("-w", "--workers", "workers", default=1, show_default=True, type=click.IntRange(1),
+              envvar="BYTEWAX_WORKERS_PER_PROCESS", help="Worker threads in this process.")
+@click.option("-i", "--process-id", type=click.IntRange(0), default=None, envvar="BYTEWAX_PROCESS_ID",
+              help="This process's index in a cluster (with -a).")
+@click.option("-a", "--addresses", default=None, envvar="BYTEWAX_ADDRESSES",
+              help="host:port of every process of the cluster, ';'-separated, same order on all hosts.")
+@click.option("-r", "--recovery-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              envvar="BYTEWAX_RECOVERY_DIRECTORY",
+              help="Bytewax recovery directory; created with --recovery-parts partitions if missing.")
+@click.option("--recovery-parts", default=1, show_default=True, type=click.IntRange(1),
+              help="Partitions to create in a new recovery directory.")
+@click.option("-s", "--snapshot-interval", default=5.0, show_default=True, type=click.FloatRange(0.1),
+              envvar="BYTEWAX_SNAPSHOT_INTERVAL", help="Seconds between state snapshots (the epoch length).")
+@click.option("-b", "--backup-interval", default=0.0, show_default=True, type=click.FloatRange(0),
+              envvar="BYTEWAX_RECOVERY_BACKUP_INTERVAL",
+              help="Seconds to keep superseded snapshots (set to your recovery-dir backup period).")
+def run(workers: int, process_id: int | None, addresses: str | None, recovery_dir: Path | None,
+        recovery_parts: int, snapshot_interval: float, backup_interval: float) -> None:
+    """Run the flow until interrupted. All other settings come from MASKWATCH_* variables."""
+    from bytewax.recovery import RecoveryConfig, init_db_dir
+    from bytewax.run import cli_main
+
+    from flows.detect import build_flow
+
+    if (process_id is None) != (addresses is None):
+        raise click.UsageError("-i/--process-id and -a/--addresses go together")
+    hosts = addresses.split(";") if addresses else None
+    # Micro-batch shards default to one per worker of the whole cluster.
+    os.environ.setdefault("MASKWATCH_FLOW_SHARDS", str(workers * (len(hosts) if hosts else 1)))
+    recovery = None
+    if recovery_dir is not None:
+        if not recovery_dir.exists() or not any(recovery_dir.iterdir()):
+            recovery_dir.mkdir(parents=True, exist_ok=True)
+            init_db_dir(recovery_dir, recovery_parts)
+            log.info("created recovery directory %s with %d partition(s)", recovery_dir, recovery_parts)
+        recovery = RecoveryConfig(recovery_dir, timedelta(seconds=backup_interval))
+    dataflow = build_flow()
+    log.info("flow starting: %d worker(s)%s%s", workers,
+             f", process {process_id} of {len(hosts)}" if hosts else "",
+             f", recovery in {recovery_dir}" if recovery_dir else "")
+    cli_main(dataflow, workers_per_process=workers, process_id=process_id, addresses=hosts,
+             epoch_interval=timedelta(seconds=snapshot_interval), recovery_config=recovery)
