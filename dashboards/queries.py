@@ -147,7 +147,7 @@ GRANULARITIES: dict[str, int] = {
 }
 
 
-def auto_bucket(scope: Scope, target: int = 120) -> int:
+def auto_bucket(scope: Scope, target: int = 48) -> int:
     """The coarsest listed granularity giving at least ``target`` points (or the finest that fits)."""
     seconds = scope.span.total_seconds()
     fitting = [s for s in GRANULARITIES.values() if seconds / s <= MAX_BUCKETS]
@@ -162,7 +162,7 @@ def timeseries(settings: Settings, scope: Scope, bucket_s: int) -> pl.DataFrame:
     bucket = "toStartOfInterval({col}, toIntervalSecond({{bucket_s:UInt32}}))"
     faces = _df(
         settings,
-        f"SELECT toDateTime({bucket.format(col='scheduled_at')}, 'UTC') AS bucket, "
+        f"SELECT toUnixTimestamp({bucket.format(col='scheduled_at')}) AS bucket, "
         "sum(faces) AS faces, sum(nomask_faces) AS nomask_faces "
         f"FROM frames FINAL WHERE {where('scheduled_at')} GROUP BY bucket ORDER BY bucket "
         f"LIMIT {MAX_BUCKETS + 1} {_FINAL_SETTINGS}",
@@ -170,7 +170,7 @@ def timeseries(settings: Settings, scope: Scope, bucket_s: int) -> pl.DataFrame:
     )
     alerts = _df(
         settings,
-        f"SELECT toDateTime({bucket.format(col='triggered_at')}, 'UTC') AS bucket, count() AS alerts "
+        f"SELECT toUnixTimestamp({bucket.format(col='triggered_at')}) AS bucket, count() AS alerts "
         f"FROM alerts FINAL WHERE {where('triggered_at')} GROUP BY bucket ORDER BY bucket "
         f"LIMIT {MAX_BUCKETS + 1} {_FINAL_SETTINGS}",
         params,
@@ -180,10 +180,13 @@ def timeseries(settings: Settings, scope: Scope, bucket_s: int) -> pl.DataFrame:
     axis = pl.DataFrame(
         {"bucket": pl.datetime_range(first, last, timedelta(seconds=bucket_s), time_zone="UTC", eager=True)}
     )
+    # Buckets travel as epoch seconds: Arrow output would turn a DateTime into a bare UInt32.
     shaped = [
-        frame.with_columns(pl.col("bucket").cast(pl.Datetime("us", "UTC"))) for frame in (faces, alerts)
+        frame.with_columns(pl.from_epoch(pl.col("bucket").cast(pl.Int64), time_unit="s")
+                           .dt.replace_time_zone("UTC").dt.cast_time_unit("us"))
+        for frame in (faces, alerts)
     ]
-    axis = axis.with_columns(pl.col("bucket").cast(pl.Datetime("us", "UTC")))
+    axis = axis.with_columns(pl.col("bucket").dt.cast_time_unit("us"))
     out = (
         axis.join(shaped[0], on="bucket", how="left")
         .join(shaped[1], on="bucket", how="left")

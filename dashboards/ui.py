@@ -114,6 +114,16 @@ def scope() -> Scope:
     return value
 
 
+def span_text(span: timedelta) -> str:
+    """'24 hours', '7 days', '90 minutes': the length of a range as a person says it."""
+    minutes = round(span.total_seconds() / 60)
+    if minutes % 1440 == 0 and minutes > 1440:
+        return f"{minutes // 1440} days"
+    if minutes % 60 == 0:
+        return f"{minutes // 60} hours" if minutes != 60 else "hour"
+    return f"{minutes} minutes"
+
+
 def describe(scope: Scope) -> str:
     parts = [f"{scope.start:%a %d %b %Y %H:%M} → {scope.end:%a %d %b %Y %H:%M} UTC"]
     for label, values in (("sites", scope.sites), ("zones", scope.zones), ("cameras", scope.cameras)):

@@ -12,7 +12,7 @@ settings = ui.settings()
 scope = ui.scope()
 
 st.title("Mask compliance")
-st.caption(f"{ui.describe(scope)} · compared with the {scope.span} before")
+st.caption(f"{ui.describe(scope)} · compared with the previous {ui.span_text(scope.span)}")
 
 kpis = data.kpis(settings, scope)
 now, before = (kpis.filter(pl.col("period") == p).row(0, named=True) for p in ("current", "previous"))
