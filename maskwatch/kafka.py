@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from confluent_kafka import Consumer, Producer
@@ -26,7 +27,9 @@ CONSUMER_DEFAULTS: dict[str, Any] = {
 
 
 def _config(settings: Settings | None, defaults: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
-    conf: dict[str, Any] = dict(defaults)
+    # librdkafka's own messages (e.g. "connect failed" while a broker restarts) go through Python logging,
+    # so they get the same format and credential redaction as everything else.
+    conf: dict[str, Any] = {"logger": logging.getLogger("rdkafka"), **defaults}
     conf.update((settings or Settings()).kafka_config())
     conf.update(overrides)
     return conf
