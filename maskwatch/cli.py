@@ -22,6 +22,7 @@ COMMANDS: dict[str, str] = {
     "flow": "flows.cli:flow",
     "dashboard": "dashboards.cli:dashboard",
     "up": "maskwatch.demo:up_command",
+    "down": "maskwatch.demo:down_command",
 }
 
 

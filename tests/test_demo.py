@@ -1,0 +1,96 @@
+"""`maskwatch up` end to end: services, schema, sample cameras and ticker, then `maskwatch down`."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from maskwatch import kafka, registry
+from maskwatch.config import Settings
+from maskwatch.services.process import free_port, pid_alive
+from schemas.events import Tick
+from schemas.parse import parse_event
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SAMPLE_IDS = {"hq-lobby", "hq-cafeteria", "depot-gate"}
+
+
+def _maskwatch(*args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "maskwatch.cli", *args], cwd=REPO_ROOT,
+                          env=dict(os.environ), capture_output=True, text=True, timeout=timeout)
+
+
+def _ticks(settings: Settings, want: set[str], timeout: float = 40) -> dict[str, Tick]:
+    """The first tick seen per camera, until every camera in ``want`` has one (or the timeout)."""
+    consumer = kafka.consumer(f"demo-{uuid.uuid4().hex[:8]}", settings)
+    consumer.subscribe([settings.topic_ticks])
+    seen: dict[str, Tick] = {}
+    deadline = time.monotonic() + timeout
+    try:
+        while not want <= set(seen) and time.monotonic() < deadline:
+            msg = consumer.poll(0.5)
+            if msg is None or msg.error():
+                continue
+            tick = parse_event(Tick, msg.value() or b"")
+            assert (msg.key() or b"").decode() == tick.camera_id
+            seen.setdefault(tick.camera_id, tick)
+    finally:
+        consumer.close()
+    return seen
+
+
+def test_up_then_down(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, dataset_dir: Path) -> None:
+    broker_port, store_port = free_port(), free_port()
+    home = tmp_path / "home"
+    suffix = uuid.uuid4().hex[:8]
+    monkeypatch.setenv("MASKWATCH_HOME", str(home))
+    monkeypatch.setenv("MASKWATCH_KAFKA_BOOTSTRAP", f"127.0.0.1:{broker_port}")
+    monkeypatch.setenv("MASKWATCH_STORE_URL", f"http://127.0.0.1:{store_port}/?database=maskwatch")
+    monkeypatch.setenv("MASKWATCH_TOPIC_TICKS", f"demo.ticks.{suffix}")
+    monkeypatch.setenv("MASKWATCH_TOPIC_ALERTS", f"demo.alerts.{suffix}")
+    monkeypatch.setenv("MASKWATCH_TOPIC_DEAD_LETTER", f"demo.dead.{suffix}")
+    settings = Settings()
+    try:
+        up = _maskwatch("up")
+        assert up.returncode == 0, up.stdout + up.stderr
+        assert f"127.0.0.1:{broker_port}" in up.stdout and f"127.0.0.1:{store_port}" in up.stdout
+        assert "3 added" in up.stdout and "ticker: started" in up.stdout
+        assert "maskwatch ticker tail" in up.stdout
+
+        cameras = {camera.id: camera for camera in registry.list_cameras(settings)}
+        assert set(cameras) == SAMPLE_IDS
+        images = dataset_dir / "images"
+        assert all(Path(c.source_url.removeprefix("file://")) == images for c in cameras.values())
+
+        ticks = _ticks(settings, SAMPLE_IDS)
+        assert set(ticks) == SAMPLE_IDS
+
+        ticker_pid = int((home / "run" / "ticker.pid").read_text())
+        assert pid_alive(ticker_pid)
+        again = _maskwatch("up")  # idempotent: nothing started twice, cameras unchanged
+        assert again.returncode == 0, again.stdout + again.stderr
+        assert "ticker: already running" in again.stdout and "3 unchanged" in again.stdout
+
+        tail = _maskwatch("ticker", "tail", "--max", "2", "--timeout", "30")
+        assert tail.returncode == 0, tail.stderr
+        tailed = [parse_event(Tick, line) for line in tail.stdout.splitlines()]
+        assert len(tailed) == 2 and {t.camera_id for t in tailed} <= SAMPLE_IDS
+    finally:
+        down = _maskwatch("down")
+    assert down.returncode == 0, down.stdout + down.stderr
+    assert "ticker: stopped" in down.stdout
+    assert not pid_alive(ticker_pid)
+    assert not (home / "run" / "ticker.pid").exists()
+    ticker_log = (home / "logs" / "ticker.log").read_text()
+    assert "ticker stopped" in ticker_log and "Traceback" not in ticker_log
+    for port in (broker_port, store_port):  # nothing accepts connections any more
+        with socket.socket() as sock:
+            assert sock.connect_ex(("127.0.0.1", port)) != 0, port
+    assert not list((home / "run").glob("*.pid"))
