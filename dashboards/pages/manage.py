@@ -29,6 +29,8 @@ if choice != NEW and current is None:
     data.clear_cameras()
     st.stop()
 
+# Widget keys carry the camera, so switching cameras shows that camera's values, not the last ones typed.
+slot = "new" if current is None else current.id
 flash = st.session_state.pop("manage_flash", None)
 if flash:
     st.success(flash, icon=":material/check_circle:")
@@ -41,29 +43,33 @@ def optional(value: float | int | None) -> Any:
 with st.form("camera_form", clear_on_submit=False):
     left, right = st.columns(2)
     camera_id = left.text_input("Id", value=current.id if current else "", disabled=current is not None,
-                                help="Letters, digits, '.', '_' or '-'; no colon. Cannot be changed.")
-    name = right.text_input("Name", value=current.name if current else "")
-    site = left.text_input("Site", value=current.site if current else "")
-    zone = right.text_input("Zone", value=current.zone if current else "")
+                                help="Letters, digits, '.', '_' or '-'; no colon. Cannot be changed.",
+                                key=f"id:{slot}")
+    name = right.text_input("Name", value=current.name if current else "", key=f"name:{slot}")
+    site = left.text_input("Site", value=current.site if current else "", key=f"site:{slot}")
+    zone = right.text_input("Zone", value=current.zone if current else "", key=f"zone:{slot}")
     if current:
         st.caption(f"Current source: `{current.display_url}` (credentials masked)")
     source = st.text_input(
         "Source URL" + (" (leave empty to keep the current one and its credentials)" if current else ""),
-        value="", type="password" if current else "default",
+        value="", type="password",  # it may hold credentials: never echoed on screen
         placeholder="rtsp://user:password@host:554/stream, https://host/snapshot.jpg or file:///path",
+        key=f"source:{slot}",
     )
     interval = left.number_input("Snapshot interval (s)", min_value=0.1, max_value=86400.0,
-                                 value=float(current.interval_s) if current else 5.0)
-    enabled = right.checkbox("Enabled", value=current.enabled if current else True)
+                                 value=float(current.interval_s) if current else 5.0, key=f"interval:{slot}")
+    enabled = right.checkbox("Enabled", value=current.enabled if current else True, key=f"enabled:{slot}")
     st.markdown("**Rule overrides** (empty = the flow's defaults)")
     rules = current.rules if current else None
     r1, r2, r3, r4 = st.columns(4)
-    min_faces = r1.number_input("Min no-mask faces", min_value=0, step=1, value=rules.min_nomask_faces
-                                if rules and rules.min_nomask_faces else None)
-    window_s = r2.number_input("Window (s)", min_value=0.0, value=rules.window_s if rules else None)
-    ratio = r3.number_input("No-mask ratio", min_value=0.0, max_value=1.0,
+    min_faces = r1.number_input("Min no-mask faces", min_value=0, step=1, key=f"min_faces:{slot}",
+                                value=rules.min_nomask_faces if rules else None)
+    window_s = r2.number_input("Window (s)", min_value=0.0, value=rules.window_s if rules else None,
+                               key=f"window:{slot}")
+    ratio = r3.number_input("No-mask ratio", min_value=0.0, max_value=1.0, key=f"ratio:{slot}",
                             value=rules.nomask_ratio if rules else None)
-    cooldown = r4.number_input("Cool-down (s)", min_value=0.0, value=rules.cooldown_s if rules else None)
+    cooldown = r4.number_input("Cool-down (s)", min_value=0.0, value=rules.cooldown_s if rules else None,
+                               key=f"cooldown:{slot}")
     submitted = st.form_submit_button("Save camera", type="primary")
 
 if submitted:
@@ -88,6 +94,8 @@ if submitted:
             st.error(f"Not saved: {exc}", icon=":material/error:")
         else:
             data.clear_cameras()
+            for key in [k for k in st.session_state if str(k).endswith(":new")]:
+                del st.session_state[key]  # an empty form next time "New camera" is picked
             st.session_state["manage_flash"] = f"Saved {saved.id} (source {saved.display_url})."
             st.session_state["manage_select_next"] = saved.id
             st.rerun()

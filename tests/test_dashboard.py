@@ -1,0 +1,309 @@
+"""Every dashboard page under Streamlit's AppTest, against the real engine (the embedded store server)
+seeded with realistic data. Figures on the page are checked against SQL written here independently of
+dashboards/queries.py (mostly from the detections table where the pages read frames)."""
+
+from __future__ import annotations
+
+import io
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+import pytest
+from streamlit.proto.TextInput_pb2 import TextInput as TextInputProto
+from streamlit.testing.v1 import AppTest
+
+from dashboards import queries, seed, ui
+from dashboards.queries import Scope
+from maskwatch import registry, store
+from maskwatch.config import Settings
+from maskwatch.services.process import free_port
+
+APP = Path(__file__).resolve().parents[1] / "dashboards" / "app.py"
+SECRETS = ("s3cret-7-", "pw-7-")  # passwords in the seeded cameras' source URLs (seed=7)
+
+
+def open_app(page: str | None = None, **state: Any) -> AppTest:
+    """The app after its first run (on ``page``). AppTest drops the entry script's sidebar widgets on
+    reruns of an st.navigation app, so sidebar filters are preset through ``state`` before the first run."""
+    at = AppTest.from_file(str(APP), default_timeout=60)
+    for key, value in state.items():
+        at.session_state[key] = value
+    at.run()
+    if page:
+        at.switch_page(f"pages/{page}.py").run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def texts(at: AppTest) -> str:
+    """Everything a person can read on the page, tables included."""
+    parts: list[str] = []
+    kinds = ("title", "header", "subheader", "markdown", "caption", "error", "warning", "info", "success")
+    for kind in kinds:
+        parts += [str(e.value) for e in getattr(at, kind)]
+    parts += [f"{m.label} {m.value} {m.delta}" for m in at.metric]
+    parts += [e.value.to_csv() for e in at.dataframe]
+    # Password-type inputs are drawn as dots, so what was typed there is not readable.
+    parts += [str(w.value) for w in at.text_input if w.proto.type != TextInputProto.PASSWORD]
+    return "\n".join(parts)
+
+
+def metrics(at: AppTest) -> dict[str, tuple[str, str | None]]:
+    return {m.label: (m.value, m.delta) for m in at.metric}
+
+
+def one(settings: Settings, sql: str, params: dict[str, Any]) -> dict[str, Any]:
+    return store.query_rows(sql, params, settings)[0]
+
+
+def window(scope: Scope, column: str = "scheduled_at") -> str:
+    return (f"{column} >= fromUnixTimestamp64Milli({scope.params()['start_ms']}, 'UTC') "
+            f"AND {column} < fromUnixTimestamp64Milli({scope.params()['end_ms']}, 'UTC')")
+
+
+@pytest.fixture(scope="module")
+def seeded(
+    store_server: Any, tmp_path_factory: pytest.TempPathFactory, dataset_dir: Path
+) -> Iterator[Settings]:
+    """One seeded database for the read-only page tests: 6 cameras × 3 days at one tick a minute."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MASKWATCH_HOME", str(tmp_path_factory.mktemp("dashboard-home")))
+        mp.setenv("MASKWATCH_STORE_URL", f"{store_server.url}/?database=t_{uuid.uuid4().hex}")
+        settings = Settings()
+        store.migrate(settings)
+        info = seed.seed(settings, n_cameras=6, days=3, dataset_dir=dataset_dir)
+        assert info.detections > 5000 and info.alerts > 20 and info.snapshots > 0
+        yield settings
+        store.close_clients()
+
+
+@pytest.fixture
+def fresh(monkeypatch: pytest.MonkeyPatch, store_url: str, tmp_path: Path) -> Settings:
+    """A migrated, empty database of its own."""
+    monkeypatch.setenv("MASKWATCH_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("MASKWATCH_STORE_URL", store_url)
+    settings = Settings()
+    store.migrate(settings)
+    return settings
+
+
+def test_overview_kpis_equal_sql(seeded: Settings) -> None:
+    at = open_app()
+    scope: Scope = at.session_state["mw_scope"]
+    assert scope.span.total_seconds() == 86400  # the default range: last 24 hours
+
+    def period(s: Scope) -> dict[str, Any]:
+        faces = one(seeded, f"SELECT count() AS faces, countIf(nomask) AS nomask FROM detections FINAL "
+                            f"WHERE {window(s)}", {})
+        alerts = one(seeded, f"SELECT count() AS n FROM alerts FINAL WHERE {window(s, 'triggered_at')}", {})
+        frames = one(seeded, "SELECT count() AS n FROM camera_health FINAL "
+                             f"WHERE status = 'ok' AND {window(s)}", {})
+        compliance = (faces["faces"] - faces["nomask"]) / faces["faces"]
+        return {**faces, "alerts": alerts["n"], "frames": frames["n"], "compliance": compliance}
+
+    now, before = period(scope), period(scope.previous())
+    assert now["faces"] > 500 and before["faces"] > 500
+    shown = metrics(at)
+    assert shown["Compliance"] == (f"{now['compliance']:.1%}",
+                                   f"{(now['compliance'] - before['compliance']) * 100:+.1f} pp")
+    assert shown["Faces seen"][0] == f"{now['faces']:,}"
+    assert shown["No-mask faces"] == (f"{now['nomask']:,}", ui.count_delta(now["nomask"], before["nomask"]))
+    assert shown["Alerts"] == (f"{now['alerts']:,}", ui.count_delta(now["alerts"], before["alerts"]))
+    assert shown["Frames processed"][0] == f"{now['frames']:,}"
+    assert len(at.get("vega_lite_chart")) == 2
+
+
+def test_overview_filters_by_site(seeded: Settings) -> None:
+    at = open_app(sites=["downtown"])
+    scope: Scope = at.session_state["mw_scope"]
+    assert scope.sites == ("downtown",)
+    row = one(seeded, f"SELECT count() AS faces, countIf(nomask) AS nomask FROM detections FINAL "
+                      f"WHERE site = 'downtown' AND {window(scope)}", {})
+    everywhere = one(seeded, f"SELECT count() AS faces FROM detections FINAL WHERE {window(scope)}", {})
+    assert 0 < row["faces"] < everywhere["faces"]
+    assert metrics(at)["Faces seen"][0] == f"{row['faces']:,}"
+    assert metrics(at)["No-mask faces"][0] == f"{row['nomask']:,}"
+    # Zones offered are only those of the chosen site.
+    zones = one(seeded, "SELECT groupUniqArray(zone) AS z FROM cameras FINAL WHERE site = 'downtown'",
+                {})["z"]
+    assert sorted(at.multiselect(key="zones").options) == sorted(zones)
+
+
+def test_timeseries_buckets_add_up(seeded: Settings) -> None:
+    at = open_app()
+    scope: Scope = at.session_state["mw_scope"]
+    series = queries.timeseries(seeded, scope, 3600)
+    assert series.height in (24, 25)  # hours touched by the range, empty ones filled
+    total = one(seeded, f"SELECT count() AS faces, countIf(nomask) AS nomask FROM detections FINAL "
+                        f"WHERE {window(scope)}", {})
+    assert series["faces"].sum() == total["faces"] and series["nomask_faces"].sum() == total["nomask"]
+    busiest = series.sort("nomask_faces", descending=True).row(0, named=True)
+    hour = one(seeded, "SELECT countIf(nomask) AS n FROM detections FINAL "
+                       "WHERE toStartOfHour(scheduled_at) = toDateTime({t:Int64}, 'UTC') "
+                       "AND " + window(scope),
+               {"t": int(busiest["bucket"].timestamp())})
+    assert busiest["nomask_faces"] == hour["n"] > 0
+    at.segmented_control(key="granularity").set_value("hour").run()
+    assert not at.exception and len(at.get("vega_lite_chart")) == 2
+
+
+def test_patterns_heatmap_and_leaderboard(seeded: Settings) -> None:
+    at = open_app("patterns")
+    scope: Scope = at.session_state["mw_scope"]
+    assert len(at.get("vega_lite_chart")) == 1
+    cells = queries.heatmap(seeded, scope)
+    expected = store.query_df(
+        f"SELECT toDayOfWeek(scheduled_at) AS weekday, toHour(scheduled_at) AS hour, count() AS n "
+        f"FROM detections FINAL WHERE nomask AND {window(scope)} GROUP BY weekday, hour", {}, seeded)
+    joined = cells.join(expected, on=["weekday", "hour"], how="full", coalesce=True)
+    assert joined.height == expected.height > 10
+    assert (joined["nomask_faces"] == joined["n"]).all()
+
+    worst = store.query_rows(
+        f"SELECT camera_id, countIf(nomask) / count() AS rate FROM detections FINAL WHERE {window(scope)} "
+        "GROUP BY camera_id HAVING count() >= 20 ORDER BY rate DESC LIMIT 3", {}, seeded)
+    board = at.dataframe[0].value
+    assert list(board["camera_id"][:3]) == [r["camera_id"] for r in worst]
+    assert board["nomask_rate"].iloc[0] == pytest.approx(worst[0]["rate"])
+    zones = at.dataframe[1].value
+    assert set(zones.columns) >= {"site", "zone", "nomask_rate"}
+
+
+def test_cameras_page_health_and_no_credentials(seeded: Settings) -> None:
+    at = open_app("cameras")
+    scope: Scope = at.session_state["mw_scope"]
+    table = at.dataframe[0].value
+    assert sorted(table["camera_id"]) == [f"cam-{i:03d}" for i in range(1, 7)]
+    health = store.query_rows(
+        f"SELECT camera_id, countIf(status = 'ok') / count() AS uptime, argMax(status, scheduled_at) AS last "
+        f"FROM camera_health FINAL WHERE {window(scope)} GROUP BY camera_id", {}, seeded)
+    for row in health:
+        shown = table[table["camera_id"] == row["camera_id"]].iloc[0]
+        assert shown["uptime"] == pytest.approx(row["uptime"])
+        assert shown["status"] == row["last"]
+    down = sum(1 for row in health if row["last"] != "ok")
+    assert down >= 1  # the seed takes cam-001 down for the last two hours
+    assert metrics(at)["Down now"][0] == str(down)
+    page = texts(at)
+    assert "rtsp://***@" in page
+    for secret in SECRETS:
+        assert secret not in page
+
+
+def test_alerts_feed_detail_snapshots_and_acknowledge(seeded: Settings) -> None:
+    at = open_app("alerts")
+    scope: Scope = at.session_state["mw_scope"]
+    expected = store.query_rows(
+        f"SELECT alert_id, nomask_faces FROM alerts FINAL WHERE {window(scope, 'triggered_at')} "
+        "ORDER BY triggered_at DESC, alert_id", {}, seeded)
+    feed = at.dataframe[0].value
+    assert list(feed["alert_id"]) == [r["alert_id"] for r in expected][: queries.FEED_LIMIT]
+    newest = expected[0]
+    assert at.selectbox(key="alert_id").value == newest["alert_id"]
+    assert metrics(at)["No-mask faces"][0] == str(newest["nomask_faces"])
+    assert metrics(at)["Status"][0] == "Open"
+    assert len(at.image) >= 1  # the seed wrote annotated snapshots (dataset images) for the newest alerts
+
+    at.text_input(key="ack_by").input("Dana")
+    at.text_input(key="ack_note").input("spoke to the lobby staff")
+    next(b for b in at.button if b.label == "Acknowledge").click().run()
+    assert not at.exception
+    ack = store.query_rows("SELECT acknowledged, acknowledged_by, note FROM alert_acks FINAL "
+                           "WHERE alert_id = {id:String}", {"id": newest["alert_id"]}, seeded)
+    assert ack == [{"acknowledged": True, "acknowledged_by": "Dana", "note": "spoke to the lobby staff"}]
+    assert metrics(at)["Status"][0] == "Acknowledged"
+    at.toggle(key="unacked_only").set_value(True).run()
+    assert newest["alert_id"] not in list(at.dataframe[0].value["alert_id"])
+
+
+def test_downloads_match_sql_and_files_round_trip(seeded: Settings) -> None:
+    at = open_app("downloads")
+    at.selectbox(key="download_table").set_value("detections").run()
+    scope: Scope = at.session_state["mw_scope"]
+    n = one(seeded, f"SELECT count() AS n FROM detections FINAL WHERE {window(scope)}", {})["n"]
+    assert any(f"**{n:,} rows**" in m.value for m in at.markdown)
+    assert len(at.get("download_button")) == 2
+    rows = queries.download(seeded, scope, "detections")
+    parquet = pl.read_parquet(io.BytesIO(ui.export(rows, "parquet")))
+    csv = pl.read_csv(io.BytesIO(ui.export(rows, "csv")))
+    assert parquet.height == csv.height == n
+    assert int(parquet["nomask"].sum()) == one(
+        seeded, f"SELECT countIf(nomask) AS n FROM detections FINAL WHERE {window(scope)}", {})["n"]
+    # Alerts carry a list column (tick ids): it must survive CSV too.
+    alerts = queries.download(seeded, scope, "alerts")
+    assert pl.read_csv(io.BytesIO(ui.export(alerts, "csv"))).height == alerts.height
+
+
+def test_manage_register_edit_disable_keeps_credentials(fresh: Settings) -> None:
+    at = open_app("manage")
+    at.text_input(key="id:new").input("gate-1")
+    at.text_input(key="name:new").input("Main gate")
+    at.text_input(key="site:new").input("hq")
+    at.text_input(key="zone:new").input("gate")
+    at.text_input(key="source:new").input("ftp://guard:topsecret@10.9.9.9/live")
+    next(b for b in at.button if b.label == "Save camera").click().run()
+    assert any("Not saved" in e.value and "source_url" in e.value for e in at.error)
+    assert "topsecret" not in texts(at)
+    assert registry.get_camera("gate-1", fresh) is None
+
+    at.text_input(key="source:new").input("rtsp://guard:topsecret@10.9.9.9:554/live")
+    next(b for b in at.button if b.label == "Save camera").click().run()
+    assert not at.exception
+    saved = registry.get_camera("gate-1", fresh)
+    assert saved is not None and saved.source_url == "rtsp://guard:topsecret@10.9.9.9:554/live"
+    assert (saved.name, saved.site, saved.zone) == ("Main gate", "hq", "gate")
+    assert any("rtsp://***@10.9.9.9:554/live" in s.value for s in at.success)
+    assert at.selectbox(key="manage_camera").value == "gate-1"
+    assert "topsecret" not in texts(at)
+
+    # Edit without typing a URL: the stored URL (and its credentials) stays.
+    at.text_input(key="name:gate-1").input("North gate")
+    at.number_input(key="min_faces:gate-1").set_value(2)
+    next(b for b in at.button if b.label == "Save camera").click().run()
+    edited = registry.get_camera("gate-1", fresh)
+    assert edited is not None and edited.name == "North gate"
+    assert edited.source_url == saved.source_url and edited.rules.min_nomask_faces == 2
+
+    # Typing a new URL replaces it.
+    at.text_input(key="source:gate-1").input("https://10.9.9.10/snap.jpg")
+    next(b for b in at.button if b.label == "Save camera").click().run()
+    replaced = registry.get_camera("gate-1", fresh)
+    assert replaced is not None and replaced.source_url == "https://10.9.9.10/snap.jpg"
+
+    at.button(key="toggle_enabled").click().run()
+    disabled = registry.get_camera("gate-1", fresh)
+    assert disabled is not None and not disabled.enabled
+    assert any("gate-1 disabled" in s.value for s in at.success)
+
+
+def test_empty_store_says_so(fresh: Settings) -> None:
+    at = open_app()
+    assert metrics(at)["Compliance"][0] == "—" and metrics(at)["Faces seen"][0] == "0"
+    assert any("No frames in this range" in i.value for i in at.info)
+    for page, message in (("cameras", "No cameras registered"), ("alerts", "No alerts in this range"),
+                          ("patterns", "No no-mask faces"), ("downloads", "No frames rows")):
+        at.switch_page(f"pages/{page}.py").run()
+        assert not at.exception, page
+        assert any(message in i.value for i in at.info), (page, [i.value for i in at.info])
+
+
+def test_unmigrated_store_says_how_to_fix(monkeypatch: pytest.MonkeyPatch, store_url: str) -> None:
+    monkeypatch.setenv("MASKWATCH_STORE_URL", store_url)
+    at = open_app()
+    shown = [e.value for e in at.error] + [w.value for w in at.warning]
+    assert any("maskwatch store migrate" in text for text in shown), shown
+    assert not at.metric
+
+
+def test_unreachable_store_clear_message_without_password(monkeypatch: pytest.MonkeyPatch) -> None:
+    port = free_port()
+    monkeypatch.setenv("MASKWATCH_STORE_URL", f"http://reader:hunter2@127.0.0.1:{port}/?database=maskwatch")
+    at = open_app()
+    assert len(at.error) == 1
+    message = at.error[0].value
+    assert "Cannot read the store at" in message and f"http://***@127.0.0.1:{port}" in message
+    assert "hunter2" not in texts(at)
+    assert not at.metric
