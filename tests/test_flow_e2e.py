@@ -10,6 +10,7 @@ cameras are dropped.
 
 from __future__ import annotations
 
+import contextlib
 import http.server
 import json
 import os
@@ -86,13 +87,22 @@ class _Hang(http.server.BaseHTTPRequestHandler):
         pass
 
 
-@pytest.fixture
-def hanging_camera() -> Iterator[str]:
+@contextlib.contextmanager
+def hanging_server() -> Iterator[str]:
+    """An HTTP camera that accepts the connection and never answers."""
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Hang)
     server.daemon_threads = True
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_address[1]}/snapshot.jpg"
-    server.shutdown()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/snapshot.jpg"
+    finally:
+        server.shutdown()
+
+
+@pytest.fixture
+def hanging_camera() -> Iterator[str]:
+    with hanging_server() as url:
+        yield url
 
 
 @dataclass
@@ -104,7 +114,16 @@ class Scenario:
     mixed_unmasked_from: datetime
 
 
-def build_scenario(tmp_path: Path, settings: Settings, dataset_dir: Path, hang_url: str) -> Scenario:
+def scenario_base_ms() -> int:
+    """Event time starts on a replay-cycle boundary so tick i shows image i of the directory."""
+    cycle_ms = int(INTERVAL_S * 1000) * 18
+    now_ms = int(time.time() * 1000)
+    return now_ms - now_ms % cycle_ms - cycle_ms
+
+
+def build_scenario(tmp_path: Path, settings: Settings, dataset_dir: Path, hang_url: str,
+                   base_ms: int | None = None) -> Scenario:
+    tmp_path.mkdir(parents=True, exist_ok=True)
     store.migrate(settings)
     ensure_topics(settings)
     masked = pick_images(dataset_dir, "con_mascarilla", 8)
@@ -125,10 +144,7 @@ def build_scenario(tmp_path: Path, settings: Settings, dataset_dir: Path, hang_u
     ]
     for cam in cameras:
         registry.put_camera(cam, settings)
-    # Event time starts on a replay-cycle boundary so tick i shows image i of the directory.
-    cycle_ms = int(INTERVAL_S * 1000) * 18
-    now_ms = int(time.time() * 1000)
-    base_ms = now_ms - now_ms % cycle_ms - cycle_ms
+    base_ms = scenario_base_ms() if base_ms is None else base_ms
     counts = {"mixed": 26, "masked": 12, "refused": 4, "hang": 3, "corrupt": 3, "off": 2, "ghost": 2}
     ticks = []
     for cam_id, n in counts.items():
@@ -184,6 +200,10 @@ def wait_for(what: str, check: Callable[[], bool], timeout: float, proc: subproc
     raise AssertionError(f"timed out waiting for {what}:\n{log_path.read_text()[-4000:]}")
 
 
+def has_frames(settings: Settings, expected: dict[str, int]) -> Callable[[], bool]:
+    return lambda: frame_counts(settings) == expected
+
+
 def frame_counts(settings: Settings) -> dict[str, int]:
     rows = store.query_rows("SELECT camera_id, count() AS n FROM frames FINAL GROUP BY camera_id",
                             settings=settings)
@@ -222,7 +242,7 @@ def test_flow_end_to_end(tmp_path: Path, mw_env: Settings, dataset_dir: Path, ha
     log_path = tmp_path / "flow.log"
     proc = start_flow(sc.env, log_path)
     try:
-        wait_for("every tick's frame row", lambda: frame_counts(sc.settings) == sc.expected_frames, 150, proc,
+        wait_for("every tick's frame row", has_frames(sc.settings, sc.expected_frames), 150, proc,
                  log_path)
         has_alert = lambda: bool(store.query_rows("SELECT 1 FROM alerts", settings=sc.settings))  # noqa: E731
         wait_for("the alert row", has_alert, 30, proc, log_path)
