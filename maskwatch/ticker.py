@@ -106,6 +106,7 @@ class Ticker:
         self.stats = TickerStats()
         self.producer = producer or kafka.producer(self.settings)
         self._store_ok = True
+        self._next_loss_log = 0.0
 
     def refresh(self) -> None:
         from maskwatch import registry
@@ -134,8 +135,14 @@ class Ticker:
         if err is None:
             self.stats.delivered += 1
         else:
-            self.stats.failed += 1
-            log.error("tick %s not delivered: %s", msg.key(), err)
+            self._lost(f"tick for {msg.key().decode(errors='replace')} not delivered: {err}")
+
+    def _lost(self, reason: str) -> None:
+        # A long outage fails ticks by the thousand: one log line per 10 s, with the running count.
+        self.stats.failed += 1
+        if time.monotonic() >= self._next_loss_log:
+            log.error("%s (%d ticks lost so far)", reason, self.stats.failed)
+            self._next_loss_log = time.monotonic() + 10
 
     def emit_due(self) -> int:
         from schemas.events import Tick, tick_id
@@ -151,13 +158,15 @@ class Ticker:
         return len(due)
 
     def _produce(self, key: str, value: bytes) -> None:
-        while True:
+        for attempt in range(2):
             try:
                 self.producer.produce(self.settings.topic_ticks, key=key.encode(), value=value,
                                       on_delivery=self._on_delivery)
                 return
-            except BufferError:  # local queue full (broker down a long time): wait for room
-                self.producer.poll(0.5)
+            except BufferError:  # local queue full (broker down a long time): wait a little for room
+                if attempt == 0:
+                    self.producer.poll(0.1)
+        self._lost(f"tick for {key} dropped: local producer queue full")
 
     def run(self, stop: threading.Event) -> TickerStats:
         next_refresh = 0.0

@@ -227,3 +227,17 @@ def test_ticker_process_stops_cleanly_on_sigterm(mw_env: Settings) -> None:
         output, _ = proc.communicate(timeout=30)
     assert proc.returncode == 0, output
     assert "ticker stopped" in output and "Traceback" not in output
+
+
+def test_full_producer_queue_drops_and_counts_instead_of_hanging(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MASKWATCH_KAFKA_BOOTSTRAP", f"127.0.0.1:{free_port()}")  # nothing listens there
+    settings = Settings()
+    now = [T0 / 1000]
+    ticker = Ticker(settings, clock=lambda: now[0],
+                    producer=kafka.producer(settings, queue_buffering_max_messages=5))
+    ticker.schedule.update({f"cam-{i}": 1.0 for i in range(12)}, T0)
+    now[0] += 1.0
+    started = time.monotonic()
+    assert ticker.emit_due() == 12
+    assert time.monotonic() - started < 5
+    assert ticker.stats.failed == 7 and len(ticker.producer) == 5
