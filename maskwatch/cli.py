@@ -21,6 +21,7 @@ COMMANDS: dict[str, str] = {
     "eval": "inference.cli:eval_command",
     "flow": "flows.cli:flow",
     "dashboard": "dashboards.cli:dashboard",
+    "notify": "maskwatch.notify:notify_command",
     "up": "maskwatch.demo:up_command",
     "down": "maskwatch.demo:down_command",
 }
