@@ -26,7 +26,10 @@ def flow() -> None:
               help="host:port of every process of the cluster, ';'-separated, same order on all hosts.")
 @click.option("-r", "--recovery-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               envvar="BYTEWAX_RECOVERY_DIRECTORY",
-              help="Bytewax recovery directory; created with --recovery-parts partitions if missing.")
+              help="Bytewax recovery directory (default $MASKWATCH_HOME/recovery); created with "
+                   "--recovery-parts partitions if missing. On several hosts give each process its own.")
+@click.option("--no-recovery", is_flag=True,
+              help="Run without recovery (a restart re-reads ticks from the start).")
 @click.option("--recovery-parts", default=1, show_default=True, type=click.IntRange(1),
               help="Partitions to create in a new recovery directory.")
 @click.option("-s", "--snapshot-interval", default=5.0, show_default=True, type=click.FloatRange(0.1),
@@ -35,12 +38,13 @@ def flow() -> None:
               envvar="BYTEWAX_RECOVERY_BACKUP_INTERVAL",
               help="Seconds to keep superseded snapshots (set to your recovery-dir backup period).")
 def run(workers: int, process_id: int | None, addresses: str | None, recovery_dir: Path | None,
-        recovery_parts: int, snapshot_interval: float, backup_interval: float) -> None:
+        no_recovery: bool, recovery_parts: int, snapshot_interval: float, backup_interval: float) -> None:
     """Run the flow until interrupted. All other settings come from MASKWATCH_* variables."""
     from bytewax.recovery import RecoveryConfig, init_db_dir
     from bytewax.run import cli_main
 
     from flows.detect import build_flow
+    from maskwatch.config import Settings
 
     if (process_id is None) != (addresses is None):
         raise click.UsageError("-i/--process-id and -a/--addresses go together")
@@ -48,7 +52,8 @@ def run(workers: int, process_id: int | None, addresses: str | None, recovery_di
     # Micro-batch shards default to one per worker of the whole cluster.
     os.environ.setdefault("MASKWATCH_FLOW_SHARDS", str(workers * (len(hosts) if hosts else 1)))
     recovery = None
-    if recovery_dir is not None:
+    if not no_recovery:
+        recovery_dir = recovery_dir or Settings().home / "recovery"
         if not recovery_dir.exists() or not any(recovery_dir.iterdir()):
             recovery_dir.mkdir(parents=True, exist_ok=True)
             init_db_dir(recovery_dir, recovery_parts)
@@ -57,6 +62,6 @@ def run(workers: int, process_id: int | None, addresses: str | None, recovery_di
     dataflow = build_flow()
     log.info("flow starting: %d worker(s)%s%s", workers,
              f", process {process_id} of {len(hosts)}" if hosts else "",
-             f", recovery in {recovery_dir}" if recovery_dir else "")
+             f", recovery in {recovery_dir}" if recovery else ", no recovery")
     cli_main(dataflow, workers_per_process=workers, process_id=process_id, addresses=hosts,
              epoch_interval=timedelta(seconds=snapshot_interval), recovery_config=recovery)
