@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import random
 import re
 import socket
 import subprocess
@@ -31,8 +32,12 @@ def home_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[Path]:
     """An isolated MASKWATCH_HOME with free broker/store ports; whatever the test started is stopped."""
     home = tmp_path / "home"
     monkeypatch.setenv("MASKWATCH_HOME", str(home))
-    monkeypatch.setenv("MASKWATCH_BROKER_PORT", str(free_port()))
-    monkeypatch.setenv("MASKWATCH_STORE_PORT", str(free_port()))
+    broker_port, store_port = free_port(), free_port()
+    # The same ports both ways: from the clients' settings and as MASKWATCH_{BROKER,STORE}_PORT.
+    monkeypatch.setenv("MASKWATCH_KAFKA_BOOTSTRAP", f"127.0.0.1:{broker_port}")
+    monkeypatch.setenv("MASKWATCH_STORE_URL", f"http://127.0.0.1:{store_port}/?database=services_test")
+    monkeypatch.setenv("MASKWATCH_BROKER_PORT", str(broker_port))
+    monkeypatch.setenv("MASKWATCH_STORE_PORT", str(store_port))
     monkeypatch.setenv("MASKWATCH_TICK_PARTITIONS", "3")
     suffix = uuid.uuid4().hex[:8]
     monkeypatch.setenv("MASKWATCH_TOPIC_TICKS", f"ticks.{suffix}")
@@ -46,6 +51,10 @@ def cli(*args: str) -> Result:
     return CliRunner().invoke(services, list(args), catch_exceptions=False)
 
 
+def pids_from_pidfiles(run: Path) -> dict[str, int]:
+    return {f.stem: int(f.read_text()) for f in run.glob("*.pid")}
+
+
 def pids(output: str) -> dict[str, int]:
     return {m["name"]: int(m["pid"]) for m in re.finditer(r"(?P<name>\w+)\s+\w+\s+pid (?P<pid>\d+)", output)}
 
@@ -56,6 +65,7 @@ def test_up_twice_status_down_twice(home_env: Path) -> None:
     assert first.exit_code == 0, first.output
     assert "broker: started" in first.output and "store: started" in first.output
     assert f"{settings.topic_ticks} (3 partitions)" in first.output
+    assert "note:" not in first.output  # services on the ports the clients' settings name
 
     status = cli("status")
     assert status.exit_code == 0, status.output
@@ -90,17 +100,22 @@ def test_up_twice_status_down_twice(home_env: Path) -> None:
     assert re.search(r"store\s+down\s+pid -", after.output)
 
 
-def test_stale_pid_files_are_replaced(home_env: Path) -> None:
+def test_stale_pid_files_are_replaced(home_env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     run = home_env / "run"
     run.mkdir(parents=True)
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
     (run / "broker.pid").write_text(f"{dead.pid}\n")  # process gone
     (run / "store.pid").write_text(f"{os.getpid()}\n")  # alive, but not a store server (reused pid)
+    monkeypatch.delenv("MASKWATCH_BROKER_PORT")
+    monkeypatch.delenv("MASKWATCH_STORE_PORT")
     assert "down" in cli("status").output
     result = cli("up", "--no-topics")
     assert result.exit_code == 0, result.output
     assert "broker: started" in result.output and "store: started" in result.output
+    # Ports from the settings alone (no MASKWATCH_*_PORT): what the clients will dial.
+    broker_pid = pids_from_pidfiles(run)["broker"]
+    assert f"broker: started (pid {broker_pid}) on {os.environ['MASKWATCH_KAFKA_BOOTSTRAP']}" in result.output
     new = pids(cli("status").output)
     assert new["broker"] != dead.pid and new["store"] != os.getpid()
     assert int((run / "broker.pid").read_text()) == new["broker"]
@@ -158,10 +173,11 @@ def test_ensure_topics_is_idempotent_and_warns_on_too_few_partitions(
 
 
 def _free_s3_base() -> int:
-    """A base port whose 5 ports and their +10000 gRPC twins are all free."""
-    for _ in range(50):
-        base = free_port()
-        if base + 10004 < 65535 and not any(
+    """A base port whose 5 ports and their +10000 gRPC twins are all free, all below the ephemeral range
+    (32768+) so no client connection can be holding one when seaweed restarts."""
+    for _ in range(100):
+        base = random.randrange(10000, 22000)
+        if not any(
             port_in_use("127.0.0.1", p) for i in range(5) for p in (base + i, base + 10000 + i)
         ):
             return base

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import gzip
+import socket
 import subprocess
 import sys
 import threading
@@ -87,6 +88,10 @@ def test_types_round_trip_with_each_compression(db: str, compress: str | bool) -
                            "WHERE database = currentDatabase() AND table = 'frames'").result_rows
     types = {str(name): str(kind) for name, kind in columns}
     assert types["camera_id"] == "LowCardinality(String)" and types["score"] == "Float32"
+
+    # LIMIT 0 is a columns-only probe (FORMAT JSON metadata) in clickhouse-connect.
+    empty = client.query("SELECT camera_id, ts FROM frames LIMIT 0")
+    assert empty.column_names == ("camera_id", "ts") and empty.result_rows == []
 
     frame = client.query_df("SELECT camera_id, faces, score FROM frames ORDER BY ts")
     assert list(frame.columns) == ["camera_id", "faces", "score"]
@@ -190,6 +195,19 @@ def test_http_protocol_details(store_server: StoreService, db: str) -> None:
     assert info.value.code == 404
 
 
+def test_serve_on_a_taken_port_is_a_clear_error(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        out = subprocess.run(
+            [sys.executable, "-m", "maskwatch.cli", "store", "serve", "--port", str(port),
+             "--data-dir", str(tmp_path / "chdb")], capture_output=True, text=True, timeout=60,
+        )
+    assert out.returncode != 0
+    assert f"cannot listen on 127.0.0.1:{port}" in out.stderr
+
+
 def test_concurrent_clients_do_not_interfere(store_server: StoreService) -> None:
     names = [f"c_{uuid.uuid4().hex}" for _ in range(6)]
     errors: list[BaseException] = []
@@ -251,6 +269,7 @@ def test_data_persists_and_directory_is_exclusive(tmp_path: Path) -> None:
     finally:
         assert service.stop()
     assert service.pid() is None
+    assert "store server stopped" in service.process.log_file.read_text()  # SIGTERM handled, not killed
     # After a clean SIGTERM the engine's files are readable in-process through chdb:// (own process:
     # chdb allows one data path per process).
     check = (

@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from maskwatch.services.process import ManagedProcess, ServiceError, port_in_use, tail, wait_until
+from maskwatch.services.process import ManagedProcess, ServiceError, port_stays_busy, tail, wait_until
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +79,7 @@ class Broker:
         pid = proc.pid()
         if pid is not None:
             return pid
-        if port_in_use(self.host, self.port):
+        if port_stays_busy(self.host, self.port):
             raise ServiceError(
                 f"broker: port {self.port} on {self.host} is already in use by another program; "
                 f"choose another with --broker-port or MASKWATCH_BROKER_PORT"

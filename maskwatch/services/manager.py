@@ -137,6 +137,7 @@ def up(settings: Settings, durable: bool = False, broker_port: int | None = None
     if layout != wanted:
         messages.append(f"note: services already running with {_describe(layout)}, not the requested "
                         f"{_describe(wanted)}; run 'maskwatch services down' first to change that")
+    messages.extend(_client_mismatches(settings, layout))
     _state_file(home).parent.mkdir(parents=True, exist_ok=True)
     _state_file(home).write_text(json.dumps(dataclasses.asdict(layout)))
 
@@ -164,6 +165,20 @@ def up(settings: Settings, durable: bool = False, broker_port: int | None = None
         found = ensure_topics(broker_settings)
         messages.append("topics: " + ", ".join(f"{name} ({n} partitions)" for name, n in found.items()))
     return messages
+
+
+def _client_mismatches(settings: Settings, layout: Layout) -> list[str]:
+    """Warn when the clients' settings (local addresses) point at other ports than the services use."""
+    notes = []
+    bootstrap_port = _local_port(settings.kafka_bootstrap.split(",")[0])
+    if bootstrap_port is not None and bootstrap_port != layout.broker_port:
+        notes.append(f"note: MASKWATCH_KAFKA_BOOTSTRAP={settings.kafka_bootstrap} but the broker is on port "
+                     f"{layout.broker_port}; set MASKWATCH_KAFKA_BOOTSTRAP=127.0.0.1:{layout.broker_port}")
+    store_port = _local_port(settings.store_url)
+    if store_port is not None and store_port != layout.store_port:
+        notes.append(f"note: MASKWATCH_STORE_URL points at port {store_port} but the store server is on port "
+                     f"{layout.store_port}")
+    return notes
 
 
 def down(settings: Settings) -> list[str]:

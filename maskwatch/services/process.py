@@ -47,6 +47,11 @@ def port_in_use(host: str, port: int) -> bool:
     return False
 
 
+def port_stays_busy(host: str, port: int, grace: float = 3.0) -> bool:
+    """``port_in_use``, allowing ``grace`` seconds for sockets of a just-stopped process to wind down."""
+    return not wait_until(lambda: not port_in_use(host, port), grace, interval=0.2)
+
+
 def pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from maskwatch.config import secret
-from maskwatch.services.process import ManagedProcess, ServiceError, port_in_use, tail, wait_until
+from maskwatch.services.process import ManagedProcess, ServiceError, port_stays_busy, tail, wait_until
 
 log = logging.getLogger(__name__)
 
@@ -116,7 +116,7 @@ class Seaweed:
             return pid
         for component, port in self.ports.items():
             for candidate in (port, port + GRPC_OFFSET):
-                if port_in_use(self.host, candidate):
+                if port_stays_busy(self.host, candidate):
                     raise ServiceError(
                         f"seaweed: port {candidate} ({component}) on {self.host} is already in use by "
                         f"another program; choose another S3 base port with --s3-port or MASKWATCH_S3_PORT "

@@ -8,7 +8,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from maskwatch.services.process import ManagedProcess, ServiceError, port_in_use, tail, wait_until
+from maskwatch.services.process import ManagedProcess, ServiceError, port_stays_busy, tail, wait_until
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +59,7 @@ class StoreService:
         pid = proc.pid()
         if pid is not None:
             return pid
-        if port_in_use(self.host, self.port):
+        if port_stays_busy(self.host, self.port):
             raise ServiceError(
                 f"store: port {self.port} on {self.host} is already in use by another program; "
                 f"choose another with --store-port or MASKWATCH_STORE_PORT"
