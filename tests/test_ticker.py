@@ -168,7 +168,8 @@ def test_ticks_flow_through_the_broker_and_follow_the_registry(mw_env: Settings)
     assert abs(counts["slow-1"] - run_s) <= 2 and abs(counts["slow-2"] - run_s) <= 2, counts
     assert "off" not in counts
     off_times = [t.scheduled_at.timestamp() for t in ticks if t.camera_id == "goes-off"]
-    assert off_times and max(off_times) <= changed + 0.5 + 0.5 + 0.2  # one refresh + one interval
+    # Stopped within a refresh period plus an interval (with slack for a busy machine), not 2.5 s later.
+    assert off_times and max(off_times) <= changed + 1.5
     assert counts["late"] >= 2
     assert min(t.scheduled_at.timestamp() for t in ticks if t.camera_id == "late") >= changed
     phases = {t.scheduled_at.timestamp() % 1.0 for t in ticks if t.camera_id in ("slow-1", "slow-2")}
