@@ -2,19 +2,18 @@
 
 from __future__ import annotations
 
-import os
-import sys
 from pathlib import Path
 
 import click
 
 APP = Path(__file__).with_name("app.py")
+DEFAULT_PORT = 8501
 
 
-def streamlit_argv(host: str, port: int) -> list[str]:
-    """``streamlit run`` headless, without telemetry or file watcher (this is not a dev server)."""
+def streamlit_args(host: str, port: int) -> list[str]:
+    """``streamlit run`` arguments: headless, no telemetry, no file watcher (this is not a dev server)."""
     return [
-        sys.executable, "-m", "streamlit", "run", str(APP),
+        "run", str(APP),
         "--server.address", host,
         "--server.port", str(port),
         "--server.headless", "true",
@@ -33,12 +32,39 @@ def dashboard() -> None:
 
 @dashboard.command()
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind.")
-@click.option("--port", default=8501, show_default=True, type=click.IntRange(1, 65535))
+@click.option("--port", default=DEFAULT_PORT, show_default=True, type=click.IntRange(1, 65535),
+              envvar="MASKWATCH_DASHBOARD_PORT", help="Port (env MASKWATCH_DASHBOARD_PORT).")
 def run(host: str, port: int) -> None:
-    """Serve the dashboard on http://HOST:PORT (replaces this process with Streamlit)."""
-    argv = streamlit_argv(host, port)
+    """Serve the dashboard on http://HOST:PORT until SIGINT/SIGTERM."""
+    from streamlit.web import cli as streamlit_cli
+
+    from maskwatch.services.process import port_in_use
+
+    if port_in_use(host, port):
+        raise click.ClickException(f"dashboard: port {host}:{port} is already in use; pick another with "
+                                   "--port or MASKWATCH_DASHBOARD_PORT")
+
     click.echo(f"dashboard: http://{host}:{port}", err=True)
-    sys.stdout.flush()
-    sys.stderr.flush()
-    # exec, so signals (SIGTERM from a supervisor or a test) reach Streamlit itself.
-    os.execv(argv[0], argv)
+    # In this process (not exec'd), so pid files and `maskwatch down` see the command that was started.
+    streamlit_cli.main.main(args=streamlit_args(host, port), prog_name="streamlit")
+
+
+@dashboard.command("seed")
+@click.option("--cameras", "n_cameras", default=12, show_default=True, type=click.IntRange(1, 10000))
+@click.option("--days", default=14.0, show_default=True, type=click.FloatRange(0.01, 400))
+@click.option("--interval", "interval_s", default=60.0, show_default=True, type=click.FloatRange(0.1, 86400),
+              help="Seconds between ticks of each camera.")
+@click.option("--dataset", "dataset_dir", type=click.Path(file_okay=False, exists=True, path_type=Path),
+              default=None, help="Face-mask dataset (images/ + annotations/) for annotated alert snapshots.")
+def seed_command(n_cameras: int, days: float, interval_s: float, dataset_dir: Path | None) -> None:
+    """Fill the store with realistic demo data (cameras cam-001..., frames, detections, alerts, health)."""
+    from dashboards.seed import seed
+    from maskwatch import store
+    from maskwatch.config import Settings
+
+    settings = Settings()
+    store.migrate(settings)
+    done = seed(settings, n_cameras=n_cameras, days=days, interval_s=interval_s, dataset_dir=dataset_dir)
+    click.echo(f"seeded {len(done.camera_ids)} cameras, {done.start:%Y-%m-%d %H:%M} → {done.end:%H:%M} UTC: "
+               f"{done.frames:,} frames, {done.detections:,} detections, {done.alerts:,} alerts, "
+               f"{done.snapshots} snapshots")

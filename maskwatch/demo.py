@@ -8,6 +8,7 @@ the demo, add one ``App`` line to ``APPS``.
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from dataclasses import dataclass
@@ -42,6 +43,7 @@ class App:
 # Started in this order by `up`, stopped in reverse by `down`.
 APPS: list[App] = [
     App("ticker", ("ticker",)),
+    App("dashboard", ("dashboard", "run")),  # port: MASKWATCH_DASHBOARD_PORT (default 8501)
 ]
 
 
@@ -108,6 +110,7 @@ def up_command(cameras_file: Path, durable: bool) -> None:
         f"  topics   ticks {settings.topic_ticks}, alerts {settings.topic_alerts}, "
         f"dead letters {settings.topic_dead_letter}\n"
         f"  logs     {settings.home / 'logs'}\n"
+        f"  dashboard http://127.0.0.1:{os.environ.get('MASKWATCH_DASHBOARD_PORT', '8501')}\n"
         "  watch    maskwatch ticker tail      (ticks as they are emitted)\n"
         "           maskwatch cameras list\n"
         "  stop     maskwatch down"

@@ -56,6 +56,7 @@ def test_up_then_down(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, dataset_d
     monkeypatch.setenv("MASKWATCH_TOPIC_TICKS", f"demo.ticks.{suffix}")
     monkeypatch.setenv("MASKWATCH_TOPIC_ALERTS", f"demo.alerts.{suffix}")
     monkeypatch.setenv("MASKWATCH_TOPIC_DEAD_LETTER", f"demo.dead.{suffix}")
+    monkeypatch.setenv("MASKWATCH_DASHBOARD_PORT", str(free_port()))
     settings = Settings()
     try:
         up = _maskwatch("up")
