@@ -154,7 +154,10 @@ def migrations(directory: Path = SQL_DIR) -> list[tuple[str, Path]]:
 
 
 def migrate(settings: Settings | None = None, directory: Path = SQL_DIR) -> list[str]:
-    """Create the URL's database if missing, apply the migrations not yet recorded, return those applied."""
+    """Create the URL's database if missing, apply the migrations not yet recorded, return those applied.
+
+    Several processes may migrate at once (each service calls this on start), so every statement in a
+    migration must be idempotent (``IF NOT EXISTS``); the record table deduplicates itself."""
     target = _target(settings)
     admin = target.connect(None)
     try:
