@@ -11,11 +11,14 @@ import time
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
+import bytewax.operators as op
 import numpy as np
+from bytewax.dataflow import Stream
+from bytewax.operators import KeyedStream
 
 from flows.fetch import Fetched, Fetcher, FetchRequest
 from flows.snapshots import BoxedFace, save_snapshot
@@ -36,6 +39,14 @@ class Engine(Protocol):
 def shard_key(camera_id: str, shards: int) -> str:
     """Stable across processes (unlike ``hash``), so a camera's ticks always meet in the same shard."""
     return f"shard-{zlib.crc32(camera_id.encode()) % shards}"
+
+
+def micro_batches(
+    up: Stream[tuple[Tick, Camera]], shards: int, timeout: timedelta, max_size: int
+) -> KeyedStream[list[tuple[Tick, Camera]]]:
+    """Ticks gathered per shard until ``max_size`` or ``timeout``; a batch mixes the shard's cameras."""
+    sharded = op.key_on("shard", up, lambda tc: shard_key(tc[0].camera_id, shards))
+    return op.collect("micro_batch", sharded, timeout, max_size)
 
 
 @dataclass(frozen=True)

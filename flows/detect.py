@@ -15,6 +15,7 @@ from __future__ import annotations
 import base64
 import logging
 import threading
+import time
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeGuard
 
@@ -24,7 +25,7 @@ from bytewax.connectors.kafka import KafkaError, KafkaSink, KafkaSinkMessage, Ka
 from bytewax.dataflow import Dataflow
 from prometheus_client import Counter as PromCounter
 
-from flows.batching import BatchProcessor, TickOutcome, shard_key
+from flows.batching import BatchProcessor, TickOutcome, micro_batches
 from flows.fetch import Fetcher
 from flows.options import FlowOptions
 from flows.registry_cache import RegistryCache, store_loader
@@ -133,6 +134,15 @@ class _Runtime:
             self._local.processor = proc
         return proc
 
+    def process(self, batch: list[tuple[Tick, Camera]]) -> list[TickOutcome]:
+        proc = self.processor()
+        now = time.monotonic()
+        if now - getattr(self._local, "retained_at", 0.0) > self.opts.registry_refresh_s:
+            # Close stream connections of cameras that were removed or disabled.
+            proc.fetcher.retain(self.registry.enabled_ids())
+            self._local.retained_at = now
+        return proc.process(batch)
+
     def rule_config(self, camera_id: str) -> tuple[Camera | None, RuleConfig]:
         camera = self.registry.get(camera_id)
         if camera is None:
@@ -169,9 +179,8 @@ def build_flow(settings: Settings | None = None, opts: FlowOptions | None = None
     resolved = op.filter_map("resolve_camera", split.trues, resolve)
 
     # 3. Micro-batches that mix cameras, fetched concurrently and inferred together.
-    sharded = op.key_on("shard", resolved, lambda tc: shard_key(tc[0].camera_id, opts.shards))
-    batches = op.collect("micro_batch", sharded, timedelta(seconds=opts.batch_timeout_s), opts.batch_max)
-    inferred = op.flat_map_value("fetch_infer", batches, lambda b: rt.processor().process(b))
+    batches = micro_batches(resolved, opts.shards, timedelta(seconds=opts.batch_timeout_s), opts.batch_max)
+    inferred = op.flat_map_value("fetch_infer", batches, rt.process)
     outcomes = op.key_rm("unshard", inferred)
 
     # 4. Rows for the store: frames, detections and per-camera health (failures in a row are state).
