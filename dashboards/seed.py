@@ -82,8 +82,10 @@ def seed(
     alert_min_nomask: int = 3,
     dataset_dir: Path | None = None,
     snapshot_alerts: int = 3,
+    crowd: float = 1.0,
 ) -> Seeded:
-    """Fill the (migrated) store with ``n_cameras`` cameras' data for ``days`` before ``end``."""
+    """Fill the (migrated) store with ``n_cameras`` cameras' data for ``days`` before ``end``; ``crowd``
+    scales how many people pass (at most 8 faces a frame)."""
     if n_cameras < 1 or days <= 0 or interval_s <= 0:
         raise ValueError("seed needs n_cameras >= 1, days > 0 and interval_s > 0")
     end = (end or _now_minute()).astimezone(UTC)
@@ -104,7 +106,7 @@ def seed(
         "zones": [c.zone for c in cams],
         "display": [c.display_url for c in cams],
         # Mean faces at the afternoon peak, no-mask propensity and fetch-failure rate per camera.
-        "crowd": [round(rng.uniform(0.8, 4.0), 3) for _ in cams],
+        "crowd": [round(crowd * rng.uniform(0.8, 4.0), 3) for _ in cams],
         "risk": [round(rng.uniform(0.03, 0.30), 3) for _ in cams],
         "flaky": [round(rng.choice([0.0, 0.002, 0.01, 0.05]), 3) for _ in cams],
         "alert_min": alert_min_nomask,
