@@ -13,7 +13,7 @@ _SECRET_PARAMS = {"password", "pass", "pwd", "passwd", "token", "access_token", 
 # user:password@ inside any URL-looking text (for free text such as exception messages).
 _USERINFO = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)(?P<userinfo>[^/@\s]+)@")
 _QUERY_SECRET = re.compile(
-    r"(?P<k>[?&](?:" + "|".join(sorted(_SECRET_PARAMS)) + r"))=(?P<v>[^&\s#'\"]*)", re.IGNORECASE
+    r"(?P<k>[?&](?:" + "|".join(sorted(_SECRET_PARAMS)) + r"))=(?P<v>[^&\s#'\"()<>\[\]]*)", re.IGNORECASE
 )
 
 

@@ -27,7 +27,11 @@ def serve(host: str, port: int, data_dir: str | None) -> None:
 @store.command()
 def migrate() -> None:
     """Apply the schema migrations to the store at MASKWATCH_STORE_URL (idempotent)."""
+    from maskwatch.store import StoreError
     from maskwatch.store import migrate as apply
 
-    applied = apply()
+    try:
+        applied = apply()
+    except StoreError as exc:
+        raise click.ClickException(str(exc)) from exc
     click.echo(f"migrations applied: {', '.join(applied) if applied else 'none (up to date)'}")
