@@ -45,7 +45,7 @@ def _start_with_retry(service: Broker | StoreService, attempts: int = 3) -> None
 
 @pytest.fixture(scope="session")
 def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
-    service = Broker(home=tmp_path_factory.mktemp("broker-home"), port=free_port())
+    service = Broker(home=tmp_path_factory.mktemp("broker-home"), port=free_port(), attached=True)
     _start_with_retry(service)
     try:
         yield service
@@ -56,7 +56,7 @@ def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
 @pytest.fixture(scope="session")
 def store_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StoreService]:
     home = tmp_path_factory.mktemp("store-home")
-    service = StoreService(home=home, port=free_port(), data_dir=home / "chdb")
+    service = StoreService(home=home, port=free_port(), data_dir=home / "chdb", attached=True)
     _start_with_retry(service)
     try:
         yield service

@@ -153,6 +153,26 @@ def test_stop_escalates_to_sigkill(tmp_path: Path) -> None:
     assert not proc.stop()
 
 
+def test_attached_broker_dies_with_the_process_that_started_it(tmp_path: Path) -> None:
+    """What keeps a killed test run from leaving brokers behind (the fixtures start them attached)."""
+    script = (
+        "import os, sys\n"
+        "from pathlib import Path\n"
+        "from maskwatch.services.broker import Broker\n"
+        f"b = Broker(home=Path({str(tmp_path)!r}), port=int(sys.argv[1]), attached=True)\n"
+        "print(b.start(), flush=True)\n"
+        "os.kill(os.getpid(), 9)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", script, str(free_port())], capture_output=True, text=True,
+                         timeout=60)
+    assert out.returncode == -9, out.stderr
+    broker_pid = int(out.stdout.strip())
+    deadline = time.monotonic() + 10
+    while pid_alive(broker_pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not pid_alive(broker_pid)
+
+
 def test_ensure_topics_is_idempotent_and_warns_on_too_few_partitions(
     broker: Broker, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import logging
 from collections.abc import Mapping
@@ -50,12 +51,14 @@ class Broker:
     # Extra environment for the broker (S3 endpoint/credentials in durable mode).
     env: Mapping[str, str] = field(default_factory=dict)
     name: str = "broker"
+    # Tie the broker's life to this process (test fixtures); `services up` leaves it detached.
+    attached: bool = False
 
     @property
     def bootstrap(self) -> str:
         return f"{self.host}:{self.port}"
 
-    @property
+    @functools.cached_property
     def process(self) -> ManagedProcess:
         return ManagedProcess(self.name, self.home / "run", self.home / "logs", marker="tansu")
 
@@ -84,7 +87,7 @@ class Broker:
                 f"broker: port {self.port} on {self.host} is already in use by another program; "
                 f"choose another with --broker-port or MASKWATCH_BROKER_PORT"
             )
-        pid = proc.start(self.argv(), env=self.env)
+        pid = proc.start(self.argv(), env=self.env, attached=self.attached)
         if not wait_until(lambda: proc.exited() is not None or self.ready(), timeout, interval=0.2):
             proc.stop()
             raise ServiceError(f"broker did not become ready on {self.bootstrap} within {timeout:.0f}s; "

@@ -7,6 +7,7 @@ A service is identified by its pid file under ``$MASKWATCH_HOME/run``; a pid fil
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import logging
 import os
 import signal
@@ -74,6 +75,12 @@ def _cmdline(pid: int) -> str:
         return ""
 
 
+def _die_with_parent() -> Callable[[], None]:
+    # Resolved before fork: the child only makes the one libc call (PR_SET_PDEATHSIG = 1).
+    prctl = ctypes.CDLL(None, use_errno=True).prctl
+    return lambda: prctl(1, signal.SIGTERM)
+
+
 def wait_until(check: Callable[[], bool], timeout: float, interval: float = 0.1) -> bool:
     deadline = time.monotonic() + timeout
     while True:
@@ -126,7 +133,9 @@ class ManagedProcess:
         return None
 
     def start(self, argv: Sequence[str], env: Mapping[str, str] | None = None,
-              cwd: Path | None = None) -> int:
+              cwd: Path | None = None, attached: bool = False) -> int:
+        """Start detached (survives this process), or ``attached``: SIGTERMed by the kernel when this
+        process dies, so a killed test run leaves no broker behind."""
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.log_dir.mkdir(parents=True, exist_ok=True)
         full_env = dict(os.environ)
@@ -136,6 +145,7 @@ class ManagedProcess:
             proc = subprocess.Popen(
                 list(argv), stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
                 env=full_env, cwd=cwd, start_new_session=True,
+                preexec_fn=_die_with_parent() if attached else None,
             )
         self.pid_file.write_text(f"{proc.pid}\n")
         # Keep a handle so a process that dies during start-up is reaped, not left a zombie.

@@ -7,6 +7,7 @@ the Iceberg/Lance catalogs and telemetry are off.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -59,7 +60,7 @@ class Seaweed:
         base = self.s3_port
         return {"s3": base, "master": base + 1, "volume": base + 2, "filer": base + 3, "admin": base + 4}
 
-    @property
+    @functools.cached_property
     def process(self) -> ManagedProcess:
         return ManagedProcess(self.name, self.home / "run", self.home / "logs", marker="weed")
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import sys
 import urllib.request
@@ -31,6 +32,7 @@ class StoreService:
     host: str = "127.0.0.1"
     data_dir: Path | None = None
     name: str = "store"
+    attached: bool = False  # as Broker.attached
 
     @property
     def url(self) -> str:
@@ -40,7 +42,7 @@ class StoreService:
     def chdb_dir(self) -> Path:
         return self.data_dir or self.home / "chdb"
 
-    @property
+    @functools.cached_property
     def process(self) -> ManagedProcess:
         return ManagedProcess(self.name, self.home / "run", self.home / "logs", marker="store serve")
 
@@ -64,7 +66,7 @@ class StoreService:
                 f"store: port {self.port} on {self.host} is already in use by another program; "
                 f"choose another with --store-port or MASKWATCH_STORE_PORT"
             )
-        pid = proc.start(self.argv())
+        pid = proc.start(self.argv(), attached=self.attached)
         if not wait_until(lambda: proc.exited() is not None or self.ready(), timeout, interval=0.2):
             proc.stop()
             raise ServiceError(f"store server did not become ready on {self.url} within {timeout:.0f}s; "
