@@ -208,6 +208,27 @@ def test_serve_on_a_taken_port_is_a_clear_error(tmp_path: Path) -> None:
     assert f"cannot listen on 127.0.0.1:{port}" in out.stderr
 
 
+def test_password_when_configured(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    password = f"pw-{uuid.uuid4().hex}"
+    (tmp_path / "pw").write_text(password + "\n")
+    monkeypatch.setenv("MASKWATCH_STORE_PASSWORD_FILE", str(tmp_path / "pw"))
+    service = StoreService(home=tmp_path, port=free_port(), attached=True)
+    service.start()  # readiness is /ping, which needs no password (as in ClickHouse)
+    try:
+        with pytest.raises(DatabaseError, match="AUTHENTICATION_FAILED"):
+            connect(f"{service.url}/")
+        with pytest.raises(DatabaseError, match="AUTHENTICATION_FAILED"):
+            connect(f"{service.url}/", password="wrong")
+        assert connect(f"{service.url}/", password=password).command("SELECT 41 + 1") == 42
+        req = urllib.request.Request(f"{service.url}/?query={quote('SELECT 7')}",
+                                     headers={"X-ClickHouse-User": "default", "X-ClickHouse-Key": password})
+        with urllib.request.urlopen(req, timeout=10) as response:
+            assert response.read() == b"7\n"
+    finally:
+        service.stop()
+    assert password not in service.process.log_file.read_text()
+
+
 def test_concurrent_clients_do_not_interfere(store_server: StoreService) -> None:
     names = [f"c_{uuid.uuid4().hex}" for _ in range(6)]
     errors: list[BaseException] = []

@@ -12,9 +12,11 @@ engine is not safe for concurrent calls on one process.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import fcntl
 import gzip
+import hmac
 import json
 import logging
 import os
@@ -34,6 +36,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
+
+from maskwatch.config import secret
 
 log = logging.getLogger(__name__)
 
@@ -435,8 +439,12 @@ class _Handler(BaseHTTPRequestHandler):
         if url.path not in ("/", ""):
             self._error(StoreError(f"unknown HTTP path {url.path!r}; use / or /ping", 0, "UNKNOWN", 404))
             return
+        params = dict(parse_qsl(url.query, keep_blank_values=True))
+        if not self._authorized(params):
+            self._error(StoreError("Code: 516. DB::Exception: Authentication failed: password is incorrect. "
+                                   "(AUTHENTICATION_FAILED)", 516, status=403))
+            return
         try:
-            params = dict(parse_qsl(url.query, keep_blank_values=True))
             body = decompress(body, self.headers.get("Content-Encoding", ""))
             content_type = self.headers.get("Content-Type", "")
             if content_type.startswith("multipart/form-data"):
@@ -466,6 +474,21 @@ class _Handler(BaseHTTPRequestHandler):
             if encoding:
                 headers["Content-Encoding"] = encoding
         self._send(200, payload, headers)
+
+    def _authorized(self, params: dict[str, str]) -> bool:
+        """With a password configured, ClickHouse's ways of sending it: Basic auth, X-ClickHouse-Key, or
+        the ``password`` parameter (the user name is not checked: there is one user)."""
+        expected = self.server.password
+        if not expected:
+            return True
+        given = self.headers.get("X-ClickHouse-Key") or params.get("password") or ""
+        auth = self.headers.get("Authorization", "")
+        if auth.lower().startswith("basic "):
+            try:
+                given = base64.b64decode(auth[6:].strip()).decode().partition(":")[2]
+            except (ValueError, UnicodeDecodeError):
+                return False
+        return hmac.compare_digest(given.encode(), expected.encode())
 
     def _read_body(self) -> bytes:
         if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
@@ -529,20 +552,24 @@ class _Server(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
 
-    def __init__(self, address: tuple[str, int], engine: Engine):
+    def __init__(self, address: tuple[str, int], engine: Engine, password: str | None):
         self.engine = engine
+        self.password = password
         super().__init__(address, _Handler)
 
 
 def serve(host: str, port: int, data_dir: str) -> None:
-    """Serve the chdb engine at ``data_dir`` on ``http://host:port`` until SIGTERM/SIGINT."""
+    """Serve the chdb engine at ``data_dir`` on ``http://host:port`` until SIGTERM/SIGINT.
+
+    With MASKWATCH_STORE_PASSWORD(_FILE) set, every request but ``/ping`` must carry that password.
+    """
     path = Path(data_dir).resolve()
     try:
         engine = Engine(path)
     except DataDirBusy as ex:
         raise SystemExit(f"store serve: {ex}") from None
     try:
-        server = _Server((host, port), engine)
+        server = _Server((host, port), engine, secret("MASKWATCH_STORE_PASSWORD"))
     except OSError as ex:
         engine.close()
         raise SystemExit(f"store serve: cannot listen on {host}:{port}: {ex.strerror or ex}") from None
