@@ -59,6 +59,14 @@ def run(workers: int, process_id: int | None, addresses: str | None, recovery_di
             init_db_dir(recovery_dir, recovery_parts)
             log.info("created recovery directory %s with %d partition(s)", recovery_dir, recovery_parts)
         recovery = RecoveryConfig(recovery_dir, timedelta(seconds=backup_interval))
+    # Fail now, not at the first tick, when the models were never pulled.
+    from inference.models.manifest import DEFAULT_CLASSIFIER, DEFAULT_DETECTOR, ModelNotPulledError, get_spec
+
+    try:
+        get_spec(DEFAULT_DETECTOR)
+        get_spec(DEFAULT_CLASSIFIER)
+    except ModelNotPulledError as exc:
+        raise click.ClickException(str(exc)) from None
     dataflow = build_flow()
     log.info("flow starting: %d worker(s)%s%s", workers,
              f", process {process_id} of {len(hosts)}" if hosts else "",

@@ -49,14 +49,20 @@ class RegistryCache:
         now = time.monotonic()
         if self._loaded_at is not None and now - self._loaded_at < self._refresh_s:
             return
-        try:
-            cameras = {c.id: c for c in self._loader()}
-        except Exception as exc:
-            if self._loaded_at is None:
-                raise
-            log.warning("camera registry refresh failed, keeping the last copy: %s", exc)
-            self._loaded_at = now  # retry after another refresh period, not on every tick
-            return
+        backoff = 0.5
+        while True:
+            try:
+                cameras = {c.id: c for c in self._loader()}
+                break
+            except Exception as exc:
+                if self._loaded_at is not None:
+                    log.warning("camera registry refresh failed, keeping the last copy: %s", exc)
+                    self._loaded_at = now  # retry after another refresh period, not on every tick
+                    return
+                # Never loaded: without it every tick would look unknown, so wait (ticks stay in Kafka).
+                log.error("camera registry unavailable, retrying in %.1fs: %s", backoff, exc)
+                time.sleep(backoff)
+                backoff = min(backoff * 2, 10.0)
         self._cameras, self._loaded_at = cameras, now
 
     def get(self, camera_id: str) -> Camera | None:

@@ -43,6 +43,7 @@ class App:
 # Started in this order by `up`, stopped in reverse by `down`.
 APPS: list[App] = [
     App("ticker", ("ticker",)),
+    App("flow", ("flow", "run")),  # recovery state in $MASKWATCH_HOME/recovery
     App("dashboard", ("dashboard", "run")),  # port: MASKWATCH_DASHBOARD_PORT (default 8501)
 ]
 
