@@ -32,7 +32,9 @@ def kafka_ready(bootstrap: str, timeout: float = 2.0) -> bool:
     """True when the broker answers a Kafka metadata request."""
     from confluent_kafka.admin import AdminClient
 
-    admin = AdminClient({"bootstrap.servers": bootstrap, "socket.timeout.ms": int(timeout * 1000)})
+    # log_level 0: "connection refused" while the broker starts is expected, not worth printing.
+    admin = AdminClient({"bootstrap.servers": bootstrap, "socket.timeout.ms": int(timeout * 1000),
+                         "log_level": 0})
     try:
         admin.list_topics(timeout=timeout)
     except Exception:

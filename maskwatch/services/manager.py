@@ -190,7 +190,7 @@ def down(settings: Settings) -> list[str]:
     for service in (layout.store(home), layout.broker(home), layout.seaweed(home)):
         if service.stop():
             messages.append(f"{service.name}: stopped")
-        else:
+        elif not isinstance(service, Seaweed) or layout.durable:
             messages.append(f"{service.name}: not running")
     _state_file(home).unlink(missing_ok=True)
     return messages
