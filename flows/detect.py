@@ -20,7 +20,6 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, TypeGuard
 
 import bytewax.operators as op
-import bytewax.operators.windowing as win
 from bytewax.connectors.kafka import KafkaError, KafkaSink, KafkaSinkMessage, KafkaSource, KafkaSourceMessage
 from bytewax.dataflow import Dataflow
 from prometheus_client import Counter as PromCounter
@@ -29,8 +28,9 @@ from flows.batching import BatchProcessor, TickOutcome, micro_batches
 from flows.fetch import Fetcher
 from flows.options import FlowOptions
 from flows.registry_cache import RegistryCache, store_loader
-from flows.rules import EPOCH, Bucket, Observation, RuleConfig, RuleState, evaluate
+from flows.rules import AlertDecision, Observation, RuleConfig
 from flows.sinks import AlertTopicSink, StoreItem, StoreSink, store_writer
+from flows.windows import windowed_alerts
 from maskwatch.config import Settings
 from maskwatch.redact import redact_text
 from schemas.events import Alert, Camera, DeadLetter, Tick
@@ -40,9 +40,6 @@ log = logging.getLogger(__name__)
 
 LATE_TICKS = PromCounter("maskwatch_flow_late_ticks_total", "Ticks that arrived after their bucket closed")
 RawMessage = KafkaSourceMessage[bytes | None, bytes | None] | KafkaError[bytes | None, bytes | None]
-# Event time only moves with ticks (never with the wall clock), so a replay after a crash puts every
-# tick in the same bucket as the first run did and alert ids come out identical.
-_FROZEN_NOW = datetime(2000, 1, 1, tzinfo=UTC)
 
 
 def _text(raw: bytes | None) -> str:
@@ -89,7 +86,7 @@ def count_health(failures: int | None, outcome: TickOutcome) -> tuple[int, Store
     return failures, ("camera_health", outcome.health(failures))
 
 
-def to_alert(camera: Camera | None, camera_id: str, decision_config: RuleConfig, d: Any) -> Alert:
+def to_alert(camera: Camera | None, camera_id: str, decision_config: RuleConfig, d: AlertDecision) -> Alert:
     ratio = d.nomask_frames / d.frames if d.frames else 0.0
     rule = decision_config.describe(d.rule)
     return Alert(
@@ -190,29 +187,16 @@ def build_flow(settings: Settings | None = None, opts: FlowOptions | None = None
     health = op.key_rm("health_rm", op.stateful_map("health", by_camera, count_health))
 
     # 5. Rules: event-time buckets per camera, then the pure decision with per-camera overrides.
-    clock: win.EventClock[Observation] = win.EventClock(
-        lambda o: o.ts, wait_for_system_duration=timedelta(seconds=opts.lateness_s),
-        now_getter=lambda: _FROZEN_NOW, to_system_utc=lambda _ts: None,
-    )
-    windower = win.TumblingWindower(length=timedelta(seconds=opts.bucket_s), align_to=EPOCH)
     observations = op.map_value("observe", by_camera, observation)
-    buckets = win.fold_window("buckets", observations, clock, windower, lambda: Bucket(EPOCH),
-                              lambda b, o: b.add(o), lambda a, b: a.merge(b))
-    op.inspect("late_ticks", buckets.late, lambda _step, item: _count_late(item))
+    decisions, late = windowed_alerts(observations, opts.bucket_s, opts.lateness_s,
+                                      lambda camera_id: rt.rule_config(camera_id)[1])
+    op.inspect("late_ticks", late, lambda _step, item: _count_late(item))
 
-    def decide_keyed(state: RuleState | None, window: tuple[int, Bucket], camera_id: str) -> tuple[
-        RuleState, Alert | None
-    ]:
-        window_id, bucket = window
-        bucket.start = EPOCH + timedelta(seconds=window_id * opts.bucket_s)
-        camera, config = rt.rule_config(camera_id)
-        new_state, decision = evaluate(state or RuleState(), bucket, opts.bucket_s, config, camera_id)
-        return new_state, to_alert(camera, camera_id, config, decision) if decision else None
+    def alert(decision: AlertDecision) -> Alert:
+        camera, config = rt.rule_config(decision.scope)
+        return to_alert(camera, decision.scope, config, decision)
 
-    keyed_windows = op.map("with_camera", buckets.down, lambda kv: (kv[0], (kv[0], kv[1])))
-    decided = op.stateful_map("rules", keyed_windows,
-                              lambda s, cw: decide_keyed(s, cw[1], cw[0]))
-    alerts = op.filter_map("alerts", op.key_rm("alerts_rm", decided), lambda a: a)
+    alerts = op.map("alerts", op.key_rm("alerts_rm", decisions), alert)
 
     # 6. Sinks: every row to the store (buffered on disk while it is down), alerts also to Kafka.
     rows = op.merge("rows", frames, health, op.map("alert_rows", alerts, lambda a: ("alerts", a)))

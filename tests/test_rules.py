@@ -143,3 +143,46 @@ def test_property_an_overwhelming_incident_always_alerts(raw: list, config: Rule
     incident = [obs(start + s, faces=config.min_nomask_faces, nomask=config.min_nomask_faces)
                 for s in range(0, config.window_s, 1)]
     assert run(_observations(raw) + incident, config)
+
+
+def _windowed(observations: list[Observation], configs: dict[str, RuleConfig], lateness_s: int = 0) -> tuple[
+    list, list
+]:
+    """Run the flow's windowing + rules operators over ``observations`` in arrival order."""
+    import bytewax.operators as op
+    from bytewax.dataflow import Dataflow
+    from bytewax.testing import TestingSink, TestingSource, run_main
+
+    from flows.windows import windowed_alerts
+
+    decisions: list = []
+    late: list = []
+    flow = Dataflow("rules")
+    keyed = op.key_on("key", op.input("in", flow, TestingSource(observations)), lambda o: o.scope)
+    down, late_stream = windowed_alerts(keyed, B, lateness_s, lambda key: configs[key])
+    op.output("decisions", down, TestingSink(decisions))
+    op.output("late", late_stream, TestingSink(late))
+    run_main(flow)
+    return [d for _, d in decisions], [o for _, (_, o) in late]
+
+
+def _cam(scope: str, second: float, nomask: int) -> Observation:
+    ts = T0 + timedelta(seconds=second)
+    return Observation(scope, ts, 1, max(1, nomask), nomask, f"{scope}:{int(ts.timestamp() * 1000)}")
+
+
+def test_windowed_rules_per_camera_overrides_and_late_ticks() -> None:
+    strict = RuleConfig(window_s=20, min_nomask_faces=6, nomask_ratio=1.0, min_frames=100, cooldown_s=600)
+    lenient = strict.with_overrides({"min_nomask_faces": 2}, bucket_s=B)
+    seq = [_cam(cam, s, 1 if s >= 20 else 0) for s in range(0, 60, 2) for cam in ("a", "b")]
+    late_tick = _cam("a", 1, 5)  # 5 no-mask faces, but its bucket [0, 10) closed long ago
+    decisions, late = _windowed([*seq[:40], late_tick, *seq[40:]], {"a": strict, "b": lenient})
+    by_scope = {d.scope: d for d in decisions}
+    assert len(decisions) == 2 and set(by_scope) == {"a", "b"}
+    # b (override: 2 faces) fires on the first bucket with no-mask faces; a needs 6, two such buckets.
+    assert by_scope["b"].window_end == T0 + timedelta(seconds=30)
+    assert by_scope["a"].window_end == T0 + timedelta(seconds=40) and by_scope["a"].nomask_faces == 10
+    assert late == [late_tick]  # counted as late, not added to any bucket
+    # Same ticks again, as a replay would deliver them: identical decisions.
+    again, _ = _windowed([*seq[:40], late_tick, *seq[40:]], {"a": strict, "b": lenient})
+    assert [d.alert_id for d in again] == [d.alert_id for d in decisions]
