@@ -17,6 +17,8 @@ from typing import Any
 from urllib.parse import parse_qs, quote, urlsplit
 
 import clickhouse_connect
+import pandas as pd
+import pyarrow as pa
 import pytest
 import zstandard
 from clickhouse_connect.driver.client import Client
@@ -100,6 +102,27 @@ def test_types_round_trip_with_each_compression(db: str, compress: str | bool) -
     table = client.query_arrow("SELECT count() AS n, sum(length(labels)) AS l FROM frames")
     assert table.column("n").to_pylist() == [50]
     assert table.column("l").to_pylist() == [sum(i % 4 for i in range(50))]
+
+
+def test_arrow_and_dataframe_inserts_and_block_streams(db: str) -> None:
+    client = connect(db, compress="lz4")
+    client.command("CREATE TABLE a (k String, v Float64, ts Nullable(DateTime64(3, 'UTC')), "
+                   "tags Array(LowCardinality(String))) ENGINE = MergeTree ORDER BY k")
+    client.insert_arrow("a", pa.table({
+        "k": ["x", "y"], "v": [1.0, 2.0],
+        "ts": pa.array([None, 1_700_000_000_123], pa.timestamp("ms", "UTC")), "tags": [["a"], []],
+    }))
+    client.insert_df("a", pd.DataFrame({"k": ["z"], "v": [3.5], "ts": [pd.Timestamp("2026-01-01", tz="UTC")],
+                                        "tags": [["q", "r"]]}))
+    rows = client.query("SELECT k, v, ts, tags FROM a ORDER BY k").result_rows
+    assert [(k, v, list(tags)) for k, v, _, tags in rows] == [("x", 1.0, ["a"]), ("y", 2.0, []),
+                                                              ("z", 3.5, ["q", "r"])]
+    assert rows[0][2] is None
+    assert rows[1][2].replace(tzinfo=UTC) == dt.datetime(2023, 11, 14, 22, 13, 20, 123000, tzinfo=UTC)
+    with client.query_row_block_stream("SELECT number FROM numbers(100000)") as stream:
+        assert sum(row[0] for block in stream for row in block) == sum(range(100000))
+    assert client.raw_query("SELECT k FROM a ORDER BY k FORMAT JSONEachRow") == \
+        b'{"k":"x"}\n{"k":"y"}\n{"k":"z"}\n'
 
 
 def test_server_side_parameters_settings_and_command(db: str) -> None:
