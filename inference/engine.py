@@ -7,7 +7,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 
@@ -59,6 +59,22 @@ def _models_dir() -> Path:
     return Settings().models_dir
 
 
+def resolve_spec(name: str, models_dir: Path | None = None) -> ModelSpec:
+    """A model by name: a pulled one from the manifest, else a local `<models_dir>/<name>.yaml` (what
+    `python -m inference.finetune` writes), else a path to a user's spec YAML."""
+    from inference.models.manifest import ModelNotPulledError, get_spec
+    from inference.spec import load_spec
+
+    base = models_dir or _models_dir()
+    try:
+        return get_spec(name, base)
+    except ModelNotPulledError:
+        for candidate in (base / f"{name}.yaml", Path(name)):
+            if candidate.suffix in (".yaml", ".yml") and candidate.is_file():
+                return load_spec(candidate)
+        raise
+
+
 class InferenceEngine:
     def __init__(
         self,
@@ -103,14 +119,16 @@ class InferenceEngine:
 
     @classmethod
     def default(
-        cls, detector: str | None = None, classifier: str | None = None, **kwargs: object
+        cls, detector: str | None = None, classifier: str | None = None, **kwargs: Any
     ) -> InferenceEngine:
         """The engine for the shipped models in the manifest (`maskwatch models pull` writes them)."""
-        from inference.models.manifest import DEFAULT_CLASSIFIER, DEFAULT_DETECTOR, get_spec
+        from inference.models.manifest import DEFAULT_CLASSIFIER, DEFAULT_DETECTOR
 
         return cls(
-            get_spec(detector or DEFAULT_DETECTOR), get_spec(classifier or DEFAULT_CLASSIFIER), **kwargs
-        )  # type: ignore[arg-type]
+            resolve_spec(detector or DEFAULT_DETECTOR),
+            resolve_spec(classifier or DEFAULT_CLASSIFIER),
+            **kwargs,
+        )
 
     @property
     def providers(self) -> dict[str, str]:
