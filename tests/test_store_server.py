@@ -94,6 +94,11 @@ def test_types_round_trip_with_each_compression(db: str, compress: str | bool) -
     # LIMIT 0 is a columns-only probe (FORMAT JSON metadata) in clickhouse-connect.
     empty = client.query("SELECT camera_id, ts FROM frames LIMIT 0")
     assert empty.column_names == ("camera_id", "ts") and empty.result_rows == []
+    # Any other empty result still names its columns (a header-only Native block, as ClickHouse sends).
+    none = client.query("-- nothing matches\nSELECT camera_id, score, labels FROM frames "
+                        "WHERE score < {s:Float32}", parameters={"s": -1})
+    assert none.column_names == ("camera_id", "score", "labels") and none.result_rows == []
+    assert [t.name for t in none.column_types] == ["LowCardinality(String)", "Float32", "Array(String)"]
 
     frame = client.query_df("SELECT camera_id, faces, score FROM frames ORDER BY ts")
     assert list(frame.columns) == ["camera_id", "faces", "score"]

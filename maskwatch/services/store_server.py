@@ -58,6 +58,7 @@ _TRAILING_FORMAT = re.compile(r"\bFORMAT\s+(\w+)\s*;?\s*$", re.IGNORECASE)
 _INSERT_WITH_DATA = re.compile(
     rb"^\s*(INSERT\s+INTO\s+.*?)\bFORMAT\s+(\w+)[ \t]*(?:\r?\n|$)", re.IGNORECASE | re.DOTALL
 )
+_SELECT = re.compile(r"^(?:\s+|--[^\n]*\n|/\*.*?\*/|\()*(SELECT|WITH)\b", re.IGNORECASE | re.DOTALL)
 _SETTINGS_CLAUSE = re.compile(r"\bSETTINGS\b", re.IGNORECASE)
 _ERROR_CODE = re.compile(r"Code:\s*(\d+)")
 _BINARY_FORMATS = {"native", "rowbinary", "rowbinarywithnames", "rowbinarywithnamesandtypes", "arrow",
@@ -312,6 +313,8 @@ class Engine:
         probe = match is None and fmt == "TabSeparated"
         result = self._engine(conn, sql, "TabSeparatedWithNames" if probe else fmt, binds)
         body = result.bytes() or b""
+        if not body and match is not None and fmt == "Native" and _SELECT.match(sql):
+            body = self._empty_native(conn, sql[: match.start()], binds)
         result_fmt: str | None = fmt
         if probe:
             newline = body.find(b"\n")
@@ -324,6 +327,21 @@ class Engine:
         content_type = ("application/octet-stream" if fmt.lower() in _BINARY_FORMATS
                         else "text/plain; charset=UTF-8")
         return Response(body, result_fmt, summary, query_id, content_type)
+
+    def _empty_native(self, conn: Any, select: str, binds: dict[str, str]) -> bytes:
+        """The header-only Native block ClickHouse sends for an empty result (chdb sends nothing), so
+        clients still get column names and types: an empty DataFrame keeps its columns."""
+        try:
+            described = self._engine(conn, f"DESCRIBE (\n{select.rstrip().rstrip(';')}\n)", "JSONEachRow",
+                                     binds).bytes()
+        except StoreError:
+            return b""
+        columns = [json.loads(line) for line in described.splitlines()]
+        block = _varuint(len(columns)) + _varuint(0)
+        for column in columns:
+            # Zero rows carry zero bytes of column data in Native.
+            block += _native_string(column["name"]) + _native_string(column["type"])
+        return block
 
     def _insert(self, conn: Any, statement: str, data: bytes, query_id: str) -> Response:
         """Feed INSERT data through a temp file, the way chdb ingests a binary (Native) payload."""
@@ -391,6 +409,23 @@ class Engine:
             return conn.query(sql, fmt, params=binds or {})
         except Exception as ex:
             raise StoreError.from_engine(ex) from ex
+
+
+def _varuint(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte = value & 0x7F
+        value >>= 7
+        if value:
+            out.append(byte | 0x80)
+        else:
+            out.append(byte)
+            return bytes(out)
+
+
+def _native_string(text: str) -> bytes:
+    raw = text.encode()
+    return _varuint(len(raw)) + raw
 
 
 def _text(body: bytes) -> str:
