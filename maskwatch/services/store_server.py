@@ -22,6 +22,7 @@ import logging
 import os
 import re
 import signal
+import sys
 import tempfile
 import threading
 import time
@@ -591,6 +592,13 @@ class _Server(ThreadingHTTPServer):
         self.engine = engine
         self.password = password
         super().__init__(address, _Handler)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # A client that hangs up mid-response (timeout, Ctrl-C) is routine, not a server fault.
+        if isinstance(sys.exc_info()[1], ConnectionError):
+            log.debug("client %s disconnected", client_address)
+            return
+        log.exception("store server: unexpected error serving %s", client_address)
 
 
 def serve(host: str, port: int, data_dir: str) -> None:
