@@ -110,8 +110,8 @@ def main(store_url: str | None, target: int, n_cameras: int, days: int, repeat: 
 
 def run(settings: Settings, target: int, n_cameras: int, days: int, repeat: int) -> None:
     store.migrate(settings)
-    # ~1.43 faces a frame at crowd=3 (measured), so this many ticks land near the target.
-    interval_s = n_cameras * days * 86400 * 1.43 / target
+    # ~1.66 faces a frame at crowd=3 (measured), so this many ticks land near the target.
+    interval_s = n_cameras * days * 86400 * 1.66 / target
     started = time.perf_counter()
     seeded = seed(settings, n_cameras=n_cameras, days=days, interval_s=interval_s, crowd=3.0,
                   alert_min_nomask=5)

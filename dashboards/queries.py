@@ -218,18 +218,19 @@ def leaderboard(
     settings: Settings, scope: Scope, by: Literal["camera", "zone"], min_faces: int = 20, limit: int = 10
 ) -> pl.DataFrame:
     """Worst cameras (or site/zones) first: highest share of no-mask faces among those with ``min_faces``."""
-    keys = "camera_id, any(site) AS site, any(zone) AS zone" if by == "camera" else "site, zone"
+    # A camera's site/zone are denormalised onto its rows (a moved camera shows once per place).
+    keys = "camera_id, site, zone" if by == "camera" else "site, zone"
     group = "camera_id" if by == "camera" else "site, zone"
-    joined = "camera_id" if by == "camera" else "site, zone"
+    # Aggregate each side first, then join the (small) aggregates.
     return _df(
         settings,
-        f"SELECT {keys}, sum(f.faces) AS faces, sum(f.nomask_faces) AS nomask_faces, "
-        "nomask_faces / faces AS nomask_rate, any(a.alerts) AS alerts "
-        f"FROM (SELECT * FROM frames FINAL WHERE {where('scheduled_at')}) AS f "
+        f"SELECT f.*, f.nomask_faces / f.faces AS nomask_rate, a.alerts AS alerts "
+        f"FROM (SELECT {keys}, sum(faces) AS faces, sum(nomask_faces) AS nomask_faces "
+        f"FROM frames FINAL WHERE {where('scheduled_at')} GROUP BY {keys} "
+        f"HAVING faces >= {{min_faces:UInt32}} {_FINAL_SETTINGS}) AS f "
         f"LEFT JOIN (SELECT {group}, count() AS alerts FROM alerts FINAL WHERE {where('triggered_at')} "
-        f"GROUP BY {group}) AS a USING ({joined}) "
-        f"GROUP BY {group} HAVING faces >= {{min_faces:UInt32}} "
-        "ORDER BY nomask_rate DESC, nomask_faces DESC LIMIT {limit:UInt32} " + _FINAL_SETTINGS,
+        f"GROUP BY {group} {_FINAL_SETTINGS}) AS a USING ({group}) "
+        "ORDER BY nomask_rate DESC, f.nomask_faces DESC LIMIT {limit:UInt32}",
         scope.params() | {"min_faces": min_faces, "limit": limit},
     )
 
@@ -311,17 +312,23 @@ def alert(settings: Settings, alert_id: str) -> pl.DataFrame:
 
 def alert_frames(settings: Settings, alert_id: str, limit: int = 12) -> pl.DataFrame:
     """The frames inside the alert's window that had no-mask faces, newest first (their snapshots)."""
+    found = alert(settings, alert_id)
+    if found.is_empty():
+        return pl.DataFrame(schema={"tick_id": pl.String, "scheduled_at": pl.Datetime("ms", "UTC"),
+                                    "faces": pl.UInt32, "nomask_faces": pl.UInt32,
+                                    "snapshot_path": pl.String})
+    row = found.row(0, named=True)
+    # Camera and window as literals, so the read uses the primary key and the day partitions.
     return _df(
         settings,
-        "SELECT f.tick_id AS tick_id, f.scheduled_at AS scheduled_at, f.faces AS faces, "
-        "f.nomask_faces AS nomask_faces, f.snapshot_path AS snapshot_path "
-        "FROM frames AS f FINAL "
-        "INNER JOIN (SELECT camera_id, window_start, window_end, tick_ids FROM alerts FINAL "
-        "WHERE alert_id = {id:String} LIMIT 1) AS a ON f.camera_id = a.camera_id "
-        "WHERE f.scheduled_at >= a.window_start AND f.scheduled_at <= a.window_end "
-        "AND (has(a.tick_ids, f.tick_id) OR f.nomask_faces > 0) "
-        "ORDER BY f.scheduled_at DESC LIMIT {limit:UInt32}",
-        {"id": alert_id, "limit": limit},
+        "SELECT tick_id, scheduled_at, faces, nomask_faces, snapshot_path FROM frames FINAL "
+        "WHERE camera_id = {camera:String} "
+        "AND scheduled_at >= fromUnixTimestamp64Milli({start_ms:Int64}, 'UTC') "
+        "AND scheduled_at <= fromUnixTimestamp64Milli({end_ms:Int64}, 'UTC') "
+        "AND (has({ticks:Array(String)}, tick_id) OR nomask_faces > 0) "
+        f"ORDER BY scheduled_at DESC LIMIT {{limit:UInt32}} {_FINAL_SETTINGS}",
+        {"camera": row["camera_id"], "start_ms": _ms(row["window_start"]), "end_ms": _ms(row["window_end"]),
+         "ticks": list(row["tick_ids"]), "limit": limit},
     )
 
 
@@ -347,7 +354,7 @@ DOWNLOADS: dict[str, tuple[str, str]] = {
     "detections": ("scheduled_at", "camera_id, site, zone, tick_id, face_index, scheduled_at, x1, y1, x2, "
                    "y2, detection_score, nomask_prob, nomask, detector_model, classifier_model"),
     "alerts": ("triggered_at", "alert_id, camera_id, site, zone, rule, triggered_at, window_start, "
-               "window_end, faces, nomask_faces, nomask_ratio, snapshot_path, message"),
+               "window_end, faces, nomask_faces, nomask_ratio, tick_ids, snapshot_path, message"),
     "camera_health": ("scheduled_at", "camera_id, site, zone, tick_id, scheduled_at, observed_at, status, "
                       "latency_ms, consecutive_failures, error"),
 }

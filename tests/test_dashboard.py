@@ -273,6 +273,16 @@ def test_manage_register_edit_disable_keeps_credentials(fresh: Settings) -> None
     replaced = registry.get_camera("gate-1", fresh)
     assert replaced is not None and replaced.source_url == "https://10.9.9.10/snap.jpg"
 
+    # "New camera" with an existing id must not overwrite that camera (or its credentials).
+    at.selectbox(key="manage_camera").set_value("➕ New camera").run()
+    at.text_input(key="id:new").input("gate-1")
+    at.text_input(key="source:new").input("http://10.0.0.1/other.jpg")
+    next(b for b in at.button if b.label == "Save camera").click().run()
+    assert any("already exists" in e.value for e in at.error)
+    unchanged = registry.get_camera("gate-1", fresh)
+    assert unchanged is not None and unchanged.source_url == "https://10.9.9.10/snap.jpg"
+
+    at.selectbox(key="manage_camera").set_value("gate-1").run()
     at.button(key="toggle_enabled").click().run()
     disabled = registry.get_camera("gate-1", fresh)
     assert disabled is not None and not disabled.enabled

@@ -86,6 +86,8 @@ if submitted:
     }
     if not fields["source_url"]:
         st.error("Source URL is required for a new camera.")
+    elif current is None and fields["id"] and registry.get_camera(fields["id"], settings) is not None:
+        st.error(f"A camera with id {fields['id']!r} already exists; pick it in the list above to edit it.")
     else:
         try:
             with ui.store_errors(settings):
