@@ -225,6 +225,22 @@ def test_dashboard_in_a_real_browser(
         assert secret not in html
     browser.screenshot(tmp_path / "cameras.png")
 
+    # Every other page renders without an exception; the alert's annotated snapshot loads as an image.
+    for path, title, ready in (
+        ("patterns", "Patterns", "document.querySelectorAll('[data-testid=\"stVegaLiteChart\"] canvas, "
+                                 "[data-testid=\"stVegaLiteChart\"] svg').length >= 1"),
+        ("alerts", "Alert detail", "Array.from(document.querySelectorAll('[data-testid=\"stImage\"] img'))"
+                                   ".some(i => i.complete && i.naturalWidth > 100)"),
+        ("manage", "Manage cameras", "document.body.innerText.includes('Save camera')"),
+        ("downloads", "Downloads", "document.body.innerText.includes('Download CSV')"),
+    ):
+        browser.call("Page.navigate", url=f"{dashboard}/{path}")
+        browser.wait_for(f"document.body.innerText.includes({title!r})")
+        browser.wait_for(ready)
+        assert not browser.js("document.querySelectorAll('[data-testid=\"stException\"]').length")
+        assert "Cannot read the store" not in browser.text()
+        browser.screenshot(tmp_path / f"{path}.png")
+
 
 def _range_from_text(text: str) -> tuple[int, int]:
     import re
