@@ -274,7 +274,7 @@ def test_manage_register_edit_disable_keeps_credentials(fresh: Settings) -> None
     assert replaced is not None and replaced.source_url == "https://10.9.9.10/snap.jpg"
 
     # "New camera" with an existing id must not overwrite that camera (or its credentials).
-    at.selectbox(key="manage_camera").set_value("➕ New camera").run()
+    at.selectbox(key="manage_camera").set_value("+ New camera").run()
     at.text_input(key="id:new").input("gate-1")
     at.text_input(key="source:new").input("http://10.0.0.1/other.jpg")
     next(b for b in at.button if b.label == "Save camera").click().run()

@@ -11,7 +11,7 @@ from dashboards import data, ui
 from maskwatch import registry
 from schemas.parse import SchemaError
 
-NEW = "➕ New camera"
+NEW = "+ New camera"
 
 settings = ui.settings()
 st.title("Manage cameras")
