@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -56,12 +57,13 @@ def bench_engine(
             engine._cls_pre.crops(chunk, boxes, engine.classifier_spec.crop_margin).copy() if faces else None
         )
         calls: dict[str, Callable[[], object]] = {
-            "detector": lambda c=chunk: engine.detect(c),
-            "detector_model": lambda t=det_tensor: engine.detector.run(t),
-            "classifier": lambda c=chunk, b=boxes: engine.classify(c, b),
-            "classifier_model": lambda t=crops: engine.classifier.run(t) if t is not None else None,
-            "together": lambda c=chunk: engine.infer(c),
+            "detector": partial(engine.detect, chunk),
+            "detector_model": partial(engine.detector.run, det_tensor),
+            "classifier": partial(engine.classify, chunk, boxes),
+            "together": partial(engine.infer, chunk),
         }
+        if crops is not None:
+            calls["classifier_model"] = partial(engine.classifier.run, crops)
         for stage in stages:
             if stage.startswith("classifier") and not faces:
                 continue

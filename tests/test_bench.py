@@ -1,0 +1,61 @@
+"""Smoke tests of ``python -m bench`` on tiny configurations: it runs end to end on the real models, broker,
+store and dataset photos, prints its table and writes JSON whose figures are consistent. No timing
+assertions (this machine is shared)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_bench(out: Path, *args: str, timeout: float = 300) -> dict:
+    proc = subprocess.run([sys.executable, "-m", "bench", "--out", str(out), *args], cwd=REPO_ROOT,
+                          capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    files = list(out.glob("bench-*.json"))
+    assert len(files) == 1, files
+    assert f"JSON: {files[0]}" in proc.stdout
+    return json.loads(files[0].read_text()) | {"_stdout": proc.stdout}
+
+
+def test_inference_and_baseline_sections(tmp_path: Path, dataset_dir: Path) -> None:
+    result = run_bench(tmp_path, "--only", "infer", "--only", "baseline", "--sizes", "320x240",
+                       "--batches", "1,2", "--images", "2", "--min-seconds", "0.05")
+    assert result["machine"]["nproc"] >= 1 and result["sections"] == ["baseline", "infer"]
+    rows = result["inference"]
+    stages = {(r["batch"], r["stage"]) for r in rows}
+    for batch in (1, 2):
+        assert {(batch, "detector"), (batch, "detector_model"), (batch, "together")} <= stages
+    assert all(r["frames_per_s"] > 0 and r["size"] == "320x240" and r["provider"] == "CPU" for r in rows)
+    (base,) = result["baseline"]
+    assert base["frames_per_s"] > 0 and "res10" in base["method"]
+    (ratio,) = result["ratios"]
+    best = max(r["frames_per_s"] for r in rows if r["stage"] == "together")
+    assert ratio["ours_fps"] == best
+    assert ratio["ratio"] == pytest.approx(best / base["frames_per_s"], rel=0.01)
+    assert "Ours / baseline" in result["_stdout"] and "flow" not in result
+    assert result["bench_process_peak_rss_mb"] > 50
+
+
+@pytest.mark.slow
+def test_flow_section(tmp_path: Path, dataset_dir: Path) -> None:
+    result = run_bench(tmp_path, "--only", "flow", "--cameras", "2", "--ticks-per-camera", "4",
+                       "--flow-size", "640x480", "--layouts", "1x1", "--live-seconds", "3",
+                       "--batch-max", "2", timeout=400)
+    (run,) = result["flow"]["runs"]
+    assert (run["processes"], run["workers"], run["cameras"]) == (1, 1, 2)
+    # Every backlog tick became an ok frame row; the cameras replay photos with unmasked faces.
+    assert run["ticks"] == 8 and run["ok"] == 8 and run["nomask_faces"] > 0
+    assert run["ticks_per_s"] > 0 and run["rows_per_s"] >= run["ticks_per_s"]
+    live = run["live"]
+    assert live["frames"] >= 3 and live["tick_to_frame_ms_p50"] > 0
+    assert live["tick_to_frame_ms_p99"] >= live["tick_to_frame_ms_p50"]
+    assert run["peak_rss_mb"]["flow-0"] > 100
+    assert result["flow"]["services_peak_rss_mb"]["broker"] > 0
+    assert "Whole flow" in result["_stdout"]
