@@ -88,13 +88,24 @@ class Notifier:
                     log.warning("alert consumer: %s", msg.error())
                     continue
                 if self.handle(msg):
-                    self.consumer.commit(message=msg, asynchronous=False)
+                    self._commit(msg)
         finally:
             self.producer.flush(10)
             self.consumer.close()
             self.store.close()
             log.info("notifier stopped: %s", self.stats)
         return self.stats
+
+    def _commit(self, msg: Any) -> None:
+        from confluent_kafka import KafkaException
+
+        try:
+            self.consumer.commit(message=msg, asynchronous=False)
+        except KafkaException as exc:
+            # Typically a rebalance took the partition away meanwhile: its new owner gets the record
+            # again, and the delivery record keeps it from being posted twice.
+            log.warning("commit of %s[%d]@%d failed (%s); it may be redelivered", msg.topic(),
+                        msg.partition(), msg.offset(), exc.args[0])
 
     def handle(self, msg: Any) -> bool:
         """True when the record is done with (delivered, duplicate or dead-lettered) and may be committed."""
@@ -211,4 +222,7 @@ def notify_command(config_path: Path, group_id: str, state_path: Path | None, me
         from prometheus_client import start_http_server
 
         start_http_server(metrics_port)
-    Notifier(config, group_id=group_id, state_path=state_path).run(_stop_on_signals())
+    try:
+        Notifier(config, group_id=group_id, state_path=state_path).run(_stop_on_signals())
+    except DeadLetterError as exc:  # exit non-zero uncommitted: a restart retries from the last commit
+        raise click.ClickException(str(exc)) from None

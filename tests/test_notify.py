@@ -275,6 +275,33 @@ def test_redelivered_or_republished_alert_is_not_posted_twice(settings: Settings
         assert sorted(ids) == sorted([first.alert_id, second.alert_id]), path
 
 
+def test_stopped_mid_retry_leaves_the_alert_uncommitted_and_finishes_after_restart(
+        settings: Settings, hooks: Hooks, tmp_path: Path) -> None:
+    hooks.script["/b"] = [503] * 3
+    alert = make_alert()
+    produce(settings, [alert_record(alert)])
+    destinations = [{"name": "a", "url": f"{hooks.base}/a"}, {"name": "b", "url": f"{hooks.base}/b"}]
+    slow_retry = {"attempts": 10, "base_delay_s": 30, "max_delay_s": 60, "timeout_s": 5}
+    group = f"notify-{uuid.uuid4().hex[:8]}"
+    with Running(notifier(settings, tmp_path, destinations, group, retry=slow_retry)) as running:
+        hooks.wait_for("/a", 1)
+        deadline = time.monotonic() + 30
+        while hooks.requests.get("/b", 0) < 1 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        # Now waiting 30 s before retrying /b: SIGTERM-like stop interrupts the wait.
+        started = time.monotonic()
+    assert time.monotonic() - started < 10, "the backoff wait is interruptible"
+    assert running.result is not None and running.result.posted == 1
+    assert committed_offset(settings, group) < 1, "not committed: /b never got it"
+
+    hooks.script["/b"] = []
+    with Running(notifier(settings, tmp_path, destinations, group)) as running:
+        stats = running.wait(lambda s: s.posted == 1 and s.duplicates == 1)
+    assert len(hooks.received("/a")) == 1, "a got it before the restart and is not posted again"
+    assert [p.body["alert_id"] for p in hooks.received("/b")] == [alert.alert_id]
+    assert committed_offset(settings, group) == 1 and stats.failed == 0
+
+
 def test_rate_limit_caps_posts_per_interval(settings: Settings, hooks: Hooks, tmp_path: Path) -> None:
     burst, per_minute, total = 2, 120.0, 7  # 2 back to back, then one every 0.5 s
     produce(settings, [alert_record(make_alert(n)) for n in range(total)])
