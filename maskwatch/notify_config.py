@@ -88,6 +88,11 @@ class Destination(BaseModel):
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise NotifyConfigError(f"destination {self.name}: webhook URL must be http(s)://host/..., "
                                     f"got scheme {parts.scheme or '(none)'!r}")
+        try:
+            parts.port  # noqa: B018 - raises on a port that is not a number in 0..65535
+        except ValueError:
+            raise NotifyConfigError(f"destination {self.name}: webhook URL has an invalid port "
+                                    f"(host {parts.hostname})") from None
         return url
 
     def matches(self, alert: Alert) -> bool:

@@ -402,6 +402,7 @@ def test_config_errors_name_the_problem(tmp_path: Path, monkeypatch: pytest.Monk
         "bad format": ({"destinations": [{"name": "s", "url": "http://h/x", "format": "email"}]},
                        "destinations.0.format"),
         "bad scheme": ({"destinations": [{"name": "s", "url": "ftp://u:pw@h/x"}]}, "must be http(s)"),
+        "bad port": ({"destinations": [{"name": "s", "url": "https://h:99999/pw"}]}, "invalid port"),
         "dupes": ({"destinations": [{"name": "s", "url": "http://h/1"}, {"name": "s", "url": "http://h/2"}]},
                   "repeated: s"),
         "empty": ({"destinations": []}, "destinations"),
