@@ -7,6 +7,7 @@ from __future__ import annotations
 import io
 import uuid
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -130,6 +131,16 @@ def test_overview_filters_by_site(seeded: Settings) -> None:
     zones = one(seeded, "SELECT groupUniqArray(zone) AS z FROM cameras FINAL WHERE site = 'downtown'",
                 {})["z"]
     assert sorted(at.multiselect(key="zones").options) == sorted(zones)
+
+
+def test_custom_dates_range(seeded: Settings) -> None:
+    today = datetime.now(UTC).date()
+    at = open_app(range="Custom dates", dates=(today - timedelta(days=2), today - timedelta(days=1)))
+    scope: Scope = at.session_state["mw_scope"]
+    midnight = datetime.combine(today, datetime.min.time(), UTC)
+    assert (scope.start, scope.end) == (midnight - timedelta(days=2), midnight)
+    row = one(seeded, f"SELECT count() AS faces FROM detections FINAL WHERE {window(scope)}", {})
+    assert row["faces"] > 0 and metrics(at)["Faces seen"][0] == f"{row['faces']:,}"
 
 
 def test_timeseries_buckets_add_up(seeded: Settings) -> None:
