@@ -161,8 +161,9 @@ def build_flow(settings: Settings | None = None, opts: FlowOptions | None = None
     flow = Dataflow("maskwatch-detect")
 
     # 1. Ticks in; anything that is not a valid tick goes to the dead-letter topic with its reason.
+    # Small input batches: with a backlog, results reach the sinks batch by batch instead of all at the end.
     raw = op.input("ticks", flow, KafkaSource(brokers, [settings.topic_ticks], add_config=kafka_conf,
-                                              raise_on_errors=False))
+                                              batch_size=opts.batch_max, raise_on_errors=False))
     parsed = op.map("parse_tick", raw, parse_tick)
     split = op.branch("valid_tick", parsed, _is_tick)
     dead = op.map("dead_letter_message", split.falses, lambda d: dead_letter_message(d))  # type: ignore[arg-type]
