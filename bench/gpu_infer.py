@@ -1,0 +1,548 @@
+"""GPU inference benchmark (``bench/gpu.sh`` runs it on a lent H100/H200): 1024x1024 frames, batch
+1..128, on TensorRT / CUDA (fp32 and fp16) / CPU.
+
+Needs numpy, OpenCV, onnx and onnxruntime(-gpu) only (plus this repo's ``inference`` package), never
+polars, bytewax or Kafka. What is timed, per provider config and batch:
+
+- ``det_model``: the detector alone on a ready input tensor already on the device, outputs left there
+  (the accelerator's ceiling for this model);
+- ``gpu_pipeline``: host uint8 BGR frames -> one host->device copy -> resize/normalise as an ONNX graph
+  on the device -> detector -> boxes back on the host, decoded and NMS'd (no JPEG decode);
+- ``cls_model``: the classifier alone on ready face crops on the device (faces/s);
+- ``engine``: our ``InferenceEngine`` as the flow runs it (CPU resize/normalise and crops, IO binding),
+  detector + classifier;
+and the CPU's ceilings on this host: JPEG decode and CPU preprocessing, serial and threaded.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import sys
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from bench.images import folder_images, load_frames
+from bench.timing import machine, rate
+
+CONFIGS = ("cuda_fp32", "cuda_fp16", "trt_fp16", "cpu")
+_PROVIDER = {
+    "cuda": "CUDAExecutionProvider",
+    "trt": "TensorrtExecutionProvider",
+    "cpu": "CPUExecutionProvider",
+}
+
+
+def ort_info() -> dict[str, Any]:
+    """What ONNX Runtime offers here. CUDA/cuDNN libraries from pip's nvidia-* packages are loaded first
+    (onnxruntime-gpu does not find them on its own)."""
+    import onnxruntime as ort
+
+    preload = "n/a"
+    if hasattr(ort, "preload_dlls"):
+        try:
+            ort.preload_dlls()
+            preload = "ok"
+        except Exception as exc:  # older wheels or no nvidia-* packages: report, carry on
+            preload = f"failed: {exc}"
+    return {
+        "version": ort.__version__,
+        "device": ort.get_device(),
+        "preload_dlls": preload,
+        "providers": ort.get_available_providers(),
+        "file": getattr(ort, "__file__", ""),
+    }
+
+
+def gpu_name() -> str:
+    import subprocess
+
+    try:
+        out = subprocess.run(
+            ["nvidia-smi", "--query-gpu=name,memory.total", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            timeout=20,
+            check=False,
+        ).stdout
+        return out.strip() or "no GPU reported"
+    except (OSError, subprocess.TimeoutExpired):
+        return "nvidia-smi not available"
+
+
+# --- model rewriting -----------------------------------------------------------------------------------
+
+
+def to_fp16(model: Any) -> Any:
+    """The model with float16 weights and compute, float32 inputs/outputs kept (Casts at the edges), so
+    it is a drop-in replacement. Resize/Upsample scales stay float32, as ONNX requires."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    m = copy.deepcopy(model)
+    g = m.graph
+    keep = {name for n in g.node if n.op_type in ("Resize", "Upsample") for name in n.input[1:]}
+    for init in g.initializer:
+        if init.data_type == TensorProto.FLOAT and init.name not in keep:
+            init.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(init).astype(np.float16), init.name))
+    for n in g.node:
+        for a in n.attribute:
+            if a.name == "value" and a.t.data_type == TensorProto.FLOAT and n.output[0] not in keep:
+                a.t.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(a.t).astype(np.float16)))
+            if n.op_type == "Cast" and a.name == "to" and a.i == TensorProto.FLOAT:
+                a.i = TensorProto.FLOAT16
+    casts_in, casts_out = [], []
+    for inp in g.input:
+        if inp.type.tensor_type.elem_type == TensorProto.FLOAT and inp.name not in {
+            i.name for i in g.initializer
+        }:
+            half = inp.name + "_fp16"
+            for n in g.node:
+                n.input[:] = [half if x == inp.name else x for x in n.input]
+            casts_in.append(helper.make_node("Cast", [inp.name], [half], to=TensorProto.FLOAT16))
+    for out in g.output:
+        if out.type.tensor_type.elem_type == TensorProto.FLOAT:
+            half = out.name + "_fp16"
+            for n in g.node:
+                n.input[:] = [half if x == out.name else x for x in n.input]
+                n.output[:] = [half if x == out.name else x for x in n.output]
+            casts_out.append(helper.make_node("Cast", [half], [out.name], to=TensorProto.FLOAT))
+    nodes = [*casts_in, *g.node, *casts_out]
+    del g.node[:]
+    g.node.extend(nodes)
+    del g.value_info[:]
+    return m
+
+
+def preprocess_model(src_h: int, src_w: int, pre: Any, opset: int = 13) -> Any:
+    """ONNX graph: uint8 BGR frames [N, src_h, src_w, 3] -> the detector's float input [N, 3, H, W]
+    (bilinear resize, colour order, (x - mean) / std), so only uint8 pixels cross PCIe."""
+    from onnx import TensorProto, helper
+
+    h, w = pre.height, pre.width
+    mean = np.asarray(pre.mean, np.float32).reshape(1, 3, 1, 1)
+    inv_std = (1.0 / np.asarray(pre.std, np.float32)).reshape(1, 3, 1, 1)
+    consts = [
+        helper.make_tensor("order", TensorProto.INT64, [3], [2, 1, 0] if pre.color == "RGB" else [0, 1, 2]),
+        helper.make_tensor("roi", TensorProto.FLOAT, [0], []),
+        helper.make_tensor("scales", TensorProto.FLOAT, [0], []),
+        helper.make_tensor("chw", TensorProto.INT64, [3], [3, h, w]),
+        helper.make_tensor("mean", TensorProto.FLOAT, [1, 3, 1, 1], mean.ravel().tolist()),
+        helper.make_tensor("inv_std", TensorProto.FLOAT, [1, 3, 1, 1], inv_std.ravel().tolist()),
+        helper.make_tensor("zero", TensorProto.INT64, [1], [0]),
+        helper.make_tensor("one", TensorProto.INT64, [1], [1]),
+    ]
+    nodes = [
+        helper.make_node("Cast", ["frames"], ["f"], to=TensorProto.FLOAT),
+        helper.make_node("Transpose", ["f"], ["nchw"], perm=[0, 3, 1, 2]),
+        helper.make_node("Gather", ["nchw", "order"], ["ordered"], axis=1),
+        helper.make_node("Shape", ["frames"], ["shape"]),
+        helper.make_node("Slice", ["shape", "zero", "one"], ["n"]),
+        helper.make_node("Concat", ["n", "chw"], ["sizes"], axis=0),
+        helper.make_node("Resize", ["ordered", "roi", "scales", "sizes"], ["resized"], mode="linear"),
+        helper.make_node("Sub", ["resized", "mean"], ["centred"]),
+        helper.make_node("Mul", ["centred", "inv_std"], ["input"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "maskwatch_preprocess",
+        [helper.make_tensor_value_info("frames", TensorProto.UINT8, ["N", src_h, src_w, 3])],
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 3, h, w])],
+        initializer=consts,
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+
+
+# --- sessions ------------------------------------------------------------------------------------------
+
+
+class Session:
+    """One ORT session on one config, run with IO binding on device-resident values."""
+
+    def __init__(self, model: Any, config: str, max_batch: int, cache: Path) -> None:
+        import onnxruntime as ort
+
+        self.ort = ort
+        kind, precision = config.split("_") if "_" in config else (config, "fp32")
+        name = _PROVIDER[kind]
+        opts: dict[str, Any] = {}
+        if kind == "trt":
+            inp = model.graph.input[0]
+            dims = "x".join(str(d.dim_value) for d in inp.type.tensor_type.shape.dim[1:])
+            cache.mkdir(parents=True, exist_ok=True)
+            opts = {
+                "trt_fp16_enable": precision == "fp16",
+                "trt_engine_cache_enable": True,
+                "trt_engine_cache_path": str(cache),
+                "trt_timing_cache_enable": True,
+                "trt_timing_cache_path": str(cache),
+                "trt_profile_min_shapes": f"{inp.name}:1x{dims}",
+                "trt_profile_opt_shapes": f"{inp.name}:{min(32, max_batch)}x{dims}",
+                "trt_profile_max_shapes": f"{inp.name}:{max_batch}x{dims}",
+            }
+        elif kind == "cuda":
+            opts = {"cudnn_conv_algo_search": "EXHAUSTIVE", "do_copy_in_default_stream": True}
+        so = ort.SessionOptions()
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        so.log_severity_level = 3
+        providers: list[Any] = [(name, opts)] + ([_PROVIDER["cuda"]] if kind == "trt" else [])
+        providers.append(_PROVIDER["cpu"])
+        self.sess = ort.InferenceSession(model.SerializeToString(), so, providers=providers)
+        self.provider = self.sess.get_providers()[0]
+        self.device = "cpu" if self.provider == _PROVIDER["cpu"] else "cuda"
+        self.input = self.sess.get_inputs()[0].name
+        self.outputs = [o.name for o in self.sess.get_outputs()]
+
+    def value(self, array: np.ndarray) -> Any:
+        """A host array as an OrtValue on this session's device (one copy)."""
+        return self.ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(array), self.device, 0)
+
+    def bind(self, value: Any, outputs_on_host: bool = False) -> Any:
+        b = self.sess.io_binding()
+        b.bind_ortvalue_input(self.input, value)
+        for o in self.outputs:
+            b.bind_output(o, "cpu" if outputs_on_host else self.device, 0)
+        return b
+
+    def run(self, binding: Any) -> None:
+        self.sess.run_with_iobinding(binding)
+
+
+# --- measurements --------------------------------------------------------------------------------------
+
+
+def cpu_ceilings(frames: Sequence[np.ndarray], pre: Any, min_s: float) -> list[dict[str, Any]]:
+    """JPEG decode and CPU resize+normalise of 1024x1024 frames, one thread and all cores."""
+    from inference.preprocess import BatchPreprocessor
+
+    jpegs = [cv2.imencode(".jpg", f, [cv2.IMWRITE_JPEG_QUALITY, 90])[1].tobytes() for f in frames]
+    threads = os.cpu_count() or 1
+
+    def decode(data: bytes) -> Any:
+        return cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+
+    def prep(frame: np.ndarray) -> np.ndarray:
+        return BatchPreprocessor(pre).frames([frame])[0]
+
+    def serial(fn: Callable[[Any], Any], work: list[Any]) -> None:
+        for x in work:
+            fn(x)
+
+    rows = []
+    stages: list[tuple[str, Callable[[Any], Any], list[Any]]] = [
+        ("jpeg_decode", decode, jpegs),
+        ("cpu_preprocess", prep, list(frames)),
+    ]
+    with ThreadPoolExecutor(threads) as pool:
+        for stage, fn, items in stages:
+            n = max(len(items), threads * 4)
+            work = [items[i % len(items)] for i in range(n)]
+            sec, _ = rate(partial(serial, fn, work), min_s, 1)
+            rows.append({"stage": stage, "threads": 1, "frames_per_s": round(n / sec, 1)})
+            sec, _ = rate(partial(lambda f, w: list(pool.map(f, w)), fn, work), min_s, 1)
+            rows.append({"stage": stage, "threads": threads, "frames_per_s": round(n / sec, 1)})
+    return rows
+
+
+def bench_config(
+    config: str,
+    frames: Sequence[np.ndarray],
+    batches: Sequence[int],
+    specs: tuple[Any, Any],
+    models_dir: Path,
+    min_s: float,
+    deadline: float,
+    scratch: Path,
+    engine_batches: Sequence[int],
+) -> list[dict[str, Any]]:
+    import onnx
+
+    from inference.postprocess import decode_detector, select_faces
+    from inference.preprocess import BatchPreprocessor
+
+    det_spec, cls_spec = specs
+    det_model = onnx.load(str(det_spec.path(models_dir)))
+    cls_model = onnx.load(str(cls_spec.path(models_dir)))
+    if config.endswith("fp16") and not config.startswith("trt"):
+        det_model, cls_model = to_fp16(det_model), to_fp16(cls_model)
+    h, w = frames[0].shape[:2]
+    max_batch = max(batches)
+    t0 = time.time()
+    det = Session(det_model, config, max_batch, scratch / "trt-cache")
+    cls = Session(cls_model, config, max_batch * 4, scratch / "trt-cache")
+    pre = Session(
+        preprocess_model(h, w, det_spec.preprocess),
+        "cpu" if config == "cpu" else "cuda_fp32",
+        max_batch,
+        scratch,
+    )
+    setup_s = round(time.time() - t0, 1)
+    rows: list[dict[str, Any]] = []
+    base = {"config": config, "provider": det.provider.replace("ExecutionProvider", ""), "setup_s": setup_s}
+    if det.provider == _PROVIDER["cpu"] and config != "cpu":
+        return [{**base, "stage": "unavailable", "batch": 0, "note": f"{config} fell back to CPU"}]
+    det_pre, cls_pre = BatchPreprocessor(det_spec.preprocess), BatchPreprocessor(cls_spec.preprocess)
+    for batch in batches:
+        if time.time() > deadline:
+            rows.append({**base, "stage": "skipped", "batch": batch, "note": "time budget"})
+            continue
+        chunk = [frames[i % len(frames)] for i in range(batch)]
+        # det_model: ready input on the device.
+        binding = det.bind(det.value(det_pre.frames(chunk)[0]))
+        sec, _ = rate(partial(det.run, binding), min_s)
+        rows.append(
+            {
+                **base,
+                "stage": "det_model",
+                "batch": batch,
+                "frames_per_s": round(batch / sec, 1),
+                "ms_per_call": round(sec * 1e3, 2),
+            }
+        )
+        # gpu_pipeline: uint8 host frames -> device preprocess -> detector -> host boxes.
+        host = np.stack(chunk)
+        t = det_pre.frames(chunk[:1])[1][0]  # all frames share one size, so one transform back
+
+        def pipeline(host: np.ndarray = host, t: Any = t) -> int:
+            pb = pre.bind(pre.value(host))
+            pre.run(pb)
+            db = det.bind(pb.get_outputs()[0], outputs_on_host=True)
+            det.run(db)
+            outs = [o.numpy() for o in db.get_outputs()]
+            return sum(
+                len(
+                    select_faces(
+                        b,
+                        s,
+                        t,
+                        score_threshold=det_spec.score_threshold,
+                        nms_iou=det_spec.nms_iou,
+                        max_faces=64,
+                    )[0]
+                )
+                for b, s in decode_detector(outs, det_spec)
+            )
+
+        faces = pipeline()
+        sec, _ = rate(pipeline, min_s)
+        rows.append(
+            {
+                **base,
+                "stage": "gpu_pipeline",
+                "batch": batch,
+                "frames_per_s": round(batch / sec, 1),
+                "faces_per_frame": round(faces / batch, 2),
+                "ms_per_call": round(sec * 1e3, 2),
+            }
+        )
+        # cls_model: face crops (4 per frame, the dataset's average) ready on the device.
+        crops = cls_pre.frames([chunk[i % batch] for i in range(batch * 4)])[0]
+        binding = cls.bind(cls.value(crops))
+        sec, _ = rate(partial(cls.run, binding), min_s)
+        rows.append(
+            {
+                **base,
+                "stage": "cls_model",
+                "batch": batch * 4,
+                "faces_per_s": round(batch * 4 / sec, 1),
+                "ms_per_call": round(sec * 1e3, 2),
+            }
+        )
+    if config in ("cuda_fp32", "trt_fp16", "cpu") and time.time() < deadline:
+        rows += bench_engine_path(config, frames, engine_batches, specs, models_dir, min_s, base)
+    return rows
+
+
+def bench_engine_path(
+    config: str,
+    frames: Sequence[np.ndarray],
+    batches: Sequence[int],
+    specs: tuple[Any, Any],
+    models_dir: Path,
+    min_s: float,
+    base: dict[str, Any],
+) -> list[dict[str, Any]]:
+    """The flow's own engine (CPU preprocessing, IO binding to the GPU), detector + classifier."""
+    from inference.engine import InferenceEngine
+
+    device = {"cuda_fp32": "cuda", "trt_fp16": "tensorrt", "cpu": "cpu"}[config]
+    engine = InferenceEngine(
+        *specs,
+        models_dir=models_dir,
+        device=device,  # type: ignore[arg-type]
+        max_batch=max(batches),
+    )
+    rows = []
+    for batch in batches:
+        chunk = [frames[i % len(frames)] for i in range(batch)]
+        faces = sum(len(r.faces) for r in engine.infer(chunk))
+        sec, _ = rate(partial(engine.infer, chunk), min_s)
+        rows.append(
+            {
+                **base,
+                "provider": engine.detector.provider.replace("ExecutionProvider", ""),
+                "stage": "engine",
+                "batch": batch,
+                "frames_per_s": round(batch / sec, 1),
+                "faces_per_frame": round(faces / batch, 2),
+                "ms_per_call": round(sec * 1e3, 2),
+            }
+        )
+    return rows
+
+
+def fp16_agreement(specs: tuple[Any, Any], models_dir: Path, frames: Sequence[np.ndarray]) -> dict[str, Any]:
+    """Largest difference between fp32 and fp16 outputs on real frames (CUDA): does fp16 change answers?"""
+    import onnx
+
+    from inference.preprocess import BatchPreprocessor
+
+    out: dict[str, Any] = {}
+    for spec in specs:
+        model = onnx.load(str(spec.path(models_dir)))
+        x = BatchPreprocessor(spec.preprocess).frames(list(frames[:8]))[0].copy()
+        got = []
+        for m in (model, to_fp16(model)):
+            s = Session(m, "cuda_fp32", 8, Path("/tmp"))
+            b = s.bind(s.value(x), outputs_on_host=True)
+            s.run(b)
+            got.append([o.numpy() for o in b.get_outputs()])
+        out[spec.name] = {
+            name: float(np.max(np.abs(a - b))) for name, a, b in zip(s.outputs, *got, strict=True)
+        }
+    return out
+
+
+# --- report --------------------------------------------------------------------------------------------
+
+
+def table(result: dict[str, Any]) -> str:
+    lines = [
+        f"GPU bench: {result.get('gpu', '?')}  ORT {result['ort']['version']} "
+        f"{result['ort']['providers']}  frames {result['size']}"
+    ]
+    lines.append(
+        f"{'config':<10} {'provider':<9} {'stage':<13} {'batch':>5} {'frames/s':>9} {'faces/s':>9} "
+        f"{'ms/call':>8}"
+    )
+    for r in result["rows"]:
+        lines.append(
+            f"{r['config']:<10} {r.get('provider', ''):<9} {r['stage']:<13} {r.get('batch', ''):>5} "
+            f"{r.get('frames_per_s', '-')!s:>9} {r.get('faces_per_s', '-')!s:>9} "
+            f"{r.get('ms_per_call', '-')!s:>8}  {r.get('note', '')}"
+        )
+    for r in result.get("cpu_ceilings", []):
+        lines.append(
+            f"{'host':<10} {'CPU':<9} {r['stage']:<13} {'x' + str(r['threads']):>5} {r['frames_per_s']!s:>9}"
+        )
+    if result.get("fp16_max_abs_diff"):
+        lines.append(f"fp16 vs fp32 max |diff|: {result['fp16_max_abs_diff']}")
+    for e in result.get("errors", []):
+        lines.append(f"error: {e}")
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    import argparse
+
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--images", type=Path, default=os.environ.get("MW_GPU_IMAGES"))
+    p.add_argument("--models", type=Path, default=os.environ.get("MASKWATCH_MODELS_DIR"))
+    p.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", "bench/results/gpu")))
+    p.add_argument("--size", type=int, default=1024)
+    p.add_argument("--batches", default="1,8,32,64,128")
+    p.add_argument("--configs", default=",".join(CONFIGS))
+    p.add_argument("--min-seconds", type=float, default=0.5)
+    p.add_argument("--budget-s", type=float, default=170.0, help="stop starting new measurements after this")
+    p.add_argument("--table", type=Path, help="only print the table of an earlier JSON result")
+    a = p.parse_args(argv)
+    if a.table:
+        print(table(json.loads(a.table.read_text())))
+        return 0
+    if a.images is None or a.models is None:
+        p.error("--images/MW_GPU_IMAGES and --models/MASKWATCH_MODELS_DIR are required")
+    deadline = time.time() + a.budget_s
+    a.out.mkdir(parents=True, exist_ok=True)
+    result: dict[str, Any] = {"machine": machine(), "size": f"{a.size}x{a.size}", "rows": [], "errors": []}
+    result["gpu"] = gpu_name()
+    result["ort"] = info = ort_info()
+    print(
+        f"onnxruntime {info['version']} ({info['file']}): providers {info['providers']}, "
+        f"preload_dlls {info['preload_dlls']}",
+        flush=True,
+    )
+    from inference.models.manifest import DEFAULT_CLASSIFIER, DEFAULT_DETECTOR, get_spec
+
+    specs = (get_spec(DEFAULT_DETECTOR, a.models), get_spec(DEFAULT_CLASSIFIER, a.models))
+    frames = load_frames(folder_images(a.images), a.size, a.size)
+    batches = [int(b) for b in a.batches.split(",")]
+    path = a.out / "gpu.json"
+
+    def save() -> None:
+        path.write_text(json.dumps(result, indent=2, default=str))
+
+    def step(what: str, fn: Callable[[], Any]) -> Any:
+        t = time.time()
+        try:
+            return fn()
+        except Exception as exc:  # one config failing (no TensorRT, say) must not lose the others
+            result["errors"].append(f"{what}: {type(exc).__name__}: {str(exc)[:300]}")
+            print(result["errors"][-1], flush=True)
+            return None
+        finally:
+            print(f"{what}: {time.time() - t:.1f} s", flush=True)
+            save()
+
+    result["cpu_ceilings"] = (
+        step("cpu ceilings", lambda: cpu_ceilings(frames, specs[0].preprocess, a.min_seconds)) or []
+    )
+    scratch = Path(os.environ.get("TMPDIR", "/tmp")) / "mw-gpu-bench"
+    available = set(info["providers"])
+    for config in a.configs.split(","):
+        if _PROVIDER[config.split("_")[0]] not in available:
+            result["rows"].append(
+                {
+                    "config": config,
+                    "stage": "unavailable",
+                    "batch": 0,
+                    "note": f"{_PROVIDER[config.split('_')[0]]} not in this build",
+                }
+            )
+            continue
+        if time.time() > deadline:
+            result["rows"].append({"config": config, "stage": "skipped", "batch": 0, "note": "time budget"})
+            continue
+        cfg_batches = [b for b in batches if b <= 32] if config == "cpu" else batches
+        engine_batches = [1, 8] if config == "cpu" else [b for b in batches if b in (8, 32, 64)]
+        rows = step(
+            config,
+            partial(
+                bench_config,
+                config,
+                frames,
+                cfg_batches,
+                specs,
+                a.models,
+                a.min_seconds if config != "cpu" else 0.3,
+                deadline,
+                scratch,
+                engine_batches,
+            ),
+        )
+        result["rows"] += rows or []
+    if _PROVIDER["cuda"] in available and time.time() < deadline:
+        result["fp16_max_abs_diff"] = step("fp16 agreement", lambda: fp16_agreement(specs, a.models, frames))
+    save()
+    print(table(result), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
