@@ -139,7 +139,8 @@ def test_compose_images_and_dockerfile_targets(compose: dict[str, Any]) -> None:
     assert "maskwatch models pull --models-dir /opt/maskwatch/models" in dockerfile
     assert re.search(r"pip uninstall -y onnxruntime\b", dockerfile)
     assert "onnxruntime-gpu" in dockerfile and re.search(r"FROM \$\{CUDA_IMAGE\} AS gpu", dockerfile)
-    assert re.search(r'CUDA_IMAGE=nvidia/cuda:12\.\S*cudnn', dockerfile)
+    # PyPI's onnxruntime-gpu 1.31 links libcudart.so.13 and libcublas.so.13: the base must be CUDA 13.
+    assert re.search(r'CUDA_IMAGE=nvidia/cuda:13\.\S*cudnn', dockerfile)
 
 
 def test_compose_commands_env_and_secrets(compose: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:

@@ -2,6 +2,8 @@
 
 import logging
 
+import pytest
+
 from maskwatch.redact import MASK, RedactingFilter, redact_text, redact_url
 
 
@@ -19,7 +21,7 @@ def test_free_text_keeps_surrounding_punctuation() -> None:
     assert out.endswith(f"?password={MASK}) after 3 tries")
 
 
-def test_logging_filter_redacts_args_and_tracebacks(caplog) -> None:  # type: ignore[no-untyped-def]
+def test_logging_filter_redacts_args_and_tracebacks(caplog: pytest.LogCaptureFixture) -> None:
     logger = logging.getLogger("maskwatch.test.redact")
     handler_filter = RedactingFilter()
     caplog.handler.addFilter(handler_filter)
