@@ -47,12 +47,18 @@ def ort_info() -> dict[str, Any]:
     import onnxruntime as ort
 
     preload = "n/a"
-    if hasattr(ort, "preload_dlls"):
+    if "CUDAExecutionProvider" in ort.get_available_providers():
         try:
             ort.preload_dlls()
             preload = "ok"
-        except Exception as exc:  # older wheels or no nvidia-* packages: report, carry on
-            preload = f"failed: {exc}"
+        except Exception as exc:  # older wheels or no nvidia-* packages: let PyTorch load them
+            preload = f"failed ({exc}); "
+            try:
+                import torch  # its import loads the CUDA/cuDNN libraries it ships with
+
+                preload += f"torch {torch.__version__} imported"
+            except ImportError:
+                preload += "no torch either"
     return {
         "version": ort.__version__,
         "device": ort.get_device(),
@@ -286,8 +292,11 @@ def bench_config(
     setup_s = round(time.time() - t0, 1)
     rows: list[dict[str, Any]] = []
     base = {"config": config, "provider": det.provider.replace("ExecutionProvider", ""), "setup_s": setup_s}
-    if det.provider == _PROVIDER["cpu"] and config != "cpu":
-        return [{**base, "stage": "unavailable", "batch": 0, "note": f"{config} fell back to CPU"}]
+    wanted = _PROVIDER[config.split("_")[0]]
+    if det.provider != wanted or cls.provider != wanted:
+        # ORT falls back silently when a provider's libraries (TensorRT, cuDNN) are missing.
+        note = f"{wanted} did not initialise (got {det.provider}, {cls.provider})"
+        return [{**base, "stage": "unavailable", "batch": 0, "note": note}]
     det_pre, cls_pre = BatchPreprocessor(det_spec.preprocess), BatchPreprocessor(cls_spec.preprocess)
     for batch in batches:
         if time.time() > deadline:
