@@ -30,7 +30,7 @@ from inference.session import Device
 
 log = logging.getLogger(__name__)
 
-AP_SCORE_FLOOR = 0.05  # detections down to this score feed the AP curves (the operating point is higher)
+AP_SCORE_FLOOR = 0.1  # detections down to this score feed the AP curves (the operating point is higher)
 IMAGE_BATCH = 16
 TARGET_RECALL = 0.90
 SPEED_IMAGES = 64  # images timed through engine.infer at the operating point

@@ -1,0 +1,108 @@
+"""`maskwatch eval` on small real subsets of the shared Kaggle face-mask set (VOC and YOLO layouts)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from inference.datasets import DatasetError, load_dataset, split_of
+from inference.evaluate import average_precision, main, match
+from inference.preprocess import decode_image
+
+DATASET = Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "kaggle-face-mask"
+YOLO_NAMES = ["with_mask", "without_mask", "mask_weared_incorrect"]
+VOC_TO_YOLO = {"con_mascarilla": 0, "sin_mascarilla": 1, "mascarilla_mal_puesta": 2}
+
+
+def test_ap_and_matching_on_known_cases() -> None:
+    gt = np.array([[0, 0, 10, 10], [20, 20, 30, 30]], np.float32)
+    pred = np.array([[0, 0, 10, 10], [0, 0, 10, 11], [50, 50, 60, 60], [20, 20, 30, 30]], np.float32)
+    scores = np.array([0.9, 0.8, 0.7, 0.6], np.float32)
+    tp = match(pred, scores, gt)
+    assert tp.tolist() == [True, False, False, True]  # the duplicate and the stray are false positives
+    ap, precision, recall = average_precision(scores, tp, len(gt))
+    # precision 1 at recall 0.5, then 0.5 at recall 1.0 -> AP = 0.5*1 + 0.5*0.5
+    assert ap == pytest.approx(0.75)
+    assert recall[-1] == 1.0 and precision[0] == 1.0
+    assert average_precision(scores[:1], tp[:1], 2)[0] == pytest.approx(0.5)
+
+
+def test_split_is_deterministic_and_disjoint() -> None:
+    all_ = load_dataset(DATASET)
+    train = load_dataset(DATASET, split="train")
+    test = load_dataset(DATASET, split="test")
+    assert len(all_) == 853
+    assert {s.image for s in train}.isdisjoint({s.image for s in test})
+    assert len(train) + len(test) == len(all_)
+    assert 0.2 < len(test) / len(all_) < 0.4
+    assert all(split_of(s.image) == "test" for s in test)
+    assert sum(len(s.boxes) for s in all_) > 4000
+    labels = [lab for s in all_ for lab in s.labels]
+    assert labels.count("no_mask") == 717 + 123  # incorrect counts as no-mask
+
+
+def test_bad_annotations_name_the_file(tmp_path: Path) -> None:
+    (tmp_path / "annotations").mkdir()
+    (tmp_path / "images").mkdir()
+    bad = tmp_path / "annotations" / "x.xml"
+    bad.write_text("<annotation><filename>x.jpg</filename><object>")
+    with pytest.raises(DatasetError, match=r"x\.xml: not valid XML"):
+        load_dataset(tmp_path)
+    with pytest.raises(DatasetError, match="expected annotations/"):
+        load_dataset(tmp_path / "images")
+
+
+def _check_report(out: Path, images: int) -> dict:
+    report = json.loads((out / "report.json").read_text())
+    assert report["images"] == images
+    det = report["detection"]
+    for key in ("face_ap50", "mask_ap50", "no_mask_ap50"):
+        assert 0.0 <= det[key] <= 1.0, key
+    assert det["face_ap50"] > 0.4  # a working detector on real faces, not noise
+    crops = report["classification_on_gt_crops"]
+    assert crops["crops"] == det["faces_gt"] > 0
+    assert 0.5 < crops["accuracy"] <= 1.0
+    assert report["speed"]["frames_per_s"] > 0
+    png = cv2.imread(str(out / "pr.png"))
+    assert png is not None and png.shape[2] == 3 and png.std() > 10  # curves and text, not a blank canvas
+    return report
+
+
+def test_eval_on_a_voc_subset_writes_json_and_png(tmp_path: Path) -> None:
+    report = main(DATASET, tmp_path, limit=12, baseline=True)
+    _check_report(tmp_path, 12)
+    base = report["baseline"]
+    assert 0.0 <= base["detection"]["face_ap50"] <= 1.0
+    assert base["speed"]["detect_ms_per_frame"] > 0
+
+
+def test_yolo_folder_gives_the_same_ground_truth_and_works(tmp_path: Path) -> None:
+    voc = load_dataset(DATASET, limit=6)
+    root = tmp_path / "yolo"
+    (root / "images").mkdir(parents=True)
+    (root / "labels").mkdir()
+    (root / "data.yaml").write_text("names: [" + ", ".join(YOLO_NAMES) + "]\n")
+    for s in voc:
+        (root / "images" / s.image.name).symlink_to(s.image)  # the shared set is never copied
+        h, w = decode_image(s.image.read_bytes()).shape[:2]
+        lines = []
+        for b, raw in zip(s.boxes, s.raw_labels, strict=True):
+            cx, cy, bw, bh = (
+                (b[0] + b[2]) / 2 / w,
+                (b[1] + b[3]) / 2 / h,
+                (b[2] - b[0]) / w,
+                (b[3] - b[1]) / h,
+            )
+            lines.append(f"{VOC_TO_YOLO[raw]} {cx:.6f} {cy:.6f} {bw:.6f} {bh:.6f}")
+        (root / "labels" / f"{s.image.stem}.txt").write_text("\n".join(lines) + "\n")
+    yolo = load_dataset(root)
+    assert [s.image.name for s in yolo] == [s.image.name for s in voc]
+    for a, b in zip(voc, yolo, strict=True):
+        np.testing.assert_allclose(a.boxes, b.boxes, atol=0.01)
+        assert a.labels == b.labels
+    main(root, tmp_path / "out", limit=6)
+    _check_report(tmp_path / "out", 6)

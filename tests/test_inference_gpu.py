@@ -1,0 +1,90 @@
+"""GPU inference (run on a CUDA machine with `pip install maskwatch[gpu]`; skipped without a GPU provider).
+
+pytest -m gpu -s tests/test_inference_gpu.py
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+from inference.datasets import load_dataset
+from inference.engine import FrameResult, InferenceEngine, resolve_spec
+from inference.models.manifest import DEFAULT_CLASSIFIER, DEFAULT_DETECTOR
+from inference.preprocess import decode_image
+from inference.session import OrtModel
+
+DATASET = Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "kaggle-face-mask"
+HAS_CUDA = "CUDAExecutionProvider" in ort.get_available_providers()
+HAS_TRT = "TensorrtExecutionProvider" in ort.get_available_providers()
+
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(
+        not HAS_CUDA, reason="CUDAExecutionProvider unavailable (needs onnxruntime-gpu + GPU)"
+    ),
+]
+
+
+@pytest.fixture(scope="module")
+def frames() -> list[np.ndarray]:
+    return [decode_image(s.image.read_bytes()) for s in load_dataset(DATASET, limit=16)]
+
+
+def _engine(device: str) -> InferenceEngine:
+    return InferenceEngine(resolve_spec(DEFAULT_DETECTOR), resolve_spec(DEFAULT_CLASSIFIER), device=device)  # type: ignore[arg-type]
+
+
+def _assert_close(a: list[FrameResult], b: list[FrameResult], box_px: float, prob: float) -> None:
+    for ra, rb in zip(a, b, strict=True):
+        # Faces near the score threshold may flip; compare the confident ones.
+        fa = [f for f in ra.faces if f.det_score > 0.85]
+        fb = [f for f in rb.faces if f.det_score > 0.85]
+        assert len(fa) == len(fb)
+        for x, y in zip(sorted(fa, key=lambda f: f.box), sorted(fb, key=lambda f: f.box), strict=True):
+            np.testing.assert_allclose(x.box, y.box, atol=box_px)
+            assert abs(x.nomask_prob - y.nomask_prob) <= prob
+
+
+def test_cuda_chosen_and_matches_cpu_with_io_binding(frames: list[np.ndarray]) -> None:
+    gpu = _engine("cuda")
+    assert gpu.providers == {"detector": "CUDAExecutionProvider", "classifier": "CUDAExecutionProvider"}
+    assert gpu.detector._gpu and gpu.classifier._gpu  # outputs go through IO binding
+    cpu = _engine("cpu")
+    assert cpu.providers["detector"] == "CPUExecutionProvider"
+    _assert_close(gpu.infer(frames), cpu.infer(frames), box_px=1.0, prob=0.01)
+
+
+def test_auto_prefers_the_best_gpu_provider() -> None:
+    auto = _engine("auto")
+    want = "TensorrtExecutionProvider" if HAS_TRT else "CUDAExecutionProvider"
+    assert auto.providers["detector"] == want
+
+
+@pytest.mark.skipif(not HAS_TRT, reason="TensorrtExecutionProvider unavailable")
+def test_tensorrt_fp16_close_to_fp32(frames: list[np.ndarray]) -> None:
+    spec = resolve_spec(DEFAULT_CLASSIFIER)
+    fp16 = OrtModel(Path(spec.file), device="tensorrt", fp16=True, output_names=spec.outputs)
+    assert fp16.provider == "TensorrtExecutionProvider" and fp16.fp16
+    _assert_close(_engine("tensorrt").infer(frames), _engine("cpu").infer(frames), box_px=3.0, prob=0.05)
+
+
+def test_throughput_1024_batch_32(frames: list[np.ndarray]) -> None:
+    big = [cv2.resize(f, (1024, 1024)) for f in (frames * 2)[:32]]
+    engine = _engine("auto")
+    engine.infer(big)  # warm-up (TensorRT builds its engine here)
+    runs = 5
+    t0 = time.perf_counter()
+    for _ in range(runs):
+        results = engine.infer(big)
+    fps = runs * len(big) / (time.perf_counter() - t0)
+    print(
+        f"\n{engine.providers}: {fps:.0f} frames/s at 1024x1024, batch 32, "
+        f"{sum(len(r.faces) for r in results)} faces per batch"
+    )
+    assert fps > 26
