@@ -30,16 +30,28 @@ def _activate(x: torch.Tensor, name: str) -> torch.Tensor:
     return x
 
 
-def _same_pad(x: torch.Tensor, kernel: tuple[int, int], stride: tuple[int, int]) -> torch.Tensor:
-    """TensorFlow 'same' padding: the odd pixel goes after (bottom/right), unlike PyTorch's symmetric pad."""
+def tf_same_pads(x: torch.Tensor, kernel: tuple[int, int], stride: tuple[int, int]
+                 ) -> tuple[int, int, int, int]:
+    """TensorFlow 'same' padding (top, bottom, left, right): the odd pixel goes after, unlike PyTorch."""
     pads: list[int] = []
     for size, k, s in zip(x.shape[-2:], kernel, stride, strict=True):
         out = -(-int(size) // s)
         total = max((out - 1) * s + k - int(size), 0)
-        pads.append(total // 2)
-        pads.append(total - total // 2)
+        pads += [total // 2, total - total // 2]
     top, bottom, left, right = pads
-    return F.pad(x, (left, right, top, bottom)) if any(pads) else x
+    return top, bottom, left, right
+
+
+def same_padding(x: torch.Tensor, kernel: tuple[int, int], stride: tuple[int, int]
+                 ) -> tuple[torch.Tensor, tuple[int, int]]:
+    """The input (zero-padded if TF's padding is asymmetric) and the symmetric padding to give the conv.
+
+    Symmetric cases (all stride-1 layers) go into the conv itself: a separate Pad node breaks ONNX
+    Runtime's blocked-layout fusion on CPU."""
+    top, bottom, left, right = tf_same_pads(x, kernel, stride)
+    if top == bottom and left == right:
+        return x, (top, left)
+    return F.pad(x, (left, right, top, bottom)), (0, 0)
 
 
 class KerasGraph(nn.Module):
@@ -122,11 +134,12 @@ class KerasGraph(nn.Module):
             return F.pad(x, (left, right, top, bottom))
         if kind in {"Conv2D", "DepthwiseConv2D"}:
             kernel, stride = tuple(cfg["kernel_size"]), tuple(cfg["strides"])
+            padding = (0, 0)
             if cfg["padding"] == "same":
-                x = _same_pad(x, kernel, stride)
+                x, padding = same_padding(x, kernel, stride)
             groups = x.shape[1] if kind == "DepthwiseConv2D" else 1
             bias = self.params[key + "_b"] if cfg["use_bias"] else None
-            y = F.conv2d(x, self.params[key + "_w"], bias, stride=stride, groups=int(groups))
+            y = F.conv2d(x, self.params[key + "_w"], bias, stride=stride, padding=padding, groups=int(groups))
             return _activate(y, cfg["activation"])
         if kind == "BatchNormalization":
             scale, shift = self.params[key + "_scale"], self.params[key + "_shift"]

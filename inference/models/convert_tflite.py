@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from inference.models.convert_keras import _same_pad
+from inference.models.convert_keras import same_padding, tf_same_pads
 
 _OPS = {v: k for k, v in vars(tflite.BuiltinOperator).items() if not k.startswith("_")}
 _DTYPES = {tflite.TensorType.FLOAT32: np.float32, tflite.TensorType.FLOAT16: np.float16,
@@ -138,15 +138,20 @@ class TFLiteGraph(nn.Module):
         for name, ins, out, a in self.ops:
             v = values[ins[0]]
             if name in {"CONV_2D", "DEPTHWISE_CONV_2D"}:
+                padding = (0, 0)
                 if a["same"]:
-                    v = _same_pad(v, a["kernel"], a["stride"])
+                    v, padding = same_padding(v, a["kernel"], a["stride"])
                 bias = self.params[a["b"]] if a["b"] else None
-                y = F.conv2d(v, self.params[a["w"]], bias, stride=a["stride"], groups=int(a["groups"]))
+                y = F.conv2d(v, self.params[a["w"]], bias, stride=a["stride"], padding=padding,
+                             groups=int(a["groups"]))
                 values[out] = _activation(y, a["act"])
             elif name == "MAX_POOL_2D":
-                if a["same"]:
-                    v = _same_pad(v, a["kernel"], a["stride"])
-                values[out] = _activation(F.max_pool2d(v, a["kernel"], a["stride"]), a["act"])
+                no_pad = (0, 0, 0, 0)
+                top, bottom, left, right = tf_same_pads(v, a["kernel"], a["stride"]) if a["same"] else no_pad
+                if top != bottom or left != right:
+                    raise ValueError("MAX_POOL_2D with asymmetric SAME padding is not supported")
+                pooled = F.max_pool2d(v, a["kernel"], a["stride"], (top, left))  # pads with -inf, as TF
+                values[out] = _activation(pooled, a["act"])
             elif name == "ADD":
                 other = values[ins[1]] if ins[1] in values else torch.from_numpy(self.consts[ins[1]])
                 values[out] = _activation(v + other, a["act"])

