@@ -42,10 +42,10 @@ def shard_key(camera_id: str, shards: int) -> str:
 
 
 def micro_batches(
-    up: Stream[tuple[Tick, Camera]], shards: int, timeout: timedelta, max_size: int
-) -> KeyedStream[list[tuple[Tick, Camera]]]:
+    up: Stream[Tick], shards: int, timeout: timedelta, max_size: int
+) -> KeyedStream[list[Tick]]:
     """Ticks gathered per shard until ``max_size`` or ``timeout``; a batch mixes the shard's cameras."""
-    sharded = op.key_on("shard", up, lambda tc: shard_key(tc[0].camera_id, shards))
+    sharded = op.key_on("shard", up, lambda t: shard_key(t.camera_id, shards))
     return op.collect("micro_batch", sharded, timeout, max_size)
 
 

@@ -131,13 +131,16 @@ class _Runtime:
             self._local.processor = proc
         return proc
 
-    def process(self, batch: list[tuple[Tick, Camera]]) -> list[TickOutcome]:
+    def process(self, ticks: list[Tick]) -> list[TickOutcome]:
         proc = self.processor()
         now = time.monotonic()
         if now - getattr(self._local, "retained_at", 0.0) > self.opts.registry_refresh_s:
             # Close stream connections of cameras that were removed or disabled.
             proc.fetcher.retain(self.registry.enabled_ids())
             self._local.retained_at = now
+        # The camera (with its source URL) is looked up only here, never carried in operator state, so
+        # credentials do not end up in recovery snapshots. A camera removed meanwhile drops its tick.
+        batch = [(t, c) for t in ticks if (c := self.registry.resolve(t.camera_id)[0]) is not None]
         return proc.process(batch)
 
     def rule_config(self, camera_id: str) -> tuple[Camera | None, RuleConfig]:
@@ -170,11 +173,10 @@ def build_flow(settings: Settings | None = None, opts: FlowOptions | None = None
     op.output("dead_letters", dead, KafkaSink(brokers, settings.topic_dead_letter, add_config=kafka_conf))
 
     # 2. Resolve each tick's camera from the registry (the URL never comes from the event).
-    def resolve(tick: Tick) -> tuple[Tick, Camera] | None:
-        camera, _reason = rt.registry.resolve(tick.camera_id)
-        return (tick, camera) if camera is not None else None
+    def known(tick: Tick) -> bool:
+        return rt.registry.resolve(tick.camera_id)[0] is not None
 
-    resolved = op.filter_map("resolve_camera", split.trues, resolve)
+    resolved = op.filter("known_camera", split.trues, known)
 
     # 3. Micro-batches that mix cameras, fetched concurrently and inferred together.
     batches = micro_batches(resolved, opts.shards, timedelta(seconds=opts.batch_timeout_s), opts.batch_max)

@@ -41,7 +41,8 @@ FLOW_ENV = {
     "MASKWATCH_FLOW_BUCKET_S": "10",
     "MASKWATCH_FLOW_LATENESS_S": "0",
     "MASKWATCH_FLOW_RULE_WINDOW_S": "20",
-    "MASKWATCH_FLOW_RULE_MIN_NOMASK_FACES": "4",
+    # 5: above what the classifier's few misreads of masked faces can add up to in one window.
+    "MASKWATCH_FLOW_RULE_MIN_NOMASK_FACES": "5",
     "MASKWATCH_FLOW_RULE_NOMASK_RATIO": "0.75",
     "MASKWATCH_FLOW_RULE_MIN_FRAMES": "5",
     "MASKWATCH_FLOW_RULE_COOLDOWN_S": "3600",
@@ -115,10 +116,11 @@ class Scenario:
 
 
 def scenario_base_ms() -> int:
-    """Event time starts on a replay-cycle boundary so tick i shows image i of the directory."""
-    cycle_ms = int(INTERVAL_S * 1000) * 18
+    """Event time starts on a replay-cycle boundary (tick i shows image i of the directory) that is also a
+    rule-bucket boundary (36 s cycle, 10 s buckets): every run puts the same ticks in the same buckets."""
+    align_ms = 180_000
     now_ms = int(time.time() * 1000)
-    return now_ms - now_ms % cycle_ms - cycle_ms
+    return now_ms - now_ms % align_ms - align_ms
 
 
 def build_scenario(tmp_path: Path, settings: Settings, dataset_dir: Path, hang_url: str,
@@ -285,7 +287,7 @@ def test_flow_end_to_end(tmp_path: Path, mw_env: Settings, dataset_dir: Path, ha
     assert [a["camera_id"] for a in alerts] == ["mixed"]
     alert = alerts[0]
     assert alert["window_end"].replace(tzinfo=UTC) > sc.mixed_unmasked_from
-    assert alert["nomask_faces"] >= 4 and alert["site"] == "hq" and alert["zone"] == "lobby"
+    assert alert["nomask_faces"] >= 5 and alert["site"] == "hq" and alert["zone"] == "lobby"
     unmasked_ms = sc.mixed_unmasked_from.timestamp() * 1000
     # Its evidence is mostly the unmasked phase (the classifier may misread an odd masked face).
     late = [t for t in alert["tick_ids"] if int(t.split(":")[1]) >= unmasked_ms]
