@@ -28,7 +28,7 @@ from flows.batching import BatchProcessor, TickOutcome, micro_batches
 from flows.fetch import Fetcher
 from flows.options import FlowOptions
 from flows.registry_cache import RegistryCache, store_loader
-from flows.rules import AlertDecision, Observation, RuleConfig
+from flows.rules import AlertDecision, Observation, RuleConfig, parse_scope, scope_keys
 from flows.sinks import AlertTopicSink, StoreItem, StoreSink, store_writer
 from flows.windows import windowed_alerts
 from maskwatch.config import Settings
@@ -75,10 +75,12 @@ def dead_letter_message(dead: DeadLetter) -> KafkaSinkMessage[bytes | None, byte
     return KafkaSinkMessage(key=dead.key.encode() or None, value=dead.model_dump_json().encode())
 
 
-def observation(outcome: TickOutcome) -> Observation:
+def observations(outcome: TickOutcome, scopes: tuple[str, ...]) -> list[tuple[str, Observation]]:
+    """The tick as the rules see it, once per scope it counts towards (camera, zone, site)."""
     f = outcome.frame
-    return Observation(f.camera_id, f.scheduled_at, 1 if f.status == "ok" else 0, f.faces, f.nomask_faces,
-                       f.tick_id, f.snapshot_path)
+    return [(key, Observation(key, f.scheduled_at, 1 if f.status == "ok" else 0, f.faces, f.nomask_faces,
+                              f.tick_id, f.snapshot_path))
+            for key in scope_keys(f.camera_id, f.site, f.zone, scopes)]
 
 
 def count_health(failures: int | None, outcome: TickOutcome) -> tuple[int, StoreItem]:
@@ -86,16 +88,23 @@ def count_health(failures: int | None, outcome: TickOutcome) -> tuple[int, Store
     return failures, ("camera_health", outcome.health(failures))
 
 
-def to_alert(camera: Camera | None, camera_id: str, decision_config: RuleConfig, d: AlertDecision) -> Alert:
+def to_alert(camera: Camera | None, config: RuleConfig, d: AlertDecision) -> Alert:
+    """The alert event. A zone/site alert is filed under the camera that saw its latest no-mask face
+    (the schema keys alerts by camera) and its rule text names the scope."""
+    kind, site, zone = parse_scope(d.scope)
+    camera_id = d.scope if kind == "camera" else d.tick_ids[-1].split(":")[0]
+    if kind == "camera" and camera is not None:
+        site, zone = camera.site, camera.zone
+    rule = config.describe(d.rule)
+    if kind != "camera":
+        rule = f"{kind} {site}{'/' + zone if zone else ''}: {rule}"
+    where = camera.name if kind == "camera" and camera is not None and camera.name else camera_id
     ratio = d.nomask_frames / d.frames if d.frames else 0.0
-    rule = decision_config.describe(d.rule)
     return Alert(
-        alert_id=d.alert_id, camera_id=camera_id, site=camera.site if camera else "",
-        zone=camera.zone if camera else "", rule=rule, triggered_at=d.window_end, window_start=d.window_start,
-        window_end=d.window_end, faces=d.faces, nomask_faces=d.nomask_faces, nomask_ratio=min(1.0, ratio),
-        tick_ids=list(d.tick_ids), snapshot_path=d.snapshot_path,
-        message=f"{camera.name if camera and camera.name else camera_id}: {rule} "
-                f"({d.nomask_faces} no-mask faces on {d.nomask_frames}/{d.frames} frames)",
+        alert_id=d.alert_id, camera_id=camera_id, site=site, zone=zone, rule=rule, triggered_at=d.window_end,
+        window_start=d.window_start, window_end=d.window_end, faces=d.faces, nomask_faces=d.nomask_faces,
+        nomask_ratio=min(1.0, ratio), tick_ids=list(d.tick_ids), snapshot_path=d.snapshot_path,
+        message=f"{where}: {rule} ({d.nomask_faces} no-mask faces on {d.nomask_frames}/{d.frames} frames)",
     )
 
 
@@ -143,7 +152,11 @@ class _Runtime:
         batch = [(t, c) for t in ticks if (c := self.registry.resolve(t.camera_id)[0]) is not None]
         return proc.process(batch)
 
-    def rule_config(self, camera_id: str) -> tuple[Camera | None, RuleConfig]:
+    def rule_config(self, scope: str) -> tuple[Camera | None, RuleConfig]:
+        """A camera's rule config with its overrides; zones and sites use the defaults."""
+        if parse_scope(scope)[0] != "camera":
+            return None, self.opts.rule
+        camera_id = scope
         camera = self.registry.get(camera_id)
         if camera is None:
             return None, self.opts.rule
@@ -189,15 +202,16 @@ def build_flow(settings: Settings | None = None, opts: FlowOptions | None = None
                          + [("detections", d) for d in o.faces])
     health = op.key_rm("health_rm", op.stateful_map("health", by_camera, count_health))
 
-    # 5. Rules: event-time buckets per camera, then the pure decision with per-camera overrides.
-    observations = op.map_value("observe", by_camera, observation)
-    decisions, late = windowed_alerts(observations, opts.bucket_s, opts.lateness_s,
-                                      lambda camera_id: rt.rule_config(camera_id)[1])
+    # 5. Rules: event-time buckets per scope (camera, and zone/site if enabled), then the pure decision
+    #    with per-camera overrides.
+    scoped = op.flat_map("observe", outcomes, lambda o: observations(o, opts.rule_scopes))
+    decisions, late = windowed_alerts(scoped, opts.bucket_s, opts.lateness_s,
+                                      lambda scope: rt.rule_config(scope)[1])
     op.inspect("late_ticks", late, lambda _step, item: _count_late(item))
 
     def alert(decision: AlertDecision) -> Alert:
         camera, config = rt.rule_config(decision.scope)
-        return to_alert(camera, decision.scope, config, decision)
+        return to_alert(camera, config, decision)
 
     alerts = op.map("alerts", op.key_rm("alerts_rm", decisions), alert)
 
@@ -211,10 +225,10 @@ def build_flow(settings: Settings | None = None, opts: FlowOptions | None = None
 
 
 def _count_late(item: tuple[str, tuple[int, Observation]]) -> None:
-    camera_id, (_window, obs) = item
+    scope, (_window, obs) = item
     LATE_TICKS.inc()
-    log.warning("late tick %s of camera %s: its %s bucket already closed; not counted by the rules",
-                redact_text(obs.tick_id), camera_id, obs.ts.isoformat())
+    log.warning("late tick %s for %s: its %s bucket already closed; not counted by the rules",
+                redact_text(obs.tick_id), scope, obs.ts.isoformat())
 
 
 def __getattr__(name: str) -> Dataflow:

@@ -7,7 +7,7 @@ import os
 from dataclasses import dataclass, field
 
 from flows.fetch import FetchOptions
-from flows.rules import RuleConfig
+from flows.rules import SCOPES, RuleConfig
 
 
 class OptionError(ValueError):
@@ -44,6 +44,9 @@ class FlowOptions:
     bucket_s: int = 10
     lateness_s: int = 5
     rule: RuleConfig = field(default_factory=RuleConfig)
+    # Where rules apply: each camera (with its overrides), and optionally each zone and site as a whole
+    # (default thresholds), e.g. to catch a crowd spread over cameras that each stay under the threshold.
+    rule_scopes: tuple[str, ...] = ("camera",)
     registry_refresh_s: float = 30.0
     # Store writes: failures go to an on-disk buffer, retried with backoff up to this cap.
     store_retry_max_s: float = 30.0
@@ -56,6 +59,10 @@ class FlowOptions:
     alert_dedup_horizon_s: int = 7 * 86400
 
     def __post_init__(self) -> None:
+        unknown = set(self.rule_scopes) - set(SCOPES)
+        if unknown or not self.rule_scopes:
+            raise OptionError(f"MASKWATCH_FLOW_RULE_SCOPES={','.join(self.rule_scopes)!r}: expected a "
+                              f"comma-separated subset of {', '.join(SCOPES)}")
         if self.rule.window_s % self.bucket_s:
             raise OptionError(
                 f"MASKWATCH_FLOW_RULE_WINDOW_S={self.rule.window_s} must be a multiple of "
@@ -90,6 +97,8 @@ class FlowOptions:
             bucket_s=_int(p + "BUCKET_S", cls.bucket_s),
             lateness_s=_int(p + "LATENESS_S", cls.lateness_s, minimum=0),
             rule=rule,
+            rule_scopes=tuple(x.strip() for x in os.environ.get(p + "RULE_SCOPES", "camera").split(",")
+                              if x.strip()),
             registry_refresh_s=_num(p + "REGISTRY_REFRESH_S", cls.registry_refresh_s, minimum=0.1),
             store_retry_max_s=_num(p + "STORE_RETRY_MAX_S", cls.store_retry_max_s, minimum=0.1),
             buffer_max_bytes=_int(p + "BUFFER_MAX_BYTES", cls.buffer_max_bytes),

@@ -141,6 +141,31 @@ class RuleState:
     quiet_until: datetime | None = None
 
 
+SCOPES = ("camera", "zone", "site")
+
+
+def scope_keys(camera_id: str, site: str, zone: str, scopes: tuple[str, ...]) -> list[str]:
+    """The rule scopes a camera's tick counts towards. Camera ids contain no ':' (schema), so the
+    ``zone:``/``site:`` keys never collide with a camera's."""
+    keys = [camera_id] if "camera" in scopes else []
+    if "zone" in scopes and zone:
+        keys.append(f"zone:{site}/{zone}")
+    if "site" in scopes and site:
+        keys.append(f"site:{site}")
+    return keys
+
+
+def parse_scope(key: str) -> tuple[str, str, str]:
+    """(kind, site, zone) of a scope key; a camera's kind is "camera" and its site/zone are empty."""
+    kind, sep, rest = key.partition(":")
+    if not sep:
+        return "camera", "", ""
+    if kind == "zone":
+        site, _, zone = rest.partition("/")
+        return "zone", site, zone
+    return kind, rest, ""
+
+
 def bucket_start(ts: datetime, bucket_s: int) -> datetime:
     seconds = (ts - EPOCH) // timedelta(seconds=bucket_s) * bucket_s
     return EPOCH + timedelta(seconds=seconds)

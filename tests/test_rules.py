@@ -186,3 +186,30 @@ def test_windowed_rules_per_camera_overrides_and_late_ticks() -> None:
     # Same ticks again, as a replay would deliver them: identical decisions.
     again, _ = _windowed([*seq[:40], late_tick, *seq[40:]], {"a": strict, "b": lenient})
     assert [d.alert_id for d in again] == [d.alert_id for d in decisions]
+
+
+def test_zone_scope_catches_a_crowd_spread_over_cameras() -> None:
+    from flows.detect import to_alert
+    from flows.options import FlowOptions, OptionError
+    from flows.rules import parse_scope, scope_keys
+
+    scopes = ("camera", "zone", "site")
+    assert scope_keys("c1", "hq", "lobby", scopes) == ["c1", "zone:hq/lobby", "site:hq"]
+    assert scope_keys("c1", "", "", scopes) == ["c1"]
+    assert parse_scope("zone:hq/lobby") == ("zone", "hq", "lobby") and parse_scope("c1") == ("camera", "", "")
+    with pytest.raises(OptionError, match="RULE_SCOPES"):
+        FlowOptions(rule_scopes=("camera", "floor"))
+    # Two cameras of one zone each see 3 no-mask faces in the window: under the per-camera threshold
+    # (4), over it for the zone as a whole.
+    config = RuleConfig(window_s=20, min_nomask_faces=4, nomask_ratio=1.0, min_frames=100, cooldown_s=600)
+    seq = []
+    for s in range(0, 60, 2):
+        for cam in ("c1", "c2"):
+            nomask = 1 if s in (20, 22, 24) else 0
+            seq += [Observation(k, _cam(cam, s, nomask).ts, 1, 1, nomask, _cam(cam, s, nomask).tick_id)
+                    for k in scope_keys(cam, "hq", "lobby", ("camera", "zone"))]
+    decisions, _ = _windowed(seq, {"c1": config, "c2": config, "zone:hq/lobby": config})
+    assert [d.scope for d in decisions] == ["zone:hq/lobby"]
+    alert = to_alert(None, config, decisions[0])
+    assert alert.camera_id in ("c1", "c2") and alert.zone == "lobby" and alert.site == "hq"
+    assert alert.rule.startswith("zone hq/lobby: ") and alert.nomask_faces == 6
