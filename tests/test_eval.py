@@ -106,3 +106,28 @@ def test_yolo_folder_gives_the_same_ground_truth_and_works(tmp_path: Path) -> No
         assert a.labels == b.labels
     main(root, tmp_path / "out", limit=6)
     _check_report(tmp_path / "out", 6)
+
+
+def test_finetune_split_reproduces_the_full_model_and_local_specs_resolve(tmp_path: Path) -> None:
+    import torch
+
+    from inference.engine import resolve_spec
+    from inference.finetune import FIRST_TRAINED, _crops, _keras_graph, _Split
+    from maskwatch.config import Settings
+
+    base = resolve_spec("mobilenetv2-mask")
+    graph = _keras_graph(base, Settings().models_dir)
+    split = _Split(graph, FIRST_TRAINED)
+    assert split.carried  # the cut passes real tensors across
+    batches, labels = _crops(base, load_dataset(DATASET, limit=2))
+    assert len(labels) == 2 * sum(len(b) for b in batches[::2])  # crops plus their mirror images
+    x = torch.from_numpy(batches[0])
+    with torch.no_grad():
+        full = graph(x)
+        parts = split.run_suffix(split.run_prefix(x), train=False)
+    torch.testing.assert_close(parts, full)
+    # A locally built model is found by name through `<models_dir>/<name>.yaml`.
+    (tmp_path / "local-clf.yaml").write_text(
+        json.dumps(base.model_copy(update={"name": "local-clf", "source": None}).model_dump(mode="json"))
+    )
+    assert resolve_spec("local-clf", tmp_path).file == base.file
