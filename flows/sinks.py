@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
@@ -44,13 +45,20 @@ def store_writer(settings: Settings) -> Writer:
 
 
 class StorePartition(StatelessSinkPartition[StoreItem]):
+    """One worker's store writer. A retry thread drains the buffer once the store is back, also when no
+    new rows arrive; a lock keeps it and the worker from writing at the same time, so rows stay in order."""
+
     def __init__(self, write: Writer, buffer: DiskBuffer, retry_max_s: float):
         self._write = write
         self._buffer = buffer
         self._retry_max_s = retry_max_s
         self._backoff = 0.0
         self._next_try = 0.0
+        self._lock = threading.RLock()
         self._pending = len(buffer) > 0
+        self._closed = threading.Event()
+        self._retry = threading.Thread(target=self._retry_loop, name="store-retry", daemon=True)
+        self._retry.start()
 
     def _failed(self, exc: Exception) -> None:
         self._backoff = min(self._retry_max_s, max(0.5, self._backoff * 2))
@@ -60,33 +68,40 @@ class StorePartition(StatelessSinkPartition[StoreItem]):
 
     def _drain(self) -> bool:
         """Write buffered rows first so the store sees rows in order; True when the buffer is empty."""
-        if not self._pending:
+        with self._lock:
+            if not self._pending:
+                return True
+            if time.monotonic() < self._next_try:
+                return False
+            try:
+                n = self._buffer.drain(self._write)
+            except Exception as exc:
+                self._failed(exc)
+                return False
+            log.info("store is back: wrote %d buffered batches", n)
+            self._pending, self._backoff = False, 0.0
             return True
-        if time.monotonic() < self._next_try:
-            return False
-        try:
-            n = self._buffer.drain(self._write)
-        except Exception as exc:
-            self._failed(exc)
-            return False
-        log.info("store is back: wrote %d buffered batches", n)
-        self._pending, self._backoff = False, 0.0
-        return True
+
+    def _retry_loop(self) -> None:
+        while not self._closed.wait(0.5):
+            if self._pending and time.monotonic() >= self._next_try:
+                self._drain()
 
     def write_batch(self, items: Sequence[StoreItem]) -> None:
         by_table: dict[str, list[Row]] = defaultdict(list)
         for table, event in items:
             by_table[table].append(dict(event))
-        ready = self._drain()
-        for table, rows in by_table.items():
-            if ready:
-                try:
-                    self._write(table, rows)
-                    continue
-                except Exception as exc:
-                    self._failed(exc)
-                    ready = False
-            self._append(table, rows)
+        with self._lock:
+            ready = self._drain()
+            for table, rows in by_table.items():
+                if ready:
+                    try:
+                        self._write(table, rows)
+                        continue
+                    except Exception as exc:
+                        self._failed(exc)
+                        ready = False
+                self._append(table, rows)
 
     def _append(self, table: str, rows: list[Row]) -> None:
         while True:
@@ -102,6 +117,8 @@ class StorePartition(StatelessSinkPartition[StoreItem]):
                 self._drain()
 
     def close(self) -> None:
+        self._closed.set()
+        self._retry.join(timeout=5)
         self._drain()
 
 
