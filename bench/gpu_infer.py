@@ -290,6 +290,51 @@ def pinned_upload(pre: Session, host: np.ndarray) -> Callable[[], Any] | None:
     return upload
 
 
+def pipeline_breakdown(
+    pre: Session, det: Session, host: np.ndarray, t: Any, det_spec: Any, min_s: float, base: dict[str, Any]
+) -> list[dict[str, Any]]:
+    """Where a gpu_pipeline call spends its time, step by step (each timed alone, synchronously)."""
+    from inference.postprocess import decode_detector, select_faces
+
+    batch = host.shape[0]
+    up = pre.value(host)
+    pb = pre.bind(up)
+    pre.run(pb)
+    on_dev = pb.get_outputs()[0]
+    db_dev = det.bind(on_dev)
+    db_host = det.bind(on_dev, outputs_on_host=True)
+    det.run(db_host)
+    outs = [o.numpy() for o in db_host.get_outputs()]
+
+    def post() -> None:
+        for b, sc in decode_detector(outs, det_spec):
+            select_faces(
+                b, sc, t, score_threshold=det_spec.score_threshold, nms_iou=det_spec.nms_iou, max_faces=64
+            )
+
+    steps: list[tuple[str, Callable[[], Any]]] = [
+        ("h2d_pageable", partial(pre.value, host)),
+        ("preprocess_graph", partial(pre.run, pb)),
+        ("detector", partial(det.run, db_dev)),
+        ("detector+d2h", partial(det.run, db_host)),
+        ("decode+nms_cpu", post),
+        ("np_stack", partial(np.stack, list(host))),
+    ]
+    rows = []
+    for name, fn in steps:
+        sec, _ = rate(fn, min_s)
+        rows.append(
+            {
+                **base,
+                "stage": f"step:{name}",
+                "batch": batch,
+                "frames_per_s": round(batch / sec, 1),
+                "ms_per_call": round(sec * 1e3, 2),
+            }
+        )
+    return rows
+
+
 def bench_config(
     config: str,
     frames: Sequence[np.ndarray],
@@ -300,6 +345,7 @@ def bench_config(
     deadline: float,
     scratch: Path,
     engine_batches: Sequence[int],
+    breakdown_batch: int = 64,
 ) -> list[dict[str, Any]]:
     import onnx
 
@@ -389,6 +435,8 @@ def bench_config(
                     "ms_per_call": round(sec * 1e3, 2),
                 }
             )
+        if batch == breakdown_batch:
+            rows += pipeline_breakdown(pre, det, host, t, det_spec, min_s, base)
         # cls_model: face crops (4 per frame, the dataset's average) ready on the device.
         crops = cls_pre.frames([chunk[i % batch] for i in range(batch * 4)])[0]
         binding = cls.bind(cls.value(crops))
@@ -402,7 +450,7 @@ def bench_config(
                 "ms_per_call": round(sec * 1e3, 2),
             }
         )
-    if config in ("cuda_fp32", "trt_fp16", "cpu") and time.time() < deadline:
+    if engine_batches and config in ("cuda_fp32", "trt_fp16", "cpu") and time.time() < deadline:
         rows += bench_engine_path(config, frames, engine_batches, specs, models_dir, min_s, base)
     return rows
 
