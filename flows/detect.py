@@ -4,7 +4,8 @@
                   -> resolve camera in the registry (unknown/disabled dropped, counted)
                   -> micro-batch per shard (op.collect) -> fetch concurrently -> two-stage inference
                   -> frames, detections, camera health -> ClickHouse
-                  -> event-time buckets per camera -> rules -> alerts -> ClickHouse + alert topic
+                  -> event-time buckets per camera (and zone/site) -> rules -> alerts
+                  -> alerts to ClickHouse and the alert topic
 
 Run it with ``maskwatch flow run`` (or ``python -m bytewax.run flows.detect:flow``). Everything is read
 from ``MASKWATCH_*`` variables (``maskwatch.config.Settings`` and ``flows.options.FlowOptions``).
@@ -177,7 +178,7 @@ def build_flow(settings: Settings | None = None, opts: FlowOptions | None = None
     flow = Dataflow("maskwatch-detect")
 
     # 1. Ticks in; anything that is not a valid tick goes to the dead-letter topic with its reason.
-    # Small input batches: with a backlog, results reach the sinks batch by batch instead of all at the end.
+    # One consumer poll brings at most one micro-batch worth of ticks.
     raw = op.input("ticks", flow, KafkaSource(brokers, [settings.topic_ticks], add_config=kafka_conf,
                                               batch_size=opts.batch_max, raise_on_errors=False))
     parsed = op.map("parse_tick", raw, parse_tick)
