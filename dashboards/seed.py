@@ -206,7 +206,7 @@ SELECT 1, concat(camera_id, ':nomask_count:', toString(toUnixTimestamp64Milli(w_
     any(site), any(zone), concat('>=', toString({alert_min:UInt32}), ' no-mask faces in ',
     toString({window_s:UInt32}), 's'),
     maxIf(scheduled_at, nomask_faces > 0), w_start, w_start + toIntervalSecond({window_s:UInt32}),
-    sum(faces), sum(nomask_faces), sum(nomask_faces) / sum(faces),
+    sum(faces), sum(nomask_faces), countIf(nomask_faces > 0) / count(),
     groupArrayIf(50)(tick_id, nomask_faces > 0),
     '', concat(toString(sum(nomask_faces)), ' people without a mask at ', any(zone), ' (', camera_id, ')')
 FROM frames

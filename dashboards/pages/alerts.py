@@ -30,22 +30,28 @@ def feed() -> None:
         st.info("No alerts in this range." if not unacked else "No unacknowledged alerts in this range.",
                 icon=":material/notifications_off:")
         return
-    st.session_state["alert_ids"] = rows["alert_id"].to_list()
+    # Alert ids are opaque (hashes, from the flow), so the detail picker shows time, camera and count.
+    st.session_state["alert_labels"] = {
+        r["alert_id"]: f"{r['triggered_at']:%Y-%m-%d %H:%M:%S} · {r['camera_id']} · "
+        f"{r['nomask_faces']} no-mask" + (" · acknowledged" if r["acknowledged"] else "")
+        for r in rows.select("alert_id", "triggered_at", "camera_id", "nomask_faces", "acknowledged")
+        .iter_rows(named=True)
+    }
     st.dataframe(
         rows.select(
             "triggered_at", "camera_id", "site", "zone", "nomask_faces", "faces", "nomask_ratio", "rule",
             pl.when(pl.col("acknowledged"))
-            .then(pl.lit("✔ ") + pl.col("acknowledged_by"))
+            .then(pl.lit("by ") + pl.col("acknowledged_by"))
             .otherwise(pl.lit(""))
             .alias("acknowledged"),
             "message", "alert_id",
         ),
         hide_index=True,
         width="stretch",
-        height=320,
+        height=320 if rows.height > 8 else "auto",
         column_config={
             "triggered_at": st.column_config.DatetimeColumn("Triggered (UTC)", format="YYYY-MM-DD HH:mm:ss"),
-            "nomask_ratio": st.column_config.NumberColumn("No-mask share", format="percent"),
+            "nomask_ratio": st.column_config.NumberColumn("Frames with no-mask", format="percent"),
             "nomask_faces": st.column_config.NumberColumn("No-mask faces"),
         },
     )
@@ -54,10 +60,10 @@ def feed() -> None:
 feed()
 
 st.subheader("Alert detail")
-ids: list[str] = st.session_state.get("alert_ids") or []
-if not ids:
+labels: dict[str, str] = st.session_state.get("alert_labels") or {}
+if not labels:
     st.stop()
-selected = st.selectbox("Alert", ids, key="alert_id")
+selected = st.selectbox("Alert", list(labels), key="alert_id", format_func=lambda a: labels.get(a, a))
 with ui.store_errors(settings):
     found = data.alert(settings, selected)
 if found.is_empty():
@@ -71,7 +77,8 @@ if flash:
 cols = st.columns(4)
 cols[0].metric("No-mask faces", ui.count(row["nomask_faces"]), border=True)
 cols[1].metric("Faces in window", ui.count(row["faces"]), border=True)
-cols[2].metric("No-mask share", ui.pct(row["nomask_ratio"]), border=True)
+cols[2].metric("Frames with no-mask", ui.pct(row["nomask_ratio"]), border=True,
+               help="Share of the window's frames that had at least one face without a mask")
 cols[3].metric("Status", "Acknowledged" if row["acknowledged"] else "Open", border=True)
 st.markdown(
     f"**{row['camera_id']}** · {row['site']} / {row['zone']} · rule `{row['rule']}`  \n"
@@ -84,13 +91,18 @@ if row["acknowledged"]:
 
 with ui.store_errors(settings):
     frames = data.alert_frames(settings, selected)
-paths = [p for p in dict.fromkeys([row["snapshot_path"], *frames["snapshot_path"].to_list()]) if p]
-files = [f for f in (ui.snapshot_file(p, settings) for p in paths) if f is not None]
-if files:
-    st.markdown(f"**Snapshots** ({len(files)})")
+captions = {
+    f["snapshot_path"]: f"{f['scheduled_at']:%H:%M:%S} UTC · {f['nomask_faces']} of {f['faces']} "
+    "faces without a mask"
+    for f in frames.iter_rows(named=True) if f["snapshot_path"]
+}
+paths = [p for p in dict.fromkeys([*captions, row["snapshot_path"]]) if p]
+shown = [(f, captions.get(p, "alert snapshot")) for p in paths if (f := ui.snapshot_file(p, settings))]
+if shown:
+    st.markdown(f"**Snapshots** ({len(shown)})")
     grid = st.columns(3)
-    for i, file in enumerate(files[:9]):
-        grid[i % 3].image(str(file), caption=file.stem.replace("_", ":"), width="stretch")
+    for i, (file, caption) in enumerate(shown[:9]):
+        grid[i % 3].image(str(file), caption=caption, width="stretch")
 else:
     st.caption("No annotated snapshot is available for this alert.")
 
