@@ -563,6 +563,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if a.images is None or a.models is None:
         p.error("--images/MW_GPU_IMAGES and --models/MASKWATCH_MODELS_DIR are required")
+    a.images, a.models = a.images.resolve(), a.models.resolve()  # specs join relative paths once more
     deadline = time.time() + a.budget_s
     a.out.mkdir(parents=True, exist_ok=True)
     result: dict[str, Any] = {"machine": machine(), "size": f"{a.size}x{a.size}", "rows": [], "errors": []}
