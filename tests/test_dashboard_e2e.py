@@ -16,6 +16,7 @@ import time
 import urllib.request
 import uuid
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -240,11 +241,26 @@ def test_dashboard_in_a_real_browser(
         assert not browser.js("document.querySelectorAll('[data-testid=\"stException\"]').length")
         assert "Cannot read the store" not in browser.text()
         browser.screenshot(tmp_path / f"{path}.png")
+        if path == "alerts":
+            _live_feed_shows_new_alert(browser, settings)
+
+
+def _live_feed_shows_new_alert(browser: Browser, settings: Settings) -> None:
+    """An alert written after the page loaded appears in the feed by itself (no reload, no click)."""
+    now = datetime.now(UTC)
+    marker = f"live-{uuid.uuid4().hex[:8]}"
+    store.insert_rows("alerts", [{
+        "schema_version": 1, "alert_id": marker, "camera_id": "cam-002", "site": "south-campus",
+        "zone": "entrance", "rule": ">=3 no-mask faces in 600s", "triggered_at": now,
+        "window_start": now - timedelta(minutes=10), "window_end": now, "faces": 9, "nomask_faces": 4,
+        "nomask_ratio": 0.5, "tick_ids": [], "snapshot_path": "", "message": f"{marker} at the gate",
+    }], settings)
+    # The feed's grid is drawn on a canvas; the line above it names the newest alert.
+    browser.wait_for(f"document.body.innerText.includes('{marker} at the gate')", timeout=45)
 
 
 def _range_from_text(text: str) -> tuple[int, int]:
     import re
-    from datetime import UTC, datetime
 
     stamp = r"\w{3} (\d{2} \w{3} \d{4} \d{2}:\d{2})"
     match = re.search(f"{stamp} → {stamp} UTC", text)

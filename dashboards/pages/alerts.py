@@ -30,6 +30,9 @@ def feed() -> None:
         st.info("No alerts in this range." if not unacked else "No unacknowledged alerts in this range.",
                 icon=":material/notifications_off:")
         return
+    newest = rows.row(0, named=True)
+    st.markdown(f"**{rows.height:,}{'+' if rows.height >= queries.FEED_LIMIT else ''} alerts** · newest "
+                f"{newest['triggered_at']:%H:%M:%S} UTC, {newest['camera_id']}: {newest['message']}")
     # Alert ids are opaque (hashes, from the flow), so the detail picker shows time, camera and count.
     st.session_state["alert_labels"] = {
         r["alert_id"]: f"{r['triggered_at']:%Y-%m-%d %H:%M:%S} · {r['camera_id']} · "
