@@ -168,8 +168,10 @@ def published_alert_ids(
                 if msg.error() is not None:
                     continue
                 # A record that is not an alert is not ours to judge here; the topic's consumers do.
-                with contextlib.suppress(ValueError, KeyError, TypeError):
-                    seen.add(json.loads(msg.value() or b"")["alert_id"])
+                # Brokers without timestamp lookup (Tansu) start at the beginning: filter here too.
+                if msg.timestamp()[1] >= since_ms:
+                    with contextlib.suppress(ValueError, KeyError, TypeError):
+                        seen.add(json.loads(msg.value() or b"")["alert_id"])
                 part, offset = msg.partition() or 0, msg.offset() or 0
                 if offset + 1 >= ends.get(part, 0):
                     ends.pop(part, None)
