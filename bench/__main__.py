@@ -88,7 +88,7 @@ def _layouts(text: str) -> tuple[tuple[int, int], ...]:
     "--ticks-per-camera",
     default=None,
     type=click.IntRange(2),
-    help="Flow: backlog ticks per camera (default 40; quick 12).",
+    help="Flow: backlog ticks per camera (default 12; quick 8).",
 )
 @click.option("--flow-size", default="1024x1024", show_default=True, help="Flow: camera frame size.")
 @click.option("--layouts", default=None, help="Flow: PROCESSESxWORKERS,... (default 1x1,1x2,2x1; quick 1x1).")
@@ -180,7 +180,7 @@ def main(
         ((fw, fh),) = _sizes(flow_size)[:1]
         cfg = FlowBenchConfig(
             cameras=cameras or (4 if quick else 8),
-            ticks_per_camera=ticks_per_camera or (12 if quick else 40),
+            ticks_per_camera=ticks_per_camera or (8 if quick else 12),
             width=fw,
             height=fh,
             layouts=_layouts(layouts or ("1x1" if quick else "1x1,1x2,2x1")),

@@ -58,7 +58,7 @@ RULE_ENV = {
 @dataclass(frozen=True)
 class FlowBenchConfig:
     cameras: int = 8
-    ticks_per_camera: int = 40
+    ticks_per_camera: int = 12
     width: int = 1024
     height: int = 1024
     images_per_camera: int = 6
@@ -381,6 +381,7 @@ def profile_flow(pid: int, seconds: float, out: Path) -> Path | None:
             "--rate",
             "50",
             "--nonblocking",
+            "--idle",
             "--threads",
             "--output",
             str(out),
@@ -446,8 +447,11 @@ def run_layout(
         result.update(backlog_rates(settings, start_ms, now_ms))
         if result["ticks_per_s"] == 0:  # one micro-batch took everything: no steady state to measure
             wall = result["wall_s_incl_startup"]
-            result.update(rate_basis="wall incl. startup", ticks_per_s=round(result["ticks"] / wall, 2),
-                          rows_per_s=round(result["ticks"] * result["rows_per_tick"] / wall, 1))
+            result.update(
+                rate_basis="wall incl. startup",
+                ticks_per_s=round(result["ticks"] / wall, 2),
+                rows_per_s=round(result["ticks"] * result["rows_per_tick"] / wall, 1),
+            )
         if live and result["ticks_per_s"] > 0:
             rate = cfg.live_fraction * result["ticks_per_s"]
             live_start = (int(time.time()) + 2) * 1000
