@@ -18,6 +18,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 import uuid
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterator
@@ -247,7 +248,9 @@ def test_flow_end_to_end(tmp_path: Path, mw_env: Settings, dataset_dir: Path, ha
     produce(sc.settings, sc.ticks, [(b"mixed", b"{not json"), (b"mixed", b'{"camera_id": "mixed"}'),
                                     (None, b"\xff\xfe binary")])
     log_path = tmp_path / "flow.log"
-    proc = start_flow(sc.env, log_path)
+    metrics_port = free_port()
+    proc = start_flow({**sc.env, "MASKWATCH_METRICS_PORT": str(metrics_port),
+                       "MASKWATCH_METRICS_ADDR": "127.0.0.1"}, log_path)
     try:
         wait_for("every tick's frame row", has_frames(sc.settings, sc.expected_frames), 150, proc,
                  log_path)
@@ -255,6 +258,8 @@ def test_flow_end_to_end(tmp_path: Path, mw_env: Settings, dataset_dir: Path, ha
         wait_for("the alert row", has_alert, 30, proc, log_path)
         alerts_on_topic = read_topic(sc.settings, sc.settings.topic_alerts, 1)
         dead = read_topic(sc.settings, sc.settings.topic_dead_letter, 3)
+        with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5) as resp:
+            metrics = resp.read().decode()
     finally:
         stop(proc)
     s = sc.settings
@@ -313,3 +318,5 @@ def test_flow_end_to_end(tmp_path: Path, mw_env: Settings, dataset_dir: Path, ha
     # Unknown and disabled cameras: dropped, with the reason counted in the flow's log.
     log_text = log_path.read_text()
     assert "camera ghost: unknown_camera" in log_text and "camera off: disabled_camera" in log_text
+    assert 'maskwatch_flow_ticks_dropped_total{reason="unknown_camera"} 2.0' in metrics
+    assert 'maskwatch_flow_ticks_dropped_total{reason="disabled_camera"} 2.0' in metrics
