@@ -19,8 +19,8 @@ from types import FrameType
 from typing import Any
 
 import click
-from prometheus_client import Counter as PromCounter
 
+from maskwatch import metrics
 from maskwatch.config import Settings
 from maskwatch.notify_config import Destination, NotifyConfig, NotifyConfigError, host_of, load_config
 from maskwatch.notify_delivery import DeliveryStore, TokenBucket, deliver
@@ -30,10 +30,9 @@ from schemas.parse import SchemaError, parse_event
 
 log = logging.getLogger(__name__)
 
-POSTS = PromCounter("maskwatch_notify_posts_total", "Alerts handled per destination, by outcome",
-                    ["destination", "outcome"])
-DEAD_LETTERS = PromCounter("maskwatch_notify_dead_letters_total", "Records sent to the dead-letter topic",
-                           ["stage"])
+# Defined with every other metric in maskwatch.metrics (one registry, names the Grafana dashboard uses).
+POSTS = metrics.NOTIFY_POSTS
+DEAD_LETTERS = metrics.NOTIFY_DEAD_LETTERS
 
 # An alert may wait on rate limits and backoff for minutes; don't let the group evict us meanwhile.
 MAX_POLL_INTERVAL_MS = 1_800_000
@@ -218,10 +217,7 @@ def notify_command(config_path: Path, group_id: str, state_path: Path | None, me
         for d in config.destinations:
             click.echo(f"{d.name}: {d.format} -> {host_of(d.resolved_url())}")
         return
-    if metrics_port:
-        from prometheus_client import start_http_server
-
-        start_http_server(metrics_port)
+    metrics.serve_metrics(metrics_port)
     try:
         Notifier(config, group_id=group_id, state_path=state_path).run(_stop_on_signals())
     except DeadLetterError as exc:  # exit non-zero uncommitted: a restart retries from the last commit
