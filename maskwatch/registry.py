@@ -18,6 +18,7 @@ import yaml
 
 from maskwatch import store
 from maskwatch.config import Settings
+from maskwatch.netpolicy import SourcePolicyError, check_source_url
 from maskwatch.redact import redact_text
 from schemas.events import Camera
 from schemas.parse import SchemaError, validate_event
@@ -25,7 +26,7 @@ from schemas.parse import SchemaError, validate_event
 log = logging.getLogger(__name__)
 
 _COLUMNS = ["id", "name", "site", "zone", "source_url", "display_url", "interval_s", "enabled", "rules",
-            "updated_at", "deleted"]
+            "allow_private_network", "updated_at", "deleted"]
 
 
 class RegistryError(ValueError):
@@ -35,7 +36,7 @@ class RegistryError(ValueError):
 def _row(camera: Camera, deleted: bool = False) -> list[Any]:
     return [camera.id, camera.name, camera.site, camera.zone, camera.source_url, camera.display_url,
             camera.interval_s, camera.enabled, camera.rules.model_dump_json(exclude_none=True),
-            camera.updated_at, int(deleted)]
+            camera.allow_private_network, camera.updated_at, int(deleted)]
 
 
 def _from_row(row: dict[str, Any]) -> Camera:
@@ -100,13 +101,27 @@ def set_enabled(camera_id: str, enabled: bool, settings: Settings | None = None)
     return updated
 
 
-def parse_camera(data: dict[str, Any], base_dir: Path | None = None) -> Camera:
-    """A camera from user input (CLI/YAML); a relative ``file://`` path is resolved against ``base_dir``."""
+def check_source(camera: Camera) -> None:
+    """Refuse a camera whose source the fetch policy forbids (``maskwatch.netpolicy``), as a RegistryError."""
+    try:
+        check_source_url(camera.source_url, camera.allow_private_network)
+    except SourcePolicyError as exc:
+        raise RegistryError(f"camera {camera.id}: {exc}") from None
+
+
+def parse_camera(data: dict[str, Any], base_dir: Path | None = None, check: bool = True) -> Camera:
+    """A camera from user input (CLI, YAML, dashboard); a relative ``file://`` path is resolved against
+    ``base_dir``. Every user-facing way to register a camera comes through here, so the source policy
+    (no SSRF: private addresses only with ``allow_private_network``, files only under the allowed roots)
+    is enforced here; ``check=False`` only validates the fields (the caller checks later)."""
     source = data.get("source_url")
     if isinstance(source, str) and source.startswith("file://") and not source.startswith("file:///"):
         relative = source[len("file://"):]
         data = {**data, "source_url": (base_dir or Path.cwd()).joinpath(relative).resolve().as_uri()}
-    return validate_event(Camera, data)
+    camera = validate_event(Camera, data)
+    if check:
+        check_source(camera)
+    return camera
 
 
 @dataclass
@@ -132,13 +147,17 @@ def load_yaml(path: Path) -> list[Camera]:
             continue
         label = f"camera #{number} ({entry.get('id', 'no id')})"
         try:
-            camera = parse_camera(entry, base_dir=path.resolve().parent)
+            camera = parse_camera(entry, base_dir=path.resolve().parent, check=False)
         except SchemaError as exc:
             problems.extend(f"{label}: {problem}" for problem in exc.problems)
             continue
         if camera.id in seen:
             problems.append(f"{label}: duplicate id")
         seen.add(camera.id)
+        try:
+            check_source(camera)
+        except RegistryError as exc:
+            problems.append(f"{label}: {str(exc).removeprefix(f'camera {camera.id}: ')}")
         cameras.append(camera)
     if problems:
         raise RegistryError(f"{path}: nothing imported, fix these first:\n  " + "\n  ".join(problems))

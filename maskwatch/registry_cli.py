@@ -47,16 +47,22 @@ def cameras() -> None:
               help="Seconds between ticks.")
 @click.option("--disabled", is_flag=True, help="Register without ticking it yet.")
 @click.option("--rules", default="{}", help='Rule overrides as JSON, e.g. \'{"min_nomask_faces": 3}\'.')
+@click.option("--allow-private-network", is_flag=True,
+              help="The camera is on a private/loopback/link-local network (refused otherwise).")
 def add(camera_id: str, source_url: str, name: str, site: str, zone: str, interval_s: float,
-        disabled: bool, rules: str) -> None:
-    """Add or replace camera CAMERA_ID reading from SOURCE_URL (rtsp://, http(s)://, file://)."""
+        disabled: bool, rules: str, allow_private_network: bool) -> None:
+    """Add or replace camera CAMERA_ID reading from SOURCE_URL (rtsp://, http(s)://, file://).
+
+    Network sources must resolve to public addresses unless --allow-private-network is given; file://
+    sources must be under MASKWATCH_FILE_ROOTS."""
     try:
         overrides = json.loads(rules)
     except json.JSONDecodeError as exc:
         raise click.BadParameter(f"not valid JSON ({exc})", param_hint="--rules") from None
     camera = registry.put_camera(registry.parse_camera(
         {"id": camera_id, "name": name, "site": site, "zone": zone, "source_url": source_url,
-         "interval_s": interval_s, "enabled": not disabled, "rules": overrides}))
+         "interval_s": interval_s, "enabled": not disabled, "rules": overrides,
+         "allow_private_network": allow_private_network}))
     click.echo(f"saved camera {camera.id} ({camera.display_url})")
 
 

@@ -184,6 +184,10 @@ class Camera(BaseModel):
     interval_s: float = Field(default=5.0, gt=0, le=86400)
     enabled: bool = True
     rules: RuleOverrides = Field(default_factory=RuleOverrides)
+    allow_private_network: bool = Field(
+        default=False,
+        description="May fetch from loopback/private/link-local addresses (a camera on the LAN); "
+                    "see maskwatch.netpolicy.")
     updated_at: UtcDatetime = Field(default_factory=lambda: datetime.now(UTC))
 
     @property

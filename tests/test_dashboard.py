@@ -261,6 +261,7 @@ def test_manage_register_edit_disable_keeps_credentials(fresh: Settings) -> None
     assert registry.get_camera("gate-1", fresh) is None
 
     at.text_input(key="source:new").input("rtsp://guard:topsecret@10.9.9.9:554/live")
+    at.checkbox(key="private:new").check()  # a LAN address needs the explicit opt-in (maskwatch.netpolicy)
     next(b for b in at.button if b.label == "Save camera").click().run()
     assert not at.exception
     saved = registry.get_camera("gate-1", fresh)

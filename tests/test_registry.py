@@ -75,10 +75,12 @@ def test_sample_yaml_import_is_idempotent(settings: Settings, dataset_dir: Path)
     assert rows_before == len(first.added)  # unchanged cameras were not rewritten
 
 
-def test_yaml_import_updates_changed_cameras(settings: Settings, tmp_path: Path) -> None:
+def test_yaml_import_updates_changed_cameras(settings: Settings, tmp_path: Path,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MASKWATCH_FILE_ROOTS", str(tmp_path))  # file:// sources only under allowed roots
     path = tmp_path / "cams.yaml"
     cams: list[dict[str, Any]] = [{"id": "a", "source_url": "file://images", "interval_s": 1},
-            {"id": "b", "source_url": SECRET_URL, "site": "hq"}]
+            {"id": "b", "source_url": SECRET_URL, "site": "hq", "allow_private_network": True}]
     path.write_text(yaml.safe_dump({"cameras": cams}))
     assert registry.import_yaml(path).added == ["a", "b"]
     assert registry.require_camera("a").source_url == (tmp_path / "images").as_uri()  # relative to the file
@@ -119,7 +121,8 @@ def test_cli_never_shows_credentials(settings: Settings, caplog: pytest.LogCaptu
     caplog.set_level(logging.DEBUG)
     runner = CliRunner()
     outputs = []
-    for args in (["add", "door", SECRET_URL, "--site", "hq", "--rules", '{"cooldown_s": 30}'],
+    for args in (["add", "door", SECRET_URL, "--site", "hq", "--rules", '{"cooldown_s": 30}',
+                  "--allow-private-network"],
                  ["list"], ["list", "--json"], ["show", "door"], ["disable", "door"], ["remove", "door"]):
         result = runner.invoke(cameras, args, catch_exceptions=False)
         assert result.exit_code == 0, result.output

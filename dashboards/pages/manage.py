@@ -59,6 +59,11 @@ with st.form("camera_form", clear_on_submit=False):
     interval = left.number_input("Snapshot interval (s)", min_value=0.1, max_value=86400.0,
                                  value=float(current.interval_s) if current else 5.0, key=f"interval:{slot}")
     enabled = right.checkbox("Enabled", value=current.enabled if current else True, key=f"enabled:{slot}")
+    # SSRF policy (maskwatch.netpolicy): private/loopback addresses only for cameras said to be on the LAN.
+    private = right.checkbox("On a private network", key=f"private:{slot}",
+                             value=current.allow_private_network if current else False,
+                             help="Allow a private, loopback or link-local address (a camera on your LAN). "
+                                  "Cloud metadata addresses are refused regardless.")
     st.markdown("**Rule overrides** (empty = the flow's defaults)")
     rules = current.rules if current else None
     r1, r2, r3, r4 = st.columns(4)
@@ -81,6 +86,7 @@ if submitted:
         "source_url": source.strip() or (current.source_url if current else ""),
         "interval_s": interval,
         "enabled": enabled,
+        "allow_private_network": private,
         "rules": {k: v for k, v in {"min_nomask_faces": optional(min_faces), "window_s": optional(window_s),
                                     "nomask_ratio": ratio, "cooldown_s": cooldown}.items() if v is not None},
     }
