@@ -5,7 +5,9 @@ hash of the camera id: cameras with the same interval do not all fire at once, a
 emits the same tick ids as the one before it. The registry is re-read every few seconds, so adding,
 disabling or re-timing a camera needs no restart. If the broker is down, ticks keep being scheduled and
 wait in librdkafka's queue until it is back; a ticker stalled past a slot emits only the latest tick per
-camera and counts the rest as skipped (an old frame request is worth nothing).
+camera and counts the rest as skipped (an old frame request is worth nothing). Counters (emitted, delivered,
+failed, skipped ticks; registry refreshes; cameras scheduled) are Prometheus metrics (``maskwatch.metrics``)
+served on ``MASKWATCH_METRICS_PORT``.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from typing import Any
 
 import click
 
+from maskwatch import metrics
 from maskwatch.config import Settings
 
 log = logging.getLogger(__name__)
@@ -114,16 +117,19 @@ class Ticker:
         try:
             cameras = registry.list_cameras(self.settings, enabled_only=True)
         except Exception as exc:  # store down: keep ticking the cameras we know
+            metrics.TICKER_REFRESHES.labels(outcome="error").inc()
             if self._store_ok:
                 log.warning("cannot read the camera registry (%s); keeping %d known cameras",
                             exc, len(self.schedule.slots))
             self._store_ok = False
             return
+        metrics.TICKER_REFRESHES.labels(outcome="ok").inc()
         if not self._store_ok:
             log.info("camera registry readable again")
         self._store_ok = True
         before = set(self.schedule.slots)
         self.schedule.update({c.id: c.interval_s for c in cameras}, self._now_ms())
+        metrics.TICKER_CAMERAS.set(len(self.schedule.slots))
         if set(self.schedule.slots) != before:
             names = ", ".join(sorted(self.schedule.slots))
             log.info("ticking %d cameras: %s", len(self.schedule.slots), names)
@@ -134,12 +140,14 @@ class Ticker:
     def _on_delivery(self, err: Any, msg: Any) -> None:
         if err is None:
             self.stats.delivered += 1
+            metrics.TICKER_TICKS_DELIVERED.inc()
         else:
             self._lost(f"tick for {msg.key().decode(errors='replace')} not delivered: {err}")
 
     def _lost(self, reason: str) -> None:
         # A long outage fails ticks by the thousand: one log line per 10 s, with the running count.
         self.stats.failed += 1
+        metrics.TICKER_TICKS_FAILED.inc()
         if time.monotonic() >= self._next_loss_log:
             log.error("%s (%d ticks lost so far)", reason, self.stats.failed)
             self._next_loss_log = time.monotonic() + 10
@@ -154,6 +162,8 @@ class Ticker:
                         scheduled_at=datetime.fromtimestamp(scheduled_ms / 1000, UTC), emitted_at=emitted_at)
             self._produce(camera_id, tick.model_dump_json().encode())
         self.stats.emitted += len(due)
+        metrics.TICKER_TICKS.inc(len(due))
+        metrics.TICKER_TICKS_SKIPPED.inc(self.schedule.skipped - self.stats.skipped)
         self.stats.skipped = self.schedule.skipped
         return len(due)
 
@@ -212,6 +222,7 @@ def ticker_command(ctx: click.Context, refresh_s: float) -> None:
         return
     settings = Settings()
     log.info("ticker: broker %s, topic %s", settings.kafka_bootstrap, settings.topic_ticks)
+    metrics.serve_metrics()
     Ticker(settings, refresh_s=refresh_s).run(_stop_on_signals())
 
 
