@@ -22,6 +22,7 @@ from bytewax.operators import KeyedStream
 
 from flows.fetch import Fetched, Fetcher, FetchRequest
 from flows.snapshots import BoxedFace, save_snapshot
+from maskwatch import metrics
 from maskwatch.redact import redact_text
 from schemas.events import Camera, CameraHealth, FaceDetection, FrameResult, Tick
 
@@ -58,12 +59,14 @@ class TickOutcome:
     error: str = ""
     observed_at: datetime = field(default_factory=lambda: datetime.now(UTC))
 
-    def health(self, consecutive_failures: int) -> CameraHealth:
+    def health(self, consecutive_failures: int, state: str = "ok") -> CameraHealth:
         f = self.frame
         return CameraHealth(
             camera_id=f.camera_id, tick_id=f.tick_id, site=f.site, zone=f.zone, scheduled_at=f.scheduled_at,
             observed_at=self.observed_at, status=self.fetched_status,  # type: ignore[arg-type]
-            latency_ms=self.fetch_latency_ms, consecutive_failures=consecutive_failures, error=self.error,
+            latency_ms=self.fetch_latency_ms, consecutive_failures=consecutive_failures,
+            state=state,  # type: ignore[arg-type]
+            error=self.error,
         )
 
 
@@ -94,7 +97,8 @@ class BatchProcessor:
             except LookupError as exc:  # a ${SECRET} placeholder that this host does not define
                 unresolved[i], url = str(exc), "unresolved://"
             ms = round(tick.scheduled_at.timestamp() * 1000)
-            requests.append(FetchRequest(cam.id, tick.tick_id, url, ms, cam.interval_s))
+            requests.append(FetchRequest(cam.id, tick.tick_id, url, ms, cam.interval_s,
+                                         cam.allow_private_network))
         todo = [r for i, r in enumerate(requests) if i not in unresolved]
         fetched_iter = iter(self.fetcher.fetch_batch(todo))
         fetched = [
@@ -107,16 +111,25 @@ class BatchProcessor:
         infer_error = ""
         t0 = time.perf_counter()
         if good:
+            metrics.BATCH_SIZE.observe(len(good))
             try:
                 out = self.engine.infer([fetched[i].frame for i in good])  # type: ignore[misc]
                 results = dict(zip(good, out, strict=True))
             except Exception as exc:  # keep the flow up; the frames are recorded with the error
                 log.exception("inference failed on a batch of %d frames", len(good))
                 infer_error = redact_text(f"{type(exc).__name__}: {exc}")
+            metrics.INFERENCE_SECONDS.observe(time.perf_counter() - t0)
         infer_ms = (time.perf_counter() - t0) * 1000
         now = datetime.now(UTC)
-        return [self._outcome(tick, cam, f, results.get(i), infer_error, infer_ms, now)
-                for i, ((tick, cam), f) in enumerate(zip(batch, fetched, strict=True))]
+        outcomes = [self._outcome(tick, cam, f, results.get(i), infer_error, infer_ms, now)
+                    for i, ((tick, cam), f) in enumerate(zip(batch, fetched, strict=True))]
+        for o in outcomes:
+            if o.frame.status == "ok":
+                metrics.FRAMES_FETCHED.labels(camera=o.frame.camera_id).inc()
+            else:  # the fetch status says more (timeout, blocked, oversized) than the frame status
+                reason = o.fetched_status if o.fetched_status != "ok" else o.frame.status
+                metrics.FRAMES_FAILED.labels(camera=o.frame.camera_id, reason=reason).inc()
+        return outcomes
 
     def _outcome(self, tick: Tick, cam: Camera, fetched: Fetched, result: Any | None, infer_error: str,
                  infer_ms: float, now: datetime) -> TickOutcome:

@@ -54,6 +54,10 @@ class DiskBuffer:
     def __len__(self) -> int:
         return sum(1 for _ in self._records())
 
+    def row_count(self) -> int:
+        """Rows waiting (reads every segment: call it on start-up or after a failure, not per write)."""
+        return sum(len(rows) for _, rows in self._records())
+
     def _records(self) -> Iterator[tuple[str, list[Row]]]:
         for seg in self._segments():
             for _, table, rows in self._read(seg):

@@ -39,11 +39,11 @@ def flow() -> None:
               help="Seconds to keep superseded snapshots (set to your recovery-dir backup period).")
 @click.option("--metrics-port", type=click.IntRange(0, 65535), default=0, envvar="MASKWATCH_METRICS_PORT",
               help="Serve Prometheus metrics (/metrics) on this port (0: off).")
-@click.option("--metrics-addr", default="0.0.0.0", show_default=True, envvar="MASKWATCH_METRICS_ADDR",
-              help="Address the metrics server binds.")
+@click.option("--metrics-addr", default=None, envvar="MASKWATCH_METRICS_ADDR",
+              help="Address the metrics server binds (default MASKWATCH_METRICS_HOST, else 127.0.0.1).")
 def run(workers: int, process_id: int | None, addresses: str | None, recovery_dir: Path | None,
         no_recovery: bool, recovery_parts: int, snapshot_interval: float, backup_interval: float,
-        metrics_port: int, metrics_addr: str) -> None:
+        metrics_port: int, metrics_addr: str | None) -> None:
     """Run the flow until interrupted. All other settings come from MASKWATCH_* variables."""
     from bytewax.recovery import RecoveryConfig, init_db_dir
     from bytewax.run import cli_main
@@ -74,9 +74,11 @@ def run(workers: int, process_id: int | None, addresses: str | None, recovery_di
         raise click.ClickException(str(exc)) from None
     dataflow = build_flow()
     if metrics_port:
-        from prometheus_client import start_http_server
+        from maskwatch.metrics import serve_metrics
 
-        start_http_server(metrics_port, addr=metrics_addr)
+        if metrics_addr:
+            os.environ["MASKWATCH_METRICS_HOST"] = metrics_addr
+        serve_metrics(metrics_port)
     log.info("flow starting: %d worker(s)%s%s", workers,
              f", process {process_id} of {len(hosts)}" if hosts else "",
              f", recovery in {recovery_dir}" if recovery else ", no recovery")

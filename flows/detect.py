@@ -32,6 +32,7 @@ from flows.registry_cache import RegistryCache, store_loader
 from flows.rules import AlertDecision, Observation, RuleConfig, parse_scope, scope_keys
 from flows.sinks import AlertTopicSink, StoreItem, StoreSink, store_writer
 from flows.windows import windowed_alerts
+from maskwatch import metrics
 from maskwatch.config import Settings
 from maskwatch.redact import redact_text
 from schemas.events import Alert, Camera, DeadLetter, Tick
@@ -40,6 +41,11 @@ from schemas.parse import SchemaError, parse_event
 log = logging.getLogger(__name__)
 
 LATE_TICKS = PromCounter("maskwatch_flow_late_ticks_total", "Ticks that arrived after their bucket closed")
+DEAD_LETTERS = PromCounter("maskwatch_flow_dead_letters_total", "Tick records sent to the dead-letter topic",
+                           ["stage"])
+# A tick is ~200 bytes of JSON; anything much bigger is not a tick, and is not parsed or copied whole.
+MAX_TICK_BYTES = 64 * 1024
+DEAD_LETTER_PAYLOAD_BYTES = 4096
 RawMessage = KafkaSourceMessage[bytes | None, bytes | None] | KafkaError[bytes | None, bytes | None]
 
 
@@ -54,18 +60,31 @@ def _text(raw: bytes | None) -> str:
 
 def parse_tick(msg: RawMessage) -> Tick | DeadLetter:
     """A valid tick, or a dead letter naming what is wrong and keeping the raw record."""
+    metrics.TICKS_IN.inc()
     record = msg.msg if isinstance(msg, KafkaError) else msg
+    value = record.value or b""
+    oversized = len(value) > MAX_TICK_BYTES
     where: dict[str, Any] = {
         "topic": record.topic or "", "partition": record.partition if record.partition is not None else -1,
-        "offset": record.offset if record.offset is not None else -1, "key": _text(record.key),
-        "payload": _text(record.value),
+        "offset": record.offset if record.offset is not None else -1,
+        "key": _text(record.key[:DEAD_LETTER_PAYLOAD_BYTES] if record.key else record.key),
+        # An oversized record keeps its head only; topic/partition/offset still point at all of it.
+        "payload": _text(value[:DEAD_LETTER_PAYLOAD_BYTES] if oversized else record.value),
     }
+    dead: DeadLetter | None = None
     if isinstance(msg, KafkaError):
-        return DeadLetter(stage="consume_tick", error=str(msg.err), occurred_at=datetime.now(UTC), **where)
-    try:
-        return parse_event(Tick, record.value or b"")
-    except SchemaError as exc:
-        return DeadLetter(stage="parse_tick", error=str(exc), occurred_at=datetime.now(UTC), **where)
+        dead = DeadLetter(stage="consume_tick", error=str(msg.err), occurred_at=datetime.now(UTC), **where)
+    elif oversized:
+        dead = DeadLetter(stage="parse_tick", occurred_at=datetime.now(UTC), **where,
+                          error=f"tick of {len(value)} bytes is over the {MAX_TICK_BYTES}-byte limit; "
+                                f"payload truncated to its first {DEAD_LETTER_PAYLOAD_BYTES} bytes")
+    else:
+        try:
+            return parse_event(Tick, value)
+        except SchemaError as exc:
+            dead = DeadLetter(stage="parse_tick", error=str(exc), occurred_at=datetime.now(UTC), **where)
+    DEAD_LETTERS.labels(dead.stage).inc()
+    return dead
 
 
 def _is_tick(item: Tick | DeadLetter) -> TypeGuard[Tick]:
@@ -84,9 +103,18 @@ def observations(outcome: TickOutcome, scopes: tuple[str, ...]) -> list[tuple[st
             for key in scope_keys(f.camera_id, f.site, f.zone, scopes)]
 
 
-def count_health(failures: int | None, outcome: TickOutcome) -> tuple[int, StoreItem]:
+def health_state(failures: int, degraded_after: int = 1, down_after: int = 3) -> str:
+    """ok / degraded / down from the failures in a row (thresholds: MASKWATCH_FLOW_HEALTH_*)."""
+    if failures >= down_after:
+        return "down"
+    return "degraded" if failures >= degraded_after else "ok"
+
+
+def count_health(failures: int | None, outcome: TickOutcome, degraded_after: int = 1,
+                 down_after: int = 3) -> tuple[int, StoreItem]:
     failures = 0 if outcome.fetched_status == "ok" else (failures or 0) + 1
-    return failures, ("camera_health", outcome.health(failures))
+    state = health_state(failures, degraded_after, down_after)
+    return failures, ("camera_health", outcome.health(failures, state))
 
 
 def to_alert(camera: Camera | None, config: RuleConfig, d: AlertDecision) -> Alert:
@@ -201,7 +229,10 @@ def build_flow(settings: Settings | None = None, opts: FlowOptions | None = None
     by_camera = op.key_on("by_camera", outcomes, lambda o: o.frame.camera_id)
     frames = op.flat_map("frame_rows", outcomes, lambda o: [("frames", o.frame)]
                          + [("detections", d) for d in o.faces])
-    health = op.key_rm("health_rm", op.stateful_map("health", by_camera, count_health))
+    def track_health(failures: int | None, outcome: TickOutcome) -> tuple[int, StoreItem]:
+        return count_health(failures, outcome, opts.health_degraded_after, opts.health_down_after)
+
+    health = op.key_rm("health_rm", op.stateful_map("health", by_camera, track_health))
 
     # 5. Rules: event-time buckets per scope (camera, and zone/site if enabled), then the pure decision
     #    with per-camera overrides.
@@ -212,6 +243,7 @@ def build_flow(settings: Settings | None = None, opts: FlowOptions | None = None
 
     def alert(decision: AlertDecision) -> Alert:
         camera, config = rt.rule_config(decision.scope)
+        metrics.ALERTS.inc()  # a replay after a crash may count an alert again; its id is not repeated
         return to_alert(camera, config, decision)
 
     alerts = op.map("alerts", op.key_rm("alerts_rm", decisions), alert)

@@ -3,6 +3,11 @@
 A slow or dead camera must not stall the others, so a batch of ticks is fetched on a bounded thread
 pool and every fetch has a deadline; whatever misses it is reported as a ``timeout`` outcome. Errors
 never escape as exceptions: each tick yields a :class:`Fetched` whose ``error`` is redacted text.
+
+Before any request the source is checked against the network policy (``maskwatch.netpolicy``) with the
+addresses its host resolves to *now* (a camera registered with a public name that later resolves to a
+private address is ``blocked``, and plain HTTP connects to the address that was checked); encoded images
+are checked against the byte/pixel limits (``maskwatch.imagelimits``) before they are decoded.
 """
 
 from __future__ import annotations
@@ -25,17 +30,46 @@ import cv2
 import numpy as np
 
 from inference.preprocess import InvalidImageError, decode_image
+from maskwatch.imagelimits import ImageLimitError, check_dimensions, check_image_header, image_size
+from maskwatch.netpolicy import DEFAULT_PORTS, SourcePolicyError, resolve_and_check
 from maskwatch.redact import redact_text, redact_url
 
 log = logging.getLogger(__name__)
 
-Status = Literal["ok", "fetch_error", "decode_error", "timeout"]
+Status = Literal["ok", "fetch_error", "decode_error", "timeout", "blocked", "oversized"]
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
 VIDEO_SUFFIXES = {".mp4", ".avi", ".mkv", ".mov", ".webm", ".m4v"}
 
 
 class FetchError(Exception):
     """A frame could not be read; the message is safe to log (no credentials)."""
+
+
+class OversizedError(FetchError):
+    """The snapshot is over the byte limit, or the image over the pixel limit; not decoded."""
+
+
+def decode_checked(data: bytes) -> np.ndarray:
+    """Decode an encoded image after checking its header: a corrupt or non-JPEG/PNG header is an
+    ``InvalidImageError``, an image over ``MASKWATCH_MAX_IMAGE_BYTES``/``_PIXELS`` an ``OversizedError``."""
+    try:
+        image_size(data)
+    except ImageLimitError as exc:
+        raise InvalidImageError(str(exc)) from None
+    try:
+        check_image_header(data)
+    except ImageLimitError as exc:  # the header is fine, so this is one of the limits
+        raise OversizedError(str(exc)) from None
+    return decode_image(data)
+
+
+def check_frame_size(frame: np.ndarray) -> np.ndarray:
+    """Frames that arrive decoded (RTSP, video) are held to the same pixel limit."""
+    try:
+        check_dimensions(frame.shape[1], frame.shape[0])
+    except ImageLimitError as exc:
+        raise OversizedError(str(exc)) from None
+    return frame
 
 
 @dataclass(frozen=True)
@@ -55,6 +89,7 @@ class FetchRequest:
     url: str  # resolved source URL, may hold credentials: never log it unredacted
     scheduled_ms: int
     interval_s: float
+    allow_private: bool = False  # the camera's allow_private_network: may it be on a private address
 
 
 @dataclass
@@ -73,14 +108,24 @@ def replay_index(scheduled_ms: int, interval_s: float, count: int) -> int:
     return round(scheduled_ms / (interval_s * 1000.0)) % count
 
 
-def read_http(url: str, opts: FetchOptions, deadline: float) -> bytes:
-    """GET a snapshot, streaming, with connect/read timeouts, a size limit and an overall deadline."""
+def read_http(url: str, opts: FetchOptions, deadline: float, address: str | None = None) -> bytes:
+    """GET a snapshot, streaming, with connect/read timeouts, a size limit and an overall deadline.
+
+    ``address``: the checked address to connect to for plain HTTP (the Host header keeps the name), so
+    a DNS answer that changed since the policy check cannot redirect the request. HTTPS connects by name:
+    certificate checks need it."""
     parts = urlsplit(url)
     if parts.hostname is None:
         raise FetchError(f"no host in {redact_url(url)}")
-    conn_cls = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
-    conn = conn_cls(parts.hostname, parts.port, timeout=opts.connect_timeout_s)
+    port = parts.port or DEFAULT_PORTS[parts.scheme.lower()]
     headers = {"Accept": "image/jpeg,image/*", "Connection": "close"}
+    conn: http.client.HTTPConnection
+    if parts.scheme.lower() == "https":
+        conn = http.client.HTTPSConnection(parts.hostname, port, timeout=opts.connect_timeout_s)
+    else:
+        conn = http.client.HTTPConnection(address or parts.hostname, port, timeout=opts.connect_timeout_s)
+        host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
+        headers["Host"] = host if parts.port is None else f"{host}:{parts.port}"
     if parts.username is not None:
         userpass = f"{unquote(parts.username)}:{unquote(parts.password or '')}".encode()
         headers["Authorization"] = "Basic " + base64.b64encode(userpass).decode()
@@ -95,7 +140,7 @@ def read_http(url: str, opts: FetchOptions, deadline: float) -> bytes:
             raise FetchError(f"HTTP {resp.status} {resp.reason} from {redact_url(url)}")
         length = resp.getheader("Content-Length")
         if length is not None and length.isdigit() and int(length) > opts.max_bytes:
-            raise FetchError(f"snapshot of {length} bytes exceeds the {opts.max_bytes}-byte limit")
+            raise OversizedError(f"snapshot of {length} bytes exceeds the {opts.max_bytes}-byte limit")
         chunks: list[bytes] = []
         size = 0
         while True:
@@ -106,7 +151,7 @@ def read_http(url: str, opts: FetchOptions, deadline: float) -> bytes:
                 break
             size += len(chunk)
             if size > opts.max_bytes:
-                raise FetchError(f"snapshot exceeds the {opts.max_bytes}-byte limit; aborted")
+                raise OversizedError(f"snapshot exceeds the {opts.max_bytes}-byte limit; aborted")
             chunks.append(chunk)
         return b"".join(chunks)
     except FetchError:
@@ -213,6 +258,10 @@ class Fetcher:
             error = ""
         except InvalidImageError as exc:
             frame, status, error = None, "decode_error", redact_text(str(exc))
+        except SourcePolicyError as exc:
+            frame, status, error = None, "blocked", redact_text(str(exc))
+        except OversizedError as exc:
+            frame, status, error = None, "oversized", redact_text(str(exc))
         except FetchError as exc:
             frame, status, error = None, "fetch_error", redact_text(str(exc))
         except TimeoutError:
@@ -227,10 +276,13 @@ class Fetcher:
 
     def _read(self, req: FetchRequest, deadline: float) -> np.ndarray:
         scheme = req.url.split("://", 1)[0].lower()
+        # The policy again at fetch time (SourcePolicyError: no request is made); the registry checked
+        # it at registration, but DNS and MASKWATCH_FILE_ROOTS may have changed since.
+        addresses = resolve_and_check(req.url, req.allow_private)
         if scheme in ("http", "https"):
-            return decode_image(read_http(req.url, self.opts, deadline))
+            return decode_checked(read_http(req.url, self.opts, deadline, addresses[0]))
         if scheme in ("rtsp", "rtsps"):
-            return self._rtsp_reader(req).latest(self.opts.rtsp_max_age_s, deadline)
+            return check_frame_size(self._rtsp_reader(req).latest(self.opts.rtsp_max_age_s, deadline))
         if scheme == "file":
             return self._read_file(req)
         raise FetchError(f"unsupported source scheme in {redact_url(req.url)}")
@@ -253,12 +305,20 @@ class Fetcher:
             if not images:
                 raise FetchError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in {path}")
             chosen = images[replay_index(req.scheduled_ms, req.interval_s, len(images))]
-            return decode_image(chosen.read_bytes())
+            return self._read_image(chosen)
         if not path.is_file():
             raise FetchError(f"no such file or directory: {path}")
         if path.suffix.lower() in VIDEO_SUFFIXES:
-            return self._read_video(req, path)
-        return decode_image(path.read_bytes())
+            return check_frame_size(self._read_video(req, path))
+        return self._read_image(path)
+
+    def _read_image(self, path: Path) -> np.ndarray:
+        # Read at most one byte over the limit: a huge file is refused without loading it.
+        with path.open("rb") as fh:
+            data = fh.read(self.opts.max_bytes + 1)
+        if len(data) > self.opts.max_bytes:
+            raise OversizedError(f"image file {path.name} exceeds the {self.opts.max_bytes}-byte limit")
+        return decode_checked(data)
 
     def _dir_listing(self, path: Path) -> list[Path]:
         # Re-list at most every 30 s so a growing replay directory is picked up without a listing per tick.

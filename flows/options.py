@@ -48,6 +48,9 @@ class FlowOptions:
     # (default thresholds), e.g. to catch a crowd spread over cameras that each stay under the threshold.
     rule_scopes: tuple[str, ...] = ("camera",)
     registry_refresh_s: float = 30.0
+    # Camera health state from failures in a row: ok below degraded_after, down from down_after on.
+    health_degraded_after: int = 1
+    health_down_after: int = 3
     # Store writes: failures go to an on-disk buffer, retried with backoff up to this cap.
     store_retry_max_s: float = 30.0
     buffer_max_bytes: int = 512 * 1024**2
@@ -63,6 +66,11 @@ class FlowOptions:
         if unknown or not self.rule_scopes:
             raise OptionError(f"MASKWATCH_FLOW_RULE_SCOPES={','.join(self.rule_scopes)!r}: expected a "
                               f"comma-separated subset of {', '.join(SCOPES)}")
+        if self.health_down_after < self.health_degraded_after:
+            raise OptionError(
+                f"MASKWATCH_FLOW_HEALTH_DOWN_AFTER={self.health_down_after} must be >= "
+                f"MASKWATCH_FLOW_HEALTH_DEGRADED_AFTER={self.health_degraded_after}"
+            )
         if self.rule.window_s % self.bucket_s:
             raise OptionError(
                 f"MASKWATCH_FLOW_RULE_WINDOW_S={self.rule.window_s} must be a multiple of "
@@ -100,6 +108,8 @@ class FlowOptions:
             rule_scopes=tuple(x.strip() for x in os.environ.get(p + "RULE_SCOPES", "camera").split(",")
                               if x.strip()),
             registry_refresh_s=_num(p + "REGISTRY_REFRESH_S", cls.registry_refresh_s, minimum=0.1),
+            health_degraded_after=_int(p + "HEALTH_DEGRADED_AFTER", cls.health_degraded_after),
+            health_down_after=_int(p + "HEALTH_DOWN_AFTER", cls.health_down_after),
             store_retry_max_s=_num(p + "STORE_RETRY_MAX_S", cls.store_retry_max_s, minimum=0.1),
             buffer_max_bytes=_int(p + "BUFFER_MAX_BYTES", cls.buffer_max_bytes),
             snapshots=os.environ.get(p + "SNAPSHOTS", "1") not in ("0", "false", "no"),

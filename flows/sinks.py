@@ -18,6 +18,7 @@ import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
@@ -25,6 +26,7 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 from pydantic import BaseModel
 
 from flows.buffer import BufferFullError, DiskBuffer, Row
+from maskwatch import metrics
 from maskwatch.config import Settings
 from maskwatch.redact import redact_text
 from schemas.events import Alert
@@ -33,6 +35,23 @@ log = logging.getLogger(__name__)
 
 StoreItem = tuple[str, BaseModel]  # (table, event)
 Writer = Callable[[str, list[Row]], None]
+
+# Rows buffered per store partition (worker); the gauge is their sum for this process.
+_buffered: dict[int, int] = {}
+_buffered_lock = threading.Lock()
+
+
+def _set_buffered(partition: object, rows: int) -> None:
+    with _buffered_lock:
+        _buffered[id(partition)] = rows
+        metrics.BUFFER_DEPTH.set(sum(_buffered.values()))
+
+
+def _record_lag(rows: list[Row]) -> None:
+    """Sink lag: now minus the newest scheduled time among rows that just reached the store."""
+    times = [t for r in rows if isinstance(t := r.get("scheduled_at"), datetime)]
+    if times:
+        metrics.SINK_LAG.set((datetime.now(UTC) - max(times)).total_seconds())
 
 
 def store_writer(settings: Settings) -> Writer:
@@ -55,7 +74,9 @@ class StorePartition(StatelessSinkPartition[StoreItem]):
         self._backoff = 0.0
         self._next_try = 0.0
         self._lock = threading.RLock()
-        self._pending = len(buffer) > 0
+        self._buffered = buffer.row_count()
+        self._pending = self._buffered > 0
+        _set_buffered(self, self._buffered)
         self._closed = threading.Event()
         self._retry = threading.Thread(target=self._retry_loop, name="store-retry", daemon=True)
         self._retry.start()
@@ -77,9 +98,12 @@ class StorePartition(StatelessSinkPartition[StoreItem]):
                 n = self._buffer.drain(self._write)
             except Exception as exc:
                 self._failed(exc)
+                self._buffered = self._buffer.row_count()
+                _set_buffered(self, self._buffered)
                 return False
             log.info("store is back: wrote %d buffered batches", n)
-            self._pending, self._backoff = False, 0.0
+            self._pending, self._backoff, self._buffered = False, 0.0, 0
+            _set_buffered(self, 0)
             return True
 
     def _retry_loop(self) -> None:
@@ -97,6 +121,7 @@ class StorePartition(StatelessSinkPartition[StoreItem]):
                 if ready:
                     try:
                         self._write(table, rows)
+                        _record_lag(rows)
                         continue
                     except Exception as exc:
                         self._failed(exc)
@@ -108,6 +133,8 @@ class StorePartition(StatelessSinkPartition[StoreItem]):
             try:
                 self._buffer.append(table, rows)
                 self._pending = True
+                self._buffered += len(rows)
+                _set_buffered(self, self._buffered)
                 return
             except BufferFullError as exc:
                 # Full: hold the flow (backpressure) until the store takes the buffer, never drop rows.

@@ -15,6 +15,7 @@ import bytewax.operators.windowing as win
 from bytewax.operators import KeyedStream
 
 from flows.rules import EPOCH, AlertDecision, Bucket, Observation, RuleConfig, RuleState, evaluate
+from maskwatch import metrics
 
 _FROZEN_NOW = datetime(2000, 1, 1, tzinfo=UTC)
 
@@ -36,6 +37,7 @@ def windowed_alerts(
     ]:
         key, (window_id, bucket) = item
         bucket.start = EPOCH + timedelta(seconds=window_id * bucket_s)
+        metrics.RULE_EVALUATIONS.inc()
         return evaluate(state or RuleState(), bucket, bucket_s, config_for(key), key)
 
     with_key = op.map("rule_key", buckets.down, lambda kv: (kv[0], kv))

@@ -120,7 +120,8 @@ class Alert(Event):
 
 
 class CameraHealth(Event):
-    """Per tick: could the camera be read, how long it took, how many failures in a row."""
+    """Per tick: could the camera be read, how long it took, how many failures in a row, and the
+    camera's state derived from them (``ok``, ``degraded`` after a failure, ``down`` after several)."""
 
     camera_id: CameraId
     tick_id: str
@@ -128,9 +129,12 @@ class CameraHealth(Event):
     zone: str = ""
     scheduled_at: UtcDatetime
     observed_at: UtcDatetime
-    status: Literal["ok", "fetch_error", "decode_error", "timeout"]
+    status: Literal["ok", "fetch_error", "decode_error", "timeout", "blocked", "oversized"] = Field(
+        description="This tick's outcome: blocked = the source address is refused by the network policy "
+                    "(no request made); oversized = the image is over the byte or pixel limits.")
     latency_ms: float = Field(default=0.0, ge=0)
     consecutive_failures: int = Field(default=0, ge=0)
+    state: Literal["ok", "degraded", "down"] = "ok"
     error: SafeText = ""
 
 

@@ -3,6 +3,7 @@ real two-stage engine (dataset photos picked by their annotations)."""
 
 from __future__ import annotations
 
+import os
 from collections import Counter
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -15,7 +16,7 @@ from bytewax.testing import TestingSink, TestingSource, run_main
 from flows.batching import BatchProcessor, micro_batches, shard_key
 from flows.fetch import Fetcher, FetchOptions
 from schemas.events import Camera, Tick
-from tests.test_flow_e2e import pick_images
+from tests.flowkit import pick_images
 
 NOW = datetime.now(UTC).replace(microsecond=0)
 
@@ -66,6 +67,7 @@ def test_one_batch_through_fetch_and_inference(tmp_path: Path, dataset_dir: Path
     corrupt = tmp_path / "bad.jpg"
     corrupt.write_bytes(b"\xff\xd8 not really a jpeg")
     monkeypatch.delenv("MISSING_CAM_PASSWORD", raising=False)
+    monkeypatch.setenv("MASKWATCH_FILE_ROOTS", os.pathsep.join([str(tmp_path), str(dataset_dir)]))
     batch = [
         (tick("bare", 0), camera("bare", unmasked.as_uri())),
         (tick("covered", 0), camera("covered", masked.as_uri())),

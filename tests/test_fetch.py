@@ -66,8 +66,15 @@ def http_camera(dataset_dir: Path) -> Iterator[str]:
     server.shutdown()
 
 
-def req(url: str, cam: str = "cam1", ms: int = 0, interval: float = 1.0) -> FetchRequest:
-    return FetchRequest(cam, f"{cam}:{ms}", url, ms, interval)
+def req(url: str, cam: str = "cam1", ms: int = 0, interval: float = 1.0, private: bool = True
+        ) -> FetchRequest:
+    # The test cameras are on 127.0.0.1, which only a camera with allow_private_network may reach.
+    return FetchRequest(cam, f"{cam}:{ms}", url, ms, interval, private)
+
+
+@pytest.fixture(autouse=True)
+def file_roots(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("MASKWATCH_FILE_ROOTS", str(tmp_path))
 
 
 OPTS = FetchOptions(concurrency=4, deadline_s=1.5, connect_timeout_s=0.5, read_timeout_s=1.0,
@@ -101,8 +108,8 @@ def test_http_size_limit_and_slow_drip_are_aborted(http_camera: str) -> None:
     out = fetcher.fetch_batch([req(f"{http_camera}/big", "big"), req(f"{http_camera}/big-nolength", "stream"),
                                req(f"{http_camera}/slowdrip", "drip")])
     by = {f.camera_id: f for f in out}
-    assert "limit" in by["big"].error
-    assert "limit" in by["stream"].error  # no Content-Length: stopped while streaming
+    assert by["big"].status == "oversized" and "limit" in by["big"].error
+    assert by["stream"].status == "oversized" and "limit" in by["stream"].error  # stopped while streaming
     assert by["drip"].status in ("timeout", "fetch_error")
     fetcher.close()
 
@@ -112,7 +119,7 @@ def test_corrupt_jpeg_is_a_decode_error(tmp_path: Path, dataset_dir: Path) -> No
     bad = tmp_path / "corrupt.jpg"
     bad.write_bytes(good[:20] + b"\x00" * 50)
     out = Fetcher(OPTS).fetch_batch([req(bad.as_uri())])
-    assert out[0].status == "decode_error" and "decode" in out[0].error
+    assert out[0].status == "decode_error" and "corrupt JPEG" in out[0].error  # refused by the header check
     assert Fetcher(OPTS).fetch_batch([req((tmp_path / "nope.jpg").as_uri())])[0].status == "fetch_error"
 
 
@@ -172,4 +179,48 @@ def test_stream_reader_keeps_latest_frame_and_reconnects(tmp_path: Path) -> None
 
 def test_unsupported_scheme() -> None:
     out = Fetcher(OPTS).fetch_batch([req("ftp://127.0.0.1/x.jpg")])
-    assert out[0].status == "fetch_error" and "unsupported" in out[0].error
+    assert out[0].status == "blocked" and "scheme must be one of" in out[0].error
+
+
+def test_private_address_is_blocked_without_a_request(http_camera: str) -> None:
+    _Handler.auth_seen.clear()
+    fetcher = Fetcher(OPTS)
+    port = http_camera.rsplit(":", 1)[1]
+    out = fetcher.fetch_batch([req(f"http://u:pw@127.0.0.1:{port}/snap.jpg", "lo", private=False),
+                               req(f"http://localhost:{port}/snap.jpg", "name", private=False),
+                               req("http://169.254.169.254/latest/meta-data", "metadata", private=True)])
+    by = {f.camera_id: f for f in out}
+    assert all(f.status == "blocked" for f in out), [(f.camera_id, f.status, f.error) for f in out]
+    assert "loopback" in by["lo"].error and "allow_private_network" in by["lo"].error
+    assert "pw" not in by["lo"].error
+    assert "metadata" in by["metadata"].error  # refused even with allow_private_network
+    assert _Handler.auth_seen == []  # the camera server never saw a request
+    # The same camera with allow_private_network goes through.
+    assert fetcher.fetch_batch([req(f"{http_camera}/snap.jpg", private=True)])[0].status == "ok"
+    fetcher.close()
+
+
+def test_file_outside_the_allowed_roots_is_blocked(dataset_dir: Path) -> None:
+    image = dataset_dir / "images" / "maksssksksss0.jpg"  # readable, but not under MASKWATCH_FILE_ROOTS
+    out = Fetcher(OPTS).fetch_batch([req(image.as_uri())])
+    assert out[0].status == "blocked" and "MASKWATCH_FILE_ROOTS" in out[0].error
+
+
+def test_image_over_the_pixel_limit_is_not_decoded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A PNG header declaring 60000 x 60000 pixels (a decompression bomb) in a tiny file.
+    bomb = tmp_path / "bomb.png"
+    bomb.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00\x00\x00\rIHDR" + (60000).to_bytes(4, "big") * 2
+                     + b"\x08\x02\x00\x00\x00" + b"\x00" * 64)
+    out = Fetcher(OPTS).fetch_batch([req(bomb.as_uri())])
+    assert out[0].status == "oversized" and "MASKWATCH_MAX_IMAGE_PIXELS" in out[0].error
+    monkeypatch.setenv("MASKWATCH_MAX_IMAGE_PIXELS", "1000")  # a real photo over a lowered limit
+    small = tmp_path / "photo.jpg"
+    small.write_bytes(_jpeg(np.zeros((48, 64, 3), np.uint8)))
+    out = Fetcher(OPTS).fetch_batch([req(small.as_uri())])
+    assert out[0].status == "oversized" and "64x48" in out[0].error
+
+
+def _jpeg(frame: np.ndarray) -> bytes:
+    ok, buf = cv2.imencode(".jpg", frame)
+    assert ok
+    return buf.tobytes()

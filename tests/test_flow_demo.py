@@ -16,7 +16,7 @@ import pytest
 from maskwatch import store
 from maskwatch.config import Settings
 from maskwatch.services.process import free_port, pid_alive
-from tests.test_flow_e2e import read_topic
+from tests.flowkit import read_topic
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 

@@ -14,7 +14,7 @@ from maskwatch import store
 from maskwatch.config import Settings
 from maskwatch.services.process import free_port
 from maskwatch.services.store_service import StoreService
-from tests.test_flow_e2e import (
+from tests.flowkit import (
     build_scenario,
     frame_counts,
     hanging_server,

@@ -4,9 +4,7 @@ alert topic end up exactly as after a clean run of the same ticks (no tick lost,
 
 from __future__ import annotations
 
-import dataclasses
 import json
-import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -15,7 +13,7 @@ import pytest
 
 from maskwatch import store
 from maskwatch.config import Settings
-from tests.test_flow_e2e import (
+from tests.flowkit import (
     build_scenario,
     frame_counts,
     hanging_server,
@@ -25,35 +23,10 @@ from tests.test_flow_e2e import (
     scenario_base_ms,
     start_flow,
     stop,
+    store_summary,
+    variant,
     wait_for,
 )
-
-
-def _variant(settings: Settings, name: str) -> Settings:
-    suffix = f"{name}.{uuid.uuid4().hex[:8]}"
-    db = f"t_{uuid.uuid4().hex}"
-    return dataclasses.replace(
-        settings, home=settings.home / name, store_url=settings.store_url.split("?")[0] + f"?database={db}",
-        topic_ticks=f"maskwatch.ticks.{suffix}", topic_alerts=f"maskwatch.alerts.{suffix}",
-        topic_dead_letter=f"maskwatch.dead-letter.{suffix}",
-    )
-
-
-def _summary(settings: Settings) -> dict[str, object]:
-    q = lambda sql: store.query_rows(sql, settings=settings)  # noqa: E731
-    for table in ("frames", "detections", "alerts", "camera_health"):
-        store.command(f"OPTIMIZE TABLE {table} FINAL", settings=settings)  # merge away replayed duplicates
-    return {
-        # Without FINAL, after the merge: a duplicate that did not collapse would show here.
-        "frames": q("SELECT camera_id, status, count() AS n, sum(faces) AS faces, sum(nomask_faces) AS nm "
-                    "FROM frames GROUP BY camera_id, status ORDER BY camera_id, status"),
-        "detections": q("SELECT camera_id, count() AS n, countIf(nomask) AS nomask FROM detections "
-                        "GROUP BY camera_id ORDER BY camera_id"),
-        "health": q("SELECT camera_id, status, count() AS n, max(consecutive_failures) AS f "
-                    "FROM camera_health GROUP BY camera_id, status ORDER BY camera_id, status"),
-        "alerts": q("SELECT alert_id, camera_id, window_start, window_end, nomask_faces, tick_ids "
-                    "FROM alerts ORDER BY alert_id"),
-    }
 
 
 def _at_least(settings: Settings, n: int) -> Callable[[], bool]:
@@ -73,7 +46,7 @@ def test_kill_9_and_restart_matches_a_clean_run(tmp_path: Path, mw_env: Settings
     stores: dict[str, dict[str, object]] = {}
     topics: dict[str, list[Any]] = {}
     for name in ("clean", "crash"):
-        settings = _variant(mw_env, name)
+        settings = variant(mw_env, name)
         sc = build_scenario(tmp_path / name, settings, dataset_dir, hanging_camera, base_ms)
         # The ticks arrive in two parts; the crash run dies hard while working on the first part.
         cut = len(sc.ticks) * 3 // 5
@@ -98,7 +71,7 @@ def test_kill_9_and_restart_matches_a_clean_run(tmp_path: Path, mw_env: Settings
             topics[name] = read_topic(settings, settings.topic_alerts, 1)
         finally:
             stop(proc)
-        stores[name] = _summary(settings)
+        stores[name] = store_summary(settings)
 
     assert stores["crash"] == stores["clean"]
     assert len(topics["clean"]) == 1 and len(topics["crash"]) == 1  # the alert reached the topic once

@@ -12,7 +12,7 @@ from bytewax.recovery import init_db_dir
 from maskwatch import store
 from maskwatch.config import Settings
 from maskwatch.services.process import free_port
-from tests.test_flow_e2e import (
+from tests.flowkit import (
     build_scenario,
     hanging_server,
     has_frames,

@@ -10,7 +10,7 @@ from flows.sinks import AlertTopicSink, published_alert_ids
 from maskwatch.config import Settings
 from maskwatch.services.topics import ensure_topics
 from schemas.events import Alert
-from tests.test_flow_e2e import read_topic
+from tests.flowkit import read_topic
 
 NOW = datetime.now(UTC).replace(microsecond=0)
 

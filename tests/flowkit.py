@@ -1,0 +1,275 @@
+"""Helpers for the flow's end-to-end tests (``tests/test_flow_*.py``, ``tests/faults/``): a scripted
+scenario of cameras and ticks on the real broker and store, the flow as its own process, waiting and
+reading back.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import http.server
+import os
+import subprocess
+import sys
+import threading
+import time
+import uuid
+import xml.etree.ElementTree as ET
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from confluent_kafka import Consumer, Producer
+
+from maskwatch import registry, store
+from maskwatch.config import Settings
+from maskwatch.services.process import free_port
+from maskwatch.services.topics import ensure_topics
+from schemas.events import Camera, Tick
+
+INTERVAL_S = 2.0
+# Small buckets and windows keep the scripted sequence short: a window is 20 s of event time.
+FLOW_ENV = {
+    "MASKWATCH_FLOW_BUCKET_S": "10",
+    "MASKWATCH_FLOW_LATENESS_S": "0",
+    "MASKWATCH_FLOW_RULE_WINDOW_S": "20",
+    # 5: above what the classifier's few misreads of masked faces can add up to in one window.
+    "MASKWATCH_FLOW_RULE_MIN_NOMASK_FACES": "5",
+    "MASKWATCH_FLOW_RULE_NOMASK_RATIO": "0.75",
+    "MASKWATCH_FLOW_RULE_MIN_FRAMES": "5",
+    "MASKWATCH_FLOW_RULE_COOLDOWN_S": "3600",
+    "MASKWATCH_FLOW_BATCH_MAX": "12",
+    "MASKWATCH_FLOW_BATCH_TIMEOUT_S": "0.3",
+    "MASKWATCH_FLOW_FETCH_DEADLINE_S": "1.5",
+    "MASKWATCH_FLOW_FETCH_CONNECT_TIMEOUT_S": "0.5",
+    "MASKWATCH_FLOW_FETCH_READ_TIMEOUT_S": "1.0",
+    "MASKWATCH_FLOW_REGISTRY_REFRESH_S": "2",
+}
+
+
+def pick_images(dataset_dir: Path, label: str, count: int, min_face_px: int = 40) -> list[Path]:
+    """Photos with exactly one annotated face, of ``label``, big enough to be seen at 640 px."""
+    chosen = []
+    for xml in sorted((dataset_dir / "annotations").glob("*.xml")):
+        objects = list(ET.parse(xml).getroot().iter("object"))
+        if len(objects) != 1 or objects[0].findtext("name") != label:
+            continue
+        bb = objects[0].find("bndbox")
+        assert bb is not None
+        width = int(bb.findtext("xmax") or 0) - int(bb.findtext("xmin") or 0)
+        if width >= min_face_px:
+            chosen.append(dataset_dir / "images" / f"{xml.stem}.jpg")
+        if len(chosen) == count:
+            return chosen
+    raise AssertionError(f"dataset has fewer than {count} single-face {label} photos")
+
+
+def replay_dir(root: Path, images: list[Path]) -> Path:
+    """A replay directory whose sorted order is ``images`` (symlinks: the dataset is never copied)."""
+    root.mkdir(parents=True)
+    for i, image in enumerate(images):
+        (root / f"{i:03d}.jpg").symlink_to(image)
+    return root
+
+
+class _QuietServer(http.server.ThreadingHTTPServer):
+    def handle_error(self, request: object, client_address: object) -> None:
+        pass  # a client that gave up (the point of these cameras) is not an error here
+
+
+class _Hang(http.server.BaseHTTPRequestHandler):
+    def do_GET(self) -> None:
+        time.sleep(5)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@contextlib.contextmanager
+def hanging_server() -> Iterator[str]:
+    """An HTTP camera that accepts the connection and never answers."""
+    server = _QuietServer(("127.0.0.1", 0), _Hang)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/snapshot.jpg"
+    finally:
+        server.shutdown()
+
+
+@dataclass
+class Scenario:
+    settings: Settings
+    env: dict[str, str]
+    ticks: list[Tick]
+    expected_frames: dict[str, int]
+    mixed_unmasked_from: datetime
+
+
+def scenario_base_ms() -> int:
+    """Event time starts on a replay-cycle boundary (tick i shows image i of the directory) that is also a
+    rule-bucket boundary (36 s cycle, 10 s buckets): every run puts the same ticks in the same buckets."""
+    align_ms = 180_000
+    now_ms = int(time.time() * 1000)
+    return now_ms - now_ms % align_ms - align_ms
+
+
+def build_scenario(tmp_path: Path, settings: Settings, dataset_dir: Path, hang_url: str,
+                   base_ms: int | None = None) -> Scenario:
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    store.migrate(settings)
+    ensure_topics(settings)
+    masked = pick_images(dataset_dir, "con_mascarilla", 8)
+    unmasked = pick_images(dataset_dir, "sin_mascarilla", 10)
+    corrupt = tmp_path / "corrupt.jpg"
+    corrupt.write_bytes(masked[0].read_bytes()[:30] + b"\0" * 64)
+    cameras = [
+        # 18 images: ticks 0-7 masked, 8-17 unmasked; the cycle then starts over with masked ones.
+        Camera(id="mixed", name="Lobby", site="hq", zone="lobby", interval_s=INTERVAL_S,
+               source_url=replay_dir(tmp_path / "mixed", masked + unmasked).as_uri()),
+        Camera(id="masked", site="hq", zone="hall", interval_s=INTERVAL_S,
+               source_url=replay_dir(tmp_path / "masked", masked).as_uri()),
+        # The test HTTP cameras live on 127.0.0.1: allowed only because they say so.
+        Camera(id="refused", site="hq", interval_s=INTERVAL_S, allow_private_network=True,
+               source_url=f"http://admin:hunter2@127.0.0.1:{free_port()}/snap.jpg"),
+        Camera(id="hang", site="hq", interval_s=INTERVAL_S, source_url=hang_url, allow_private_network=True),
+        Camera(id="corrupt", site="hq", interval_s=INTERVAL_S, source_url=corrupt.as_uri()),
+        Camera(id="off", enabled=False, interval_s=INTERVAL_S, source_url=(tmp_path / "masked").as_uri()),
+    ]
+    for cam in cameras:
+        registry.put_camera(cam, settings)
+    base_ms = scenario_base_ms() if base_ms is None else base_ms
+    counts = {"mixed": 26, "masked": 12, "refused": 4, "hang": 3, "corrupt": 3, "off": 2, "ghost": 2}
+    ticks = []
+    for cam_id, n in counts.items():
+        for i in range(n):
+            ms = base_ms + int(i * INTERVAL_S * 1000)
+            at = datetime.fromtimestamp(ms / 1000, UTC)
+            ticks.append(Tick(camera_id=cam_id, tick_id=f"{cam_id}:{ms}", scheduled_at=at, emitted_at=at))
+    ticks.sort(key=lambda t: t.scheduled_at)
+    env = {**os.environ, **FLOW_ENV, "MASKWATCH_HOME": str(settings.home),
+           "MASKWATCH_KAFKA_BOOTSTRAP": settings.kafka_bootstrap, "MASKWATCH_STORE_URL": settings.store_url,
+           "MASKWATCH_TOPIC_TICKS": settings.topic_ticks, "MASKWATCH_TOPIC_ALERTS": settings.topic_alerts,
+           "MASKWATCH_TOPIC_DEAD_LETTER": settings.topic_dead_letter,
+           # file:// replay sources live in this test's tmp dir (and link into the dataset).
+           "MASKWATCH_FILE_ROOTS": os.pathsep.join([str(tmp_path), str(dataset_dir)])}
+    expected = {c: n for c, n in counts.items() if c not in ("off", "ghost")}
+    unmasked_from = datetime.fromtimestamp((base_ms + 8 * INTERVAL_S * 1000) / 1000, UTC)
+    return Scenario(settings, env, ticks, expected, unmasked_from)
+
+
+def produce(settings: Settings, ticks: list[Tick], extra: list[tuple[bytes | None, bytes]] = ()) -> None:  # type: ignore[assignment]
+    producer = Producer(settings.kafka_config())
+    for tick in ticks:
+        producer.produce(settings.topic_ticks, key=tick.camera_id.encode(),
+                         value=tick.model_dump_json().encode())
+    for key, value in extra:
+        producer.produce(settings.topic_ticks, key=key, value=value)
+    assert producer.flush(30) == 0
+
+
+def start_flow(env: dict[str, str], log_path: Path, *args: str) -> subprocess.Popen[bytes]:
+    log = open(log_path, "ab")  # noqa: SIM115 (the child owns it)
+    return subprocess.Popen([sys.executable, "-m", "maskwatch.cli", "flow", "run", "-s", "1", *args],
+                            env=env, stdout=log, stderr=subprocess.STDOUT, cwd=Path(__file__).parents[1])
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+
+
+def wait_for(what: str, check: Callable[[], bool], timeout: float, proc: subprocess.Popen[bytes],
+             log_path: Path) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"flow exited with {proc.returncode}:\n{log_path.read_text()[-4000:]}")
+        if check():
+            return
+        time.sleep(0.5)
+    raise AssertionError(f"timed out waiting for {what}:\n{log_path.read_text()[-4000:]}")
+
+
+def has_frames(settings: Settings, expected: dict[str, int]) -> Callable[[], bool]:
+    return lambda: frame_counts(settings) == expected
+
+
+def frame_counts(settings: Settings) -> dict[str, int]:
+    rows = store.query_rows("SELECT camera_id, count() AS n FROM frames FINAL GROUP BY camera_id",
+                            settings=settings)
+    return {r["camera_id"]: r["n"] for r in rows}
+
+
+def read_topic(settings: Settings, topic: str, expect_at_least: int, timeout: float = 15) -> list[Any]:
+    consumer = Consumer({**settings.kafka_config(), "group.id": f"t-{uuid.uuid4().hex}",
+                         "auto.offset.reset": "earliest", "session.timeout.ms": 6000})
+    consumer.subscribe([topic])
+    got: list[Any] = []
+    deadline = time.monotonic() + timeout
+    quiet_until = None
+    try:
+        while time.monotonic() < deadline:
+            msg = consumer.poll(0.5)
+            if msg is None:
+                # After the expected records, wait a little longer to catch any duplicate.
+                if len(got) >= expect_at_least:
+                    quiet_until = quiet_until or time.monotonic() + 3
+                    if time.monotonic() > quiet_until:
+                        break
+                continue
+            if msg.error() is None:
+                got.append(msg)
+    finally:
+        consumer.close()
+    return got
+
+
+
+
+def variant(settings: Settings, name: str) -> Settings:
+    """``settings`` with its own home, database and topics, for one of several runs in a test."""
+    suffix = f"{name}.{uuid.uuid4().hex[:8]}"
+    db = f"t_{uuid.uuid4().hex}"
+    return dataclasses.replace(
+        settings, home=settings.home / name, store_url=settings.store_url.split("?")[0] + f"?database={db}",
+        topic_ticks=f"maskwatch.ticks.{suffix}", topic_alerts=f"maskwatch.alerts.{suffix}",
+        topic_dead_letter=f"maskwatch.dead-letter.{suffix}",
+    )
+
+
+def store_summary(settings: Settings) -> dict[str, object]:
+    """What the store holds, after merging: a replayed row that did not collapse shows up here."""
+    q = lambda sql: store.query_rows(sql, settings=settings)  # noqa: E731
+    for table in ("frames", "detections", "alerts", "camera_health"):
+        store.command(f"OPTIMIZE TABLE {table} FINAL", settings=settings)  # merge away replayed duplicates
+    return {
+        # Without FINAL, after the merge: a duplicate that did not collapse would show here.
+        "frames": q("SELECT camera_id, status, count() AS n, sum(faces) AS faces, sum(nomask_faces) AS nm "
+                    "FROM frames GROUP BY camera_id, status ORDER BY camera_id, status"),
+        "detections": q("SELECT camera_id, count() AS n, countIf(nomask) AS nomask FROM detections "
+                        "GROUP BY camera_id ORDER BY camera_id"),
+        "health": q("SELECT camera_id, status, count() AS n, max(consecutive_failures) AS f "
+                    "FROM camera_health GROUP BY camera_id, status ORDER BY camera_id, status"),
+        "alerts": q("SELECT alert_id, camera_id, window_start, window_end, nomask_faces, tick_ids "
+                    "FROM alerts ORDER BY alert_id"),
+    }
+
+
+def duplicate_rows(settings: Settings) -> dict[str, int]:
+    """Rows beyond one per key in each table after merging (0 everywhere when nothing was duplicated)."""
+    keys = {"frames": "camera_id, tick_id", "detections": "camera_id, tick_id, face_index",
+            "camera_health": "camera_id, tick_id", "alerts": "alert_id"}
+    out = {}
+    for table, key in keys.items():
+        store.command(f"OPTIMIZE TABLE {table} FINAL", settings=settings)
+        row = store.query_rows(f"SELECT count() - uniqExact({key}) AS d FROM {table}", settings=settings)
+        out[table] = int(row[0]["d"])
+    return out
