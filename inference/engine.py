@@ -3,6 +3,7 @@ faces of all frames of the micro-batch."""
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -30,6 +31,8 @@ __all__ = [
 DEFAULT_NOMASK_THRESHOLD = 0.5
 
 Label = Literal["mask", "no_mask"]
+FINETUNED_SUFFIX = "-ft"  # what inference/finetune.py appends to the base classifier's name
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -121,14 +124,20 @@ class InferenceEngine:
     def default(
         cls, detector: str | None = None, classifier: str | None = None, **kwargs: Any
     ) -> InferenceEngine:
-        """The engine for the shipped models in the manifest (`maskwatch models pull` writes them)."""
+        """The engine for the shipped models (`maskwatch models pull`); the classifier fine-tuned on the
+        train split (`python -m inference.finetune`) replaces the shipped one when it has been built."""
         from inference.models.manifest import DEFAULT_CLASSIFIER, DEFAULT_DETECTOR
 
-        return cls(
-            resolve_spec(detector or DEFAULT_DETECTOR),
-            resolve_spec(classifier or DEFAULT_CLASSIFIER),
-            **kwargs,
-        )
+        if classifier is None:
+            classifier = DEFAULT_CLASSIFIER
+            tuned = (
+                kwargs.get("models_dir") or _models_dir()
+            ) / f"{DEFAULT_CLASSIFIER}{FINETUNED_SUFFIX}.yaml"
+            if tuned.is_file():
+                classifier = tuned.stem
+        log.info("inference engine: detector %s, classifier %s", detector or DEFAULT_DETECTOR, classifier)
+        base = kwargs.get("models_dir")
+        return cls(resolve_spec(detector or DEFAULT_DETECTOR, base), resolve_spec(classifier, base), **kwargs)
 
     @property
     def providers(self) -> dict[str, str]:

@@ -28,12 +28,12 @@ import click
 import numpy as np
 
 from inference.datasets import Sample, load_dataset
+from inference.engine import FINETUNED_SUFFIX
 from inference.preprocess import BatchPreprocessor, decode_image
 from inference.spec import ModelSpec
 
 log = logging.getLogger(__name__)
 
-FINETUNED_SUFFIX = "-ft"
 FIRST_TRAINED = "block_14_expand"  # this layer and all after it are re-trained
 EPOCHS = 8
 BATCH = 64
@@ -162,7 +162,7 @@ def finetune(dataset: Path, base: ModelSpec, name: str, models_dir: Path) -> Mod
             opt.zero_grad()
             loss.backward()
             opt.step()
-            total += float(loss) * len(idx)
+            total += float(loss.detach()) * len(idx)
         log.info("epoch %d/%d: train loss %.4f", epoch + 1, EPOCHS, total / len(y))
     for p in params:
         p.requires_grad_(False)
