@@ -13,9 +13,11 @@ Memory: peak RSS (VmHWM) of every flow process, the broker and the store server.
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
 import json
 import logging
+import math
 import os
 import shutil
 import subprocess
@@ -29,6 +31,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 from bench.images import dataset_images, load_frames, write_jpegs
 from bench.timing import children_peak_rss_mb, peak_rss_mb, percentile
@@ -64,7 +67,7 @@ class FlowBenchConfig:
     images_per_camera: int = 6
     layouts: tuple[tuple[int, int], ...] = ((1, 1), (1, 2), (2, 1))  # (processes, workers per process)
     live_s: float = 20.0
-    live_fraction: float = 0.6  # of the measured backlog rate
+    live_fraction: float = 0.5  # of the measured backlog rate
     batch_max: int = 16
     batch_timeout_s: float = 0.5
     timeout_s: float = 600.0
@@ -144,10 +147,12 @@ def produce(settings: Settings, ticks: Sequence[Tick]) -> None:
         raise RuntimeError("could not deliver all ticks to the broker within 60 s")
 
 
-def flow_env(settings: Settings, cfg: FlowBenchConfig) -> dict[str, str]:
+def flow_env(settings: Settings, cfg: FlowBenchConfig, file_roots: str) -> dict[str, str]:
     return {
         **os.environ,
         **RULE_ENV,
+        # The replay folders are temporary: allow file:// sources there (maskwatch.netpolicy).
+        "MASKWATCH_FILE_ROOTS": file_roots,
         "PYTHONUNBUFFERED": "1",
         "MASKWATCH_HOME": str(settings.home),
         "MASKWATCH_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
@@ -162,13 +167,13 @@ def flow_env(settings: Settings, cfg: FlowBenchConfig) -> dict[str, str]:
 
 
 def start_flows(
-    settings: Settings, processes: int, workers: int, cfg: FlowBenchConfig, logdir: Path
+    settings: Settings, processes: int, workers: int, cfg: FlowBenchConfig, logdir: Path, file_roots: str
 ) -> list[subprocess.Popen[bytes]]:
     """``maskwatch flow run`` as ``processes`` cluster members with ``workers`` each (recovery on, as in
     production: each process holds its share of the recovery partitions)."""
     from bytewax.recovery import init_db_dir
 
-    env = flow_env(settings, cfg)
+    env = flow_env(settings, cfg, file_roots)
     argv = [sys.executable, "-m", "maskwatch.cli", "flow", "run", "-s", "1", "-w", str(workers)]
     dirs = [settings.home / f"recovery-{i}" for i in range(processes)]
     for d in dirs:
@@ -260,7 +265,13 @@ def backlog_rates(settings: Settings, since_ms: int, until_ms: int) -> dict[str,
     detections = _scalar(f"SELECT count() FROM detections FINAL WHERE {rng}", settings) or 0
     health = _scalar(f"SELECT count() FROM camera_health FINAL WHERE {rng}", settings) or 0
     rows_per_tick = (r["n"] + detections + health) / max(r["n"], 1)
+    statuses = store.query_rows(
+        f"SELECT status, count() AS n, any(error) AS error FROM frames FINAL WHERE {rng} GROUP BY status",
+        settings=settings,
+    )
     return {
+        "statuses": {x["status"]: x["n"] for x in statuses},
+        "errors": [f"{x['status']}: {x['error']}" for x in statuses if x["status"] != "ok"],
         "rate_basis": "processed_at after the first micro-batch",
         "ticks": r["n"],
         "ok": r["ok"],
@@ -276,12 +287,13 @@ def backlog_rates(settings: Settings, since_ms: int, until_ms: int) -> dict[str,
 
 
 def live_ticks(cameras: Sequence[Camera], rate: float, seconds: float, start_ms: int) -> list[Tick]:
-    """Ticks at ``rate``/s in all: ``round(rate)`` cameras (at least 1) at 1 tick/s each, phases spread
-    over the second, so rule buckets fill like with the real ticker."""
-    n = max(1, min(len(cameras), round(rate)))
+    """Ticks at ``rate``/s in all, from ``ceil(rate)`` cameras (at least 1) ticking every
+    ``cameras / rate`` s, phases spread, as the real ticker schedules them."""
+    n = max(1, min(len(cameras), math.ceil(rate)))
+    interval_ms = 1000 * n / rate
     ticks = [
-        tick(cameras[c].id, start_ms + s * 1000 + c * 1000 // n)
-        for s in range(int(seconds))
+        tick(cameras[c].id, int(start_ms + k * interval_ms + c * interval_ms / n))
+        for k in range(max(1, int(seconds * rate / n)))
         for c in range(n)
     ]
     return sorted(ticks, key=lambda t: t.scheduled_at)
@@ -332,10 +344,13 @@ def read_alerts(settings: Settings, timeout: float = 10.0) -> list[tuple[float, 
 
 
 def live_latency(
-    settings: Settings, live_start_ms: int, live_end_ms: int, phase_ms: dict[str, int]
+    settings: Settings, live_start_ms: int, live_end_ms: int, ticks: Sequence[Tick]
 ) -> dict[str, Any]:
     """Tick -> frame row (processed_at) and tick -> alert on the topic, where the alert's tick is the one
-    that closed its window: the camera's first tick at or after the window end (``phase_ms`` past it)."""
+    that closed its window: the camera's first tick at or after the window end."""
+    times: dict[str, list[float]] = {}
+    for t in ticks:
+        times.setdefault(t.camera_id, []).append(t.scheduled_at.timestamp())
     rows = store.query_rows(
         "SELECT toUnixTimestamp64Milli(processed_at) - toUnixTimestamp64Milli(scheduled_at) AS ms "
         f"FROM frames FINAL WHERE scheduled_at >= fromUnixTimestamp64Milli({live_start_ms})",
@@ -347,7 +362,10 @@ def live_latency(
         end = datetime.fromisoformat(a["window_end"]).timestamp()
         start = datetime.fromisoformat(a["window_start"]).timestamp()
         if start * 1000 >= live_start_ms and end * 1000 <= live_end_ms:
-            alert_ms.append((published - end) * 1000 - phase_ms.get(a["camera_id"], 0))
+            cam = times.get(a["camera_id"], [])
+            i = bisect.bisect_left(cam, end)
+            if i < len(cam):
+                alert_ms.append((published - cam[i]) * 1000)
     return {
         "frames": len(frame_ms),
         "tick_to_frame_ms_p50": _r(percentile(frame_ms, 50)),
@@ -419,7 +437,8 @@ def run_layout(
     produce(settings, backlog)
     peaks: dict[str, float] = {}
     t_start = time.time()
-    procs = start_flows(settings, processes, workers, cfg, settings.home)
+    roots = os.pathsep.join(sorted({str(Path(unquote(urlsplit(c.source_url).path)).parent) for c in cameras}))
+    procs = start_flows(settings, processes, workers, cfg, settings.home, roots)
     result: dict[str, Any] = {
         "processes": processes,
         "workers": workers,
@@ -467,10 +486,10 @@ def run_layout(
                 peaks,
                 settings.home,
             )
-            phases = {t.camera_id: int(t.scheduled_at.timestamp() * 1000) % 1000 for t in ticks}
             result["live"] = {
+                "ticks": len(ticks),
                 "ticks_per_s": round(len(ticks) / cfg.live_s, 2),
-                **live_latency(settings, live_start, live_end, phases),
+                **live_latency(settings, live_start, live_end, ticks),
             }
         for i, p in enumerate(procs):
             rss = peak_rss_mb(p.pid)

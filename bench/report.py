@@ -98,6 +98,7 @@ def print_report(result: dict[str, Any]) -> None:
                     r["cameras"],
                     r["frame_size"],
                     r["ticks"],
+                    r["ok"],
                     r["ticks_per_s"],
                     r["rows_per_s"],
                     r["wall_s_incl_startup"],
@@ -117,6 +118,7 @@ def print_report(result: dict[str, Any]) -> None:
                     "cams",
                     "size",
                     "ticks",
+                    "ok",
                     "ticks/s",
                     "rows/s",
                     "wall s",
@@ -132,6 +134,9 @@ def print_report(result: dict[str, Any]) -> None:
             )
         )
         print(f"services peak RSS MiB: {flow['services_peak_rss_mb']}")
+        for r in flow["runs"]:
+            for err in r.get("errors", []):
+                print(f"WARNING {r['processes']}x{r['workers']}: frames not ok: {err[:300]}")
         for r in flow["runs"]:
             prof = r.get("profile")
             if prof and prof.get("samples"):
