@@ -5,6 +5,7 @@ pytest -m gpu -s tests/test_inference_gpu.py
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
@@ -33,7 +34,15 @@ pytestmark = [
 
 @pytest.fixture(scope="module")
 def frames() -> list[np.ndarray]:
-    return [decode_image(s.image.read_bytes()) for s in load_dataset(DATASET, limit=16)]
+    # On a GPU host without the shared dataset, MW_GPU_IMAGES names a folder of its JPEGs (bench/gpu.sh).
+    folder = os.environ.get("MW_GPU_IMAGES")
+    paths = (
+        sorted(Path(folder).glob("*.jpg"))[:16]
+        if folder
+        else [s.image for s in load_dataset(DATASET, limit=16)]
+    )
+    assert len(paths) >= 8, f"need real images: MW_GPU_IMAGES={folder!r} or {DATASET}"
+    return [decode_image(p.read_bytes()) for p in paths]
 
 
 def _engine(device: str) -> InferenceEngine:
