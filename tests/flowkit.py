@@ -13,6 +13,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 import uuid
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterator
@@ -149,15 +150,44 @@ def build_scenario(tmp_path: Path, settings: Settings, dataset_dir: Path, hang_u
             at = datetime.fromtimestamp(ms / 1000, UTC)
             ticks.append(Tick(camera_id=cam_id, tick_id=f"{cam_id}:{ms}", scheduled_at=at, emitted_at=at))
     ticks.sort(key=lambda t: t.scheduled_at)
-    env = {**os.environ, **FLOW_ENV, "MASKWATCH_HOME": str(settings.home),
-           "MASKWATCH_KAFKA_BOOTSTRAP": settings.kafka_bootstrap, "MASKWATCH_STORE_URL": settings.store_url,
-           "MASKWATCH_TOPIC_TICKS": settings.topic_ticks, "MASKWATCH_TOPIC_ALERTS": settings.topic_alerts,
-           "MASKWATCH_TOPIC_DEAD_LETTER": settings.topic_dead_letter,
-           # file:// replay sources live in this test's tmp dir (and link into the dataset).
-           "MASKWATCH_FILE_ROOTS": os.pathsep.join([str(tmp_path), str(dataset_dir)])}
+    env = flow_env(settings, tmp_path, dataset_dir)
     expected = {c: n for c, n in counts.items() if c not in ("off", "ghost")}
     unmasked_from = datetime.fromtimestamp((base_ms + 8 * INTERVAL_S * 1000) / 1000, UTC)
     return Scenario(settings, env, ticks, expected, unmasked_from)
+
+
+def flow_env(settings: Settings, tmp_path: Path, dataset_dir: Path) -> dict[str, str]:
+    """The environment of a flow process for ``settings``, with the tests' small windows and timeouts."""
+    return {**os.environ, **FLOW_ENV, "MASKWATCH_HOME": str(settings.home),
+            "MASKWATCH_KAFKA_BOOTSTRAP": settings.kafka_bootstrap, "MASKWATCH_STORE_URL": settings.store_url,
+            "MASKWATCH_TOPIC_TICKS": settings.topic_ticks, "MASKWATCH_TOPIC_ALERTS": settings.topic_alerts,
+            "MASKWATCH_TOPIC_DEAD_LETTER": settings.topic_dead_letter,
+            # file:// replay sources live in this test's tmp dir (and link into the dataset).
+            "MASKWATCH_FILE_ROOTS": os.pathsep.join([str(tmp_path), str(dataset_dir)])}
+
+
+def make_ticks(camera_ids: list[str], count: int, base_ms: int, interval_s: float = INTERVAL_S) -> list[Tick]:
+    """``count`` ticks per camera from ``base_ms`` on, in time order."""
+    ticks = []
+    for i in range(count):
+        ms = base_ms + int(i * interval_s * 1000)
+        at = datetime.fromtimestamp(ms / 1000, UTC)
+        ticks += [Tick(camera_id=c, tick_id=f"{c}:{ms}", scheduled_at=at, emitted_at=at) for c in camera_ids]
+    return ticks
+
+
+def metric_values(port: int) -> dict[str, float]:
+    """The flow's /metrics as ``{'name{label="v",...}': value}`` (labels sorted)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
+        text = resp.read().decode()
+    out = {}
+    for fam in text_string_to_metric_families(text):
+        for sample in fam.samples:
+            labels = ",".join(f'{k}="{v}"' for k, v in sorted(sample.labels.items()))
+            out[f"{sample.name}{{{labels}}}" if labels else sample.name] = sample.value
+    return out
 
 
 def produce(settings: Settings, ticks: list[Tick], extra: list[tuple[bytes | None, bytes]] = ()) -> None:  # type: ignore[assignment]
