@@ -71,11 +71,12 @@ def test_malformed_oversized_url_and_unknown_ticks(
     ghosts = make_ticks(["ghost-1", "ghost-2"], 2, base_ms)
     # A well-formed tick of the good camera that also names a URL: refused whole (ticks carry no URL).
     forged = json.loads(good[0].model_dump_json()) | {"tick_id": f"good:{base_ms + 1}", "url": attacker_url}
+    tick1 = json.loads(good[1].model_dump_json())
     bad: list[tuple[str, bytes]] = [
         ("not json", b"{not json"),
         ("missing fields", b'{"camera_id": "good"}'),
-        ("wrong type", json.dumps({**json.loads(good[1].model_dump_json()), "scheduled_at": "soon"}).encode()),
-        ("bad camera id", json.dumps({**json.loads(good[1].model_dump_json()), "camera_id": "a:b"}).encode()),
+        ("wrong type", json.dumps({**tick1, "scheduled_at": "soon"}).encode()),
+        ("bad camera id", json.dumps({**tick1, "camera_id": "a:b"}).encode()),
         ("url", json.dumps(forged).encode()),
         ("binary", b"\xff\xfe\x00binary"),
         ("2 MB", b'{"camera_id": "good", "pad": "' + b"x" * (2 * 1024 * 1024) + b'"}'),

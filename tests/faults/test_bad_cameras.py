@@ -1,0 +1,148 @@
+"""Hostile cameras on a local HTTP server: one hangs, one refuses connections, one returns garbage, one
+sends a 50 MB body. Each yields its health rows (and frames with the failure), the healthy camera in the
+same batches keeps flowing, no batch waits past the fetch deadline, and the flow never crashes."""
+
+from __future__ import annotations
+
+import http.server
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import ClassVar
+
+import pytest
+
+from maskwatch import registry, store
+from maskwatch.config import Settings
+from maskwatch.services.process import free_port
+from maskwatch.services.topics import ensure_topics
+from schemas.events import Camera
+from tests.flowkit import (
+    FLOW_ENV,
+    INTERVAL_S,
+    duplicate_rows,
+    flow_env,
+    has_frames,
+    make_ticks,
+    metric_values,
+    pick_images,
+    produce,
+    scenario_base_ms,
+    start_flow,
+    stop,
+    wait_for,
+)
+
+BIG = 50 * 1024 * 1024
+
+
+class _Cameras(http.server.BaseHTTPRequestHandler):
+    photo = b""
+    big_sent: ClassVar[list[int]] = []
+
+    def do_GET(self) -> None:
+        if self.path.startswith("/hang"):
+            time.sleep(8)
+            return
+        if self.path.startswith("/garbage"):
+            body = b"<html>this is not a camera</html>" * 10
+        elif self.path.startswith("/big"):
+            self.send_response(200)
+            self.send_header("Content-Type", "image/jpeg")  # no Content-Length: streamed until aborted
+            self.end_headers()
+            sent, chunk = 0, b"\xff" * 1024 * 1024
+            try:
+                while sent < BIG:
+                    self.wfile.write(chunk)
+                    sent += len(chunk)
+            except OSError:
+                pass  # the flow hung up: what this camera is here to prove
+            _Cameras.big_sent.append(sent)
+            return
+        else:
+            body = self.photo
+        self.send_response(200)
+        self.send_header("Content-Type", "image/jpeg")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+class _Server(http.server.ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request: object, client_address: object) -> None:
+        pass
+
+
+@pytest.fixture
+def camera_server(dataset_dir: Path) -> Iterator[str]:
+    _Cameras.photo = pick_images(dataset_dir, "con_mascarilla", 1)[0].read_bytes()
+    _Cameras.big_sent.clear()
+    server = _Server(("127.0.0.1", 0), _Cameras)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+
+
+def test_hanging_refusing_garbage_and_huge_cameras(
+    tmp_path: Path, mw_env: Settings, dataset_dir: Path, camera_server: str,
+    fault_figures: Callable[..., None],
+) -> None:
+    store.migrate(mw_env)
+    ensure_topics(mw_env)
+    sources = {"healthy": f"{camera_server}/snap.jpg", "hang": f"{camera_server}/hang",
+               "refuse": f"http://127.0.0.1:{free_port()}/snap.jpg", "garbage": f"{camera_server}/garbage",
+               "huge": f"{camera_server}/big"}
+    for cam_id, url in sources.items():
+        camera = Camera(id=cam_id, interval_s=INTERVAL_S, source_url=url, allow_private_network=True)
+        registry.put_camera(camera, mw_env)
+    n = 6
+    ticks = make_ticks(list(sources), n, scenario_base_ms())
+    produce(mw_env, ticks)
+    metrics_port = free_port()
+    env = {**flow_env(mw_env, tmp_path, dataset_dir), "MASKWATCH_METRICS_PORT": str(metrics_port)}
+    log_path = tmp_path / "flow.log"
+    started = time.monotonic()
+    proc = start_flow(env, log_path)
+    try:
+        wait_for("every tick's frame row", has_frames(mw_env, dict.fromkeys(sources, n)), 150, proc,
+                 log_path)
+        elapsed = time.monotonic() - started
+        metrics = metric_values(metrics_port)
+        assert proc.poll() is None, "the flow died"
+    finally:
+        stop(proc)
+
+    q = lambda sql: store.query_rows(sql, settings=mw_env)  # noqa: E731
+    health = {(r["camera_id"], r["status"]): r for r in q(
+        "SELECT camera_id, status, count() AS n, max(consecutive_failures) AS f, max(state) AS s, "
+        "any(error) AS e FROM camera_health FINAL GROUP BY camera_id, status")}
+    assert health[("healthy", "ok")]["n"] == n and ("healthy", "ok") in health
+    hang = [h for (cam, _), h in health.items() if cam == "hang"]
+    assert {h["status"] for h in hang} <= {"timeout", "fetch_error"} and sum(h["n"] for h in hang) == n
+    assert health[("refuse", "fetch_error")]["n"] == n and "refused" in health[("refuse", "fetch_error")]["e"]
+    assert health[("garbage", "decode_error")]["n"] == n
+    assert "not a JPEG or PNG" in health[("garbage", "decode_error")]["e"]
+    assert health[("huge", "oversized")]["n"] == n and "limit" in health[("huge", "oversized")]["e"]
+    for cam in ("hang", "refuse", "garbage", "huge"):  # 6 failures in a row: down
+        last = store.query_rows("SELECT state, consecutive_failures AS f FROM camera_health FINAL "
+                                "WHERE camera_id = {c:String} ORDER BY scheduled_at DESC LIMIT 1",
+                                {"c": cam}, settings=mw_env)[0]
+        assert last == {"state": "down", "f": n}, (cam, last)
+    frames = {(r["camera_id"], r["status"]): r["n"] for r in q(
+        "SELECT camera_id, status, count() AS n FROM frames FINAL GROUP BY camera_id, status")}
+    assert frames[("healthy", "ok")] == n
+    # The huge body was cut off near the fetch limit (10 MiB), far from 50 MB.
+    assert _Cameras.big_sent and max(_Cameras.big_sent) < BIG
+    assert duplicate_rows(mw_env) == {"frames": 0, "detections": 0, "camera_health": 0, "alerts": 0}
+    deadline = float(FLOW_ENV["MASKWATCH_FLOW_FETCH_DEADLINE_S"])
+    assert metrics['maskwatch_frames_failed_total{camera="huge",reason="oversized"}'] == n
+    assert metrics['maskwatch_frames_failed_total{camera="garbage",reason="decode_error"}'] == n
+    fault_figures(fault="hang/refuse/garbage/50MB cameras", ticks=len(ticks), frames=sum(frames.values()),
+                  healthy_ok=frames[("healthy", "ok")], seconds_to_all_rows=round(elapsed, 1),
+                  fetch_deadline_s=deadline, huge_bytes_sent_max=max(_Cameras.big_sent), duplicates=0)
