@@ -159,7 +159,8 @@ class _Runtime:
         if proc is None:
             from inference.engine import InferenceEngine
 
-            engine = InferenceEngine.default(models_dir=self.settings.models_dir)
+            engine = InferenceEngine.default(self.opts.detector or None, self.opts.classifier or None,
+                                             models_dir=self.settings.models_dir)
             snapshots = self.settings.home / "snapshots" if self.opts.snapshots else None
             proc = BatchProcessor(
                 Fetcher(self.opts.fetch), engine, snapshots, detector_model=engine.detector_spec.name,

@@ -34,6 +34,10 @@ def _int(name: str, default: int, minimum: int = 1) -> int:
 
 @dataclass(frozen=True)
 class FlowOptions:
+    # Models by manifest name ("" = the shipped defaults), e.g. a cheaper detector such as blazeface on
+    # CPU-only hosts with many cameras.
+    detector: str = ""
+    classifier: str = ""
     # Micro-batches: ticks of one shard are collected until batch_max or batch_timeout_s, then fetched
     # and inferred together. Shards (not cameras) are the key, so one batch mixes many cameras.
     batch_max: int = 16
@@ -98,6 +102,8 @@ class FlowOptions:
         except ValueError as exc:
             raise OptionError(f"MASKWATCH_FLOW_RULE_*: {exc}") from None
         return cls(
+            detector=os.environ.get(p + "DETECTOR", "").strip(),
+            classifier=os.environ.get(p + "CLASSIFIER", "").strip(),
             batch_max=_int(p + "BATCH_MAX", cls.batch_max),
             batch_timeout_s=_num(p + "BATCH_TIMEOUT_S", cls.batch_timeout_s, minimum=0.01),
             shards=_int(p + "SHARDS", cls.shards),

@@ -1,0 +1,69 @@
+"""kill -9 of the flow process mid-stream (while ticks keep arriving), restart from the recovery
+directory: every tick's rows land once, the alert reaches the topic once, and the figures say how long
+the restart took to catch up. (``tests/test_flow_recovery.py`` also compares such a run with a clean one.)"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from maskwatch import store
+from maskwatch.config import Settings
+from tests.flowkit import (
+    build_scenario,
+    duplicate_rows,
+    frame_counts,
+    hanging_server,
+    has_frames,
+    produce,
+    read_topic,
+    start_flow,
+    stop,
+    wait_for,
+)
+
+
+@pytest.fixture
+def hanging_camera() -> Iterator[str]:
+    with hanging_server() as url:
+        yield url
+
+
+@pytest.mark.slow
+def test_kill_9_mid_stream(tmp_path: Path, mw_env: Settings, dataset_dir: Path, hanging_camera: str,
+                           fault_figures: Callable[..., None]) -> None:
+    sc = build_scenario(tmp_path, mw_env, dataset_dir, hanging_camera)
+    cut = len(sc.ticks) // 2
+    produce(mw_env, sc.ticks[:cut])
+    env = {**sc.env, "MASKWATCH_FLOW_BATCH_MAX": "3"}  # small batches: many epochs to die between
+    log_path = tmp_path / "flow.log"
+    recovery = ("-r", str(tmp_path / "recovery"))
+    proc = start_flow(env, log_path, *recovery)
+    try:
+        wait_for("a first part of the frames", lambda: sum(frame_counts(mw_env).values()) >= 6, 120, proc,
+                 log_path)
+        proc.kill()
+        proc.wait(10)
+        at_kill = sum(frame_counts(mw_env).values())
+        assert at_kill < sum(sc.expected_frames.values()), "killed too late to test recovery"
+        produce(mw_env, sc.ticks[cut:])  # ticks keep coming while the flow is dead
+        restarted = time.monotonic()
+        proc = start_flow(env, log_path, *recovery)
+        wait_for("every tick's frame row", has_frames(mw_env, sc.expected_frames), 150, proc, log_path)
+        recovery_s = time.monotonic() - restarted
+        has_alert = lambda: bool(store.query_rows("SELECT 1 FROM alerts", settings=mw_env))  # noqa: E731
+        wait_for("the alert row", has_alert, 30, proc, log_path)
+        on_topic = read_topic(mw_env, mw_env.topic_alerts, 1)
+    finally:
+        stop(proc)
+    dups = duplicate_rows(mw_env)
+    assert dups == {"frames": 0, "detections": 0, "camera_health": 0, "alerts": 0}
+    assert len(on_topic) == 1
+    rows = store.query_rows("SELECT count() AS n FROM frames", settings=mw_env)[0]["n"]
+    assert rows == sum(sc.expected_frames.values())
+    fault_figures(fault="kill -9 flow mid-stream", ticks=len(sc.ticks), frames_at_kill=at_kill,
+                  frames=rows, recovery_s=round(recovery_s, 1), alerts_on_topic=len(on_topic),
+                  duplicates=sum(dups.values()))

@@ -1,0 +1,92 @@
+"""The store is down for 60 s mid-stream while ticks keep arriving: rows wait in the on-disk buffer (the
+buffer-depth gauge says how many), the flow keeps consuming, and once the store is back every row lands
+once. Its own store server (the shared one must stay up)."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from maskwatch import store
+from maskwatch.config import Settings
+from maskwatch.services.process import free_port
+from maskwatch.services.store_service import StoreService
+from tests.flowkit import (
+    build_scenario,
+    duplicate_rows,
+    frame_counts,
+    hanging_server,
+    has_frames,
+    metric_values,
+    produce,
+    read_topic,
+    start_flow,
+    stop,
+    wait_for,
+)
+
+OUTAGE_S = 60
+
+
+@pytest.fixture
+def hanging_camera() -> Iterator[str]:
+    with hanging_server() as url:
+        yield url
+
+
+@pytest.mark.slow
+def test_store_down_for_a_minute(tmp_path: Path, mw_env: Settings, dataset_dir: Path, hanging_camera: str,
+                                 fault_figures: Callable[..., None]) -> None:
+    own = StoreService(home=tmp_path / "store", port=free_port(), data_dir=tmp_path / "store" / "chdb")
+    own.start()
+    try:
+        settings = dataclasses.replace(mw_env, store_url=f"{own.url}/?database=outage")
+        sc = build_scenario(tmp_path / "scenario", settings, dataset_dir, hanging_camera)
+        metrics_port = free_port()
+        env = {**sc.env, "MASKWATCH_FLOW_STORE_RETRY_MAX_S": "2", "MASKWATCH_METRICS_PORT": str(metrics_port)}
+        cut = len(sc.ticks) // 3
+        produce(settings, sc.ticks[:cut])
+        log_path = tmp_path / "flow.log"
+        proc = start_flow(env, log_path)
+        try:
+            first = lambda: sum(frame_counts(settings).values()) > 0  # noqa: E731
+            wait_for("the first frames", first, 120, proc, log_path)
+            assert own.stop()
+            down_at = time.monotonic()
+            # Ticks keep arriving during the outage, in three waves.
+            rest = sc.ticks[cut:]
+            for i in range(3):
+                produce(settings, rest[i * len(rest) // 3:(i + 1) * len(rest) // 3])
+                time.sleep(OUTAGE_S / 4)
+            while time.monotonic() - down_at < OUTAGE_S:
+                assert proc.poll() is None, "the flow died with the store"
+                time.sleep(1)
+            buffered = metric_values(metrics_port)["maskwatch_buffer_depth"]
+            assert buffered > 0, "nothing was buffered while the store was down"
+            assert proc.poll() is None, "the flow died with the store"
+            own.start()
+            back_at = time.monotonic()
+            wait_for("every tick's frame row", has_frames(settings, sc.expected_frames), 120, proc, log_path)
+            drained_s = time.monotonic() - back_at
+            buffer = sc.settings.home / "buffer" / "store"
+            wait_for("the buffer drained", lambda: not any(buffer.rglob("seg-*.jsonl")), 30, proc, log_path)
+            gauge_zero = lambda: metric_values(metrics_port)["maskwatch_buffer_depth"] == 0  # noqa: E731
+            wait_for("the buffer gauge at 0", gauge_zero, 10, proc, log_path)
+            on_topic = read_topic(settings, settings.topic_alerts, 1)
+        finally:
+            stop(proc)
+        dups = duplicate_rows(settings)
+        assert dups == {"frames": 0, "detections": 0, "camera_health": 0, "alerts": 0}
+        rows = store.query_rows("SELECT count() AS n FROM frames", settings=settings)[0]["n"]
+        assert rows == sum(sc.expected_frames.values())
+        alerts = store.query_rows("SELECT camera_id FROM alerts", settings=settings)
+        assert [a["camera_id"] for a in alerts] == ["mixed"] and len(on_topic) == 1
+        fault_figures(fault=f"store down {OUTAGE_S}s mid-stream", ticks=len(sc.ticks), frames=rows,
+                      rows_buffered_peak=int(buffered), store_back_to_all_rows_s=round(drained_s, 1),
+                      alerts=len(alerts), duplicates=sum(dups.values()))
+    finally:
+        own.stop()
