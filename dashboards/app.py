@@ -1,6 +1,7 @@
 """maskwatch analytics dashboard (Streamlit), served by ``maskwatch dashboard run``.
 
 Reads ClickHouse through the store layer at MASKWATCH_STORE_URL, the same URL the flow writes to.
+Sign-in (``dashboards.auth``) comes before anything else, store checks included.
 """
 
 from __future__ import annotations
@@ -9,11 +10,14 @@ from pathlib import Path
 
 import streamlit as st
 
-from dashboards import ui
+from dashboards import auth, ui
 
-PAGES = Path(__file__).with_name("pages")
+# Not "pages/": Streamlit treats a pages/ folder next to the entry script as a v1 multipage app and runs
+# a page file straight from its URL without this script, i.e. without the sign-in below.
+PAGES = Path(__file__).with_name("views")
 
 st.set_page_config(page_title="maskwatch", page_icon=":material/masks:", layout="wide")
+auth.require_login()
 
 settings = ui.settings()
 navigation = st.navigation(

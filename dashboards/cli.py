@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import click
@@ -68,3 +69,25 @@ def seed_command(n_cameras: int, days: float, interval_s: float, dataset_dir: Pa
     click.echo(f"seeded {len(done.camera_ids)} cameras, {done.start:%Y-%m-%d %H:%M} → {done.end:%H:%M} UTC: "
                f"{done.frames:,} frames, {done.detections:,} detections, {done.alerts:,} alerts, "
                f"{done.snapshots} snapshots")
+
+
+@dashboard.command("adduser")
+@click.argument("name")
+@click.option("--users-file", type=click.Path(dir_okay=False, path_type=Path), required=True,
+              envvar="MASKWATCH_DASHBOARD_USERS_FILE",
+              help="Users file to create or update (env MASKWATCH_DASHBOARD_USERS_FILE).")
+@click.option("--password-stdin", is_flag=True,
+              help="Read the password from the first line of stdin (for scripts).")
+def adduser_command(name: str, users_file: Path, password_stdin: bool) -> None:
+    """Add user NAME to the dashboard login, or set a new password (asked for; never an argument)."""
+    from dashboards.auth import UsersFileError, add_user
+
+    if password_stdin:
+        password = sys.stdin.readline().rstrip("\r\n")
+    else:
+        password = click.prompt("Password", hide_input=True, confirmation_prompt=True)
+    try:
+        new = add_user(users_file, name, password)
+    except UsersFileError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"{'added' if new else 'updated'} dashboard user {name} in {users_file}")

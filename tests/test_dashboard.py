@@ -34,7 +34,7 @@ def open_app(page: str | None = None, **state: Any) -> AppTest:
         at.session_state[key] = value
     at.run()
     if page:
-        at.switch_page(f"pages/{page}.py").run()
+        at.switch_page(f"views/{page}.py").run()
     assert not at.exception, [e.value for e in at.exception]
     return at
 
@@ -307,7 +307,7 @@ def test_empty_store_says_so(fresh: Settings) -> None:
     assert any("No frames in this range" in i.value for i in at.info)
     for page, message in (("cameras", "No cameras registered"), ("alerts", "No alerts in this range"),
                           ("patterns", "No no-mask faces"), ("downloads", "No frames rows")):
-        at.switch_page(f"pages/{page}.py").run()
+        at.switch_page(f"views/{page}.py").run()
         assert not at.exception, page
         assert any(message in i.value for i in at.info), (page, [i.value for i in at.info])
 

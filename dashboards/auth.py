@@ -1,0 +1,219 @@
+"""Dashboard login: a sign-in page in front of every page, users from ``MASKWATCH_DASHBOARD_USERS_FILE``.
+
+The users file (YAML or JSON) maps a user name to a salted scrypt hash; ``maskwatch dashboard adduser NAME``
+writes it (password from a prompt or stdin, never the command line)::
+
+    users:
+      alice: scrypt$16384$8$1$<salt, base64>$<hash, base64>
+
+Without a users file the dashboard runs without login (the embedded default, bound to 127.0.0.1) and the
+sidebar says so; a shared deployment sets the file. A session is signed out after
+``MASKWATCH_DASHBOARD_SESSION_MINUTES`` (default 30) without activity. Failed attempts lock the session's
+sign-in form for a while, doubling with each further failure; hashes are compared in constant time, and a
+wrong user name costs the same hashing as a wrong password, so neither timing nor messages tell which.
+The file is re-read on every page run: removing a user signs them out at their next click.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import logging
+import os
+import secrets
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+log = logging.getLogger(__name__)
+
+USERS_FILE_ENV = "MASKWATCH_DASHBOARD_USERS_FILE"
+SESSION_MINUTES_ENV = "MASKWATCH_DASHBOARD_SESSION_MINUTES"
+DEFAULT_SESSION_MINUTES = 30.0
+MIN_PASSWORD_LENGTH = 8
+# Failures allowed before the form locks; then 30 s, 60 s, 120 s ... up to 15 minutes.
+FREE_ATTEMPTS = 5
+LOCK_BASE_S = 30.0
+LOCK_MAX_S = 900.0
+# scrypt: n=2^14, r=8 (16 MiB, ~50 ms a check): slow for a guesser, fine for a sign-in.
+_N, _R, _P = 2**14, 8, 1
+_DUMMY_HASH: str | None = None
+
+
+class UsersFileError(ValueError):
+    """The users file cannot be read or has a bad entry; the message names the file and the problem."""
+
+
+def hash_password(password: str) -> str:
+    salt = secrets.token_bytes(16)
+    digest = hashlib.scrypt(password.encode(), salt=salt, n=_N, r=_R, p=_P, dklen=32)
+    return f"scrypt${_N}${_R}${_P}${base64.b64encode(salt).decode()}${base64.b64encode(digest).decode()}"
+
+
+def verify_password(password: str, encoded: str) -> bool:
+    try:
+        scheme, n, r, p, salt, expected = encoded.split("$")
+        if scheme != "scrypt":
+            return False
+        digest = hashlib.scrypt(password.encode(), salt=base64.b64decode(salt), n=int(n), r=int(r), p=int(p),
+                                dklen=len(base64.b64decode(expected)), maxmem=256 * 1024 * 1024)
+    except (ValueError, TypeError):
+        return False
+    return hmac.compare_digest(digest, base64.b64decode(expected))
+
+
+def users_file() -> Path | None:
+    raw = os.environ.get(USERS_FILE_ENV, "").strip()
+    return Path(raw).expanduser() if raw else None
+
+
+def load_users(path: Path) -> dict[str, str]:
+    """User name -> encoded hash. A missing/unreadable file or a bad entry is an error, not 'no users'."""
+    try:
+        document = yaml.safe_load(path.read_text()) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise UsersFileError(f"dashboard users file {path}: cannot read it ({exc})") from None
+    users = document.get("users") if isinstance(document, dict) else None
+    if not isinstance(users, dict):
+        raise UsersFileError(f"dashboard users file {path}: expected a top-level 'users:' mapping")
+    for name, encoded in users.items():
+        if not isinstance(encoded, str) or not encoded.startswith("scrypt$") or encoded.count("$") != 5:
+            raise UsersFileError(f"dashboard users file {path}: user {name!r} has no valid scrypt hash; "
+                                 "set it with `maskwatch dashboard adduser`")
+    return {str(name): str(encoded) for name, encoded in users.items()}
+
+
+def add_user(path: Path, name: str, password: str) -> bool:
+    """Add or replace a user (True if new). Written atomically, readable by the owner only."""
+    if not name or not name.isprintable() or any(c.isspace() for c in name) or len(name) > 64:
+        raise UsersFileError(f"user name {name!r}: 1-64 printable characters, no spaces")
+    if len(password) < MIN_PASSWORD_LENGTH:
+        raise UsersFileError(f"password too short: at least {MIN_PASSWORD_LENGTH} characters")
+    users = load_users(path) if path.exists() else {}
+    new = name not in users
+    users[name] = hash_password(password)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = ("# maskwatch dashboard users (salted scrypt hashes): `maskwatch dashboard adduser NAME`\n"
+            + yaml.safe_dump({"users": users}, sort_keys=True))
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "w") as handle:
+            handle.write(text)
+        os.chmod(tmp, 0o600)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return new
+
+
+def check_credentials(users: dict[str, str], name: str, password: str) -> bool:
+    """True if the user exists and the password matches; the same work either way (no user-name oracle)."""
+    global _DUMMY_HASH
+    encoded = users.get(name)
+    if encoded is None:
+        _DUMMY_HASH = _DUMMY_HASH or hash_password(secrets.token_hex(16))
+        verify_password(password, _DUMMY_HASH)
+        return False
+    return verify_password(password, encoded)
+
+
+def session_minutes() -> float:
+    raw = os.environ.get(SESSION_MINUTES_ENV, "").strip()
+    try:
+        minutes = float(raw) if raw else DEFAULT_SESSION_MINUTES
+    except ValueError:
+        minutes = -1
+    if minutes <= 0:
+        raise UsersFileError(f"{SESSION_MINUTES_ENV}={raw!r}: expected minutes > 0")
+    return minutes
+
+
+def lock_seconds(failures: int) -> float:
+    """How long the form stays locked after this many failures in a row (0: not locked)."""
+    if failures < FREE_ATTEMPTS:
+        return 0.0
+    return min(LOCK_BASE_S * 2 ** (failures - FREE_ATTEMPTS), LOCK_MAX_S)
+
+
+# --- Streamlit ---------------------------------------------------------------------------------------
+
+
+def require_login() -> str | None:
+    """Call first in the app: returns the signed-in user (None when login is off); otherwise shows only
+    the sign-in page and stops the run, so no page and no data is reached without a session."""
+    import streamlit as st
+
+    path = users_file()
+    if path is None:
+        st.sidebar.caption(f"Login is off (no `{USERS_FILE_ENV}`): anyone who can reach this address "
+                           "sees everything. Set it before sharing the dashboard.")
+        return None
+    try:
+        users = load_users(path)
+        timeout_s = session_minutes() * 60
+    except UsersFileError as exc:
+        st.error(f"{exc}. Nobody can sign in until it is fixed.", icon=":material/lock:")
+        st.stop()
+    state = st.session_state
+    user = state.get("auth_user")
+    now = time.time()
+    if user is not None:
+        if user in users and now - float(state.get("auth_seen", 0)) <= timeout_s:
+            state["auth_seen"] = now
+            st.sidebar.caption(f"Signed in as **{user}**")
+            if st.sidebar.button("Sign out", key="auth_sign_out"):
+                _sign_out("Signed out.")
+                st.rerun()
+            return str(user)
+        _sign_out("Session expired: sign in again." if user in users else "Your account was removed.")
+    # Only the sign-in page exists for this session: page URLs of the app lead here too.
+    st.navigation([st.Page(lambda: _sign_in_page(users), title="Sign in", icon=":material/login:",
+                           url_path="signin")], position="hidden").run()
+    st.stop()
+    return None  # not reached: st.stop() ends the run
+
+
+def _sign_out(message: str) -> None:
+    import streamlit as st
+
+    for key in ("auth_user", "auth_seen"):
+        st.session_state.pop(key, None)
+    st.session_state["auth_notice"] = message
+
+
+def _sign_in_page(users: dict[str, str]) -> None:
+    import streamlit as st
+
+    state = st.session_state
+    st.title("maskwatch · sign in")
+    notice = state.pop("auth_notice", None)
+    if notice:
+        st.info(notice)
+    locked_until = float(state.get("auth_locked_until", 0))
+    with st.form("sign_in", clear_on_submit=True):  # the password never stays in the page
+        name = st.text_input("User name", key="auth_name")
+        password = st.text_input("Password", type="password", key="auth_password")
+        submitted = st.form_submit_button("Sign in", type="primary")
+    if not submitted:
+        return
+    now = time.time()
+    if now < locked_until:
+        st.error(f"Too many failed attempts: try again in {int(locked_until - now) + 1} s.")
+        return
+    if check_credentials(users, name.strip(), password):
+        for key in ("auth_failures", "auth_locked_until"):
+            state.pop(key, None)
+        state["auth_user"], state["auth_seen"] = name.strip(), now
+        log.info("dashboard: %s signed in", name.strip())
+        st.rerun()
+    failures = int(state.get("auth_failures", 0)) + 1
+    state["auth_failures"] = failures
+    lock = lock_seconds(failures)
+    if lock:
+        state["auth_locked_until"] = now + lock
+    log.warning("dashboard: failed sign-in (%d in a row in this session)", failures)
+    st.error("Wrong user name or password." + (f" Sign-in locked for {int(lock)} s." if lock else ""))
