@@ -32,7 +32,9 @@ def test_inference_and_baseline_sections(tmp_path: Path, dataset_dir: Path) -> N
     stages = {(r["batch"], r["stage"]) for r in rows}
     for batch in (1, 2):
         assert {(batch, "detector"), (batch, "detector_model"), (batch, "together")} <= stages
-    assert all(r["frames_per_s"] > 0 and r["size"] == "320x240" and r["provider"] == "CPU" for r in rows)
+    assert all(r["size"] == "320x240" and r["provider"] == "CPU" for r in rows)
+    assert all(r["frames_per_s"] > 0 for r in rows if r["stage"] != "classifier_model")
+    assert all(r["faces_per_s"] > 0 for r in rows if r["stage"].startswith("classifier"))
     (base,) = result["baseline"]
     assert base["frames_per_s"] > 0 and "res10" in base["method"]
     (ratio,) = result["ratios"]
