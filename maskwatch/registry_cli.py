@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import json
+import re
+import sys
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qsl, urlsplit
 
 import click
 
 from maskwatch import registry
-from maskwatch.redact import redact_text
+from maskwatch.redact import redact_text, redact_url
 from maskwatch.store import StoreError
 from schemas.events import Camera
 from schemas.parse import SchemaError
@@ -30,6 +33,15 @@ def _display(camera: Camera) -> dict[str, Any]:
     data["source"] = camera.display_url
     data["rules"] = camera.rules.model_dump(exclude_none=True)
     return data
+
+
+def _literal_credential(url: str) -> bool:
+    """True when the URL carries a password or secret query value as text (not a ``${ENV}`` placeholder)."""
+    stripped = re.sub(r"\$\{[A-Z_][A-Z0-9_]*\}", "", url)
+    parts = urlsplit(stripped)
+    # A query value counts when redact_url would mask it and something is left after the placeholders.
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    return bool(parts.password) or any(v and redact_url(f"x://h/?{k}=v") != f"x://h/?{k}=v" for k, v in query)
 
 
 @click.group(cls=_Group)
@@ -53,8 +65,15 @@ def add(camera_id: str, source_url: str, name: str, site: str, zone: str, interv
         disabled: bool, rules: str, allow_private_network: bool) -> None:
     """Add or replace camera CAMERA_ID reading from SOURCE_URL (rtsp://, http(s)://, file://).
 
-    Network sources must resolve to public addresses unless --allow-private-network is given; file://
-    sources must be under MASKWATCH_FILE_ROOTS."""
+    SOURCE_URL '-' reads the URL from stdin: a password on the command line is visible in `ps` and shell
+    history (or write it as ${ENV_NAME}, filled where the flow runs). Network sources must resolve to
+    public addresses unless --allow-private-network is given; file:// sources must be under
+    MASKWATCH_FILE_ROOTS."""
+    if source_url == "-":
+        source_url = sys.stdin.readline().strip()
+    elif _literal_credential(source_url):
+        click.echo("warning: SOURCE_URL holds a credential, which `ps` and your shell history can show; "
+                   "pass '-' and the URL on stdin, or use a ${ENV_NAME} placeholder", err=True)
     try:
         overrides = json.loads(rules)
     except json.JSONDecodeError as exc:

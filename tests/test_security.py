@@ -169,6 +169,22 @@ def test_cli_registration_enforces_the_policy(migrated: Settings, caplog: pytest
     assert not any("hunter2" in r.getMessage() for r in caplog.records)
 
 
+def test_cli_takes_the_source_url_from_stdin_and_warns_about_argv(migrated: Settings) -> None:
+    runner = CliRunner()
+    piped = runner.invoke(cameras, ["add", "door", "-", "--allow-private-network"],
+                          input="rtsp://admin:hunter2@10.0.0.6/live\n")
+    assert piped.exit_code == 0, piped.output
+    assert "warning" not in piped.output and "hunter2" not in piped.output
+    assert registry.require_camera("door", migrated).source_url == "rtsp://admin:hunter2@10.0.0.6/live"
+    on_argv = runner.invoke(cameras, ["add", "gate", "rtsp://admin:hunter2@10.0.0.7/live",
+                                      "--allow-private-network"])
+    assert on_argv.exit_code == 0 and "saved camera gate" in on_argv.stdout
+    assert "holds a credential" in on_argv.stderr and "hunter2" not in on_argv.output
+    placeholder = runner.invoke(cameras, ["add", "yard", "rtsp://admin:${YARD_PW}@10.0.0.8/live",
+                                          "--allow-private-network"])
+    assert placeholder.exit_code == 0 and "holds a credential" not in placeholder.output
+
+
 def test_yaml_import_refuses_the_whole_file(migrated: Settings, tmp_path: Path, dataset_dir: Path) -> None:
     path = tmp_path / "cams.yaml"
     path.write_text(yaml.safe_dump({"cameras": [
