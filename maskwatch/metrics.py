@@ -66,7 +66,8 @@ def serve_metrics(port: int | None = None) -> int | None:
 
     Binds 127.0.0.1 unless ``MASKWATCH_METRICS_HOST`` says otherwise (``0.0.0.0`` in a container that
     Prometheus scrapes from outside). Unset or 0 means off. Idempotent: a second call in the same process
-    returns the port already served (a process exports one registry, so one endpoint is enough)."""
+    returns the port already served (a process exports one registry, so one endpoint is enough). A port
+    that cannot be bound is logged as an error and the process goes on without metrics (None)."""
     global _serving
     if port is None:
         raw = os.environ.get("MASKWATCH_METRICS_PORT", "").strip() or "0"
@@ -81,7 +82,13 @@ def serve_metrics(port: int | None = None) -> int | None:
             if _serving != (host, port):
                 log.warning("metrics already served on %s:%d; not also on %s:%d", *_serving, host, port)
             return _serving[1]
-        start_http_server(port, addr=host)
+        try:
+            start_http_server(port, addr=host)
+        except OSError as exc:
+            # Metrics are not worth stopping the job for (e.g. `maskwatch up` with one port set for all).
+            log.error("cannot serve metrics on %s:%d (%s); running without them. Give each process on a "
+                      "host its own MASKWATCH_METRICS_PORT", host, port, exc)
+            return None
         _serving = (host, port)
     log.info("Prometheus metrics on http://%s:%d/metrics", host, port)
     return port

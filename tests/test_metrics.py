@@ -184,6 +184,18 @@ def test_serve_metrics_is_off_by_default_and_rejects_a_bad_port(monkeypatch: pyt
         metrics.serve_metrics()
 
 
+def test_a_busy_metrics_port_is_an_error_line_not_a_crash(caplog: pytest.LogCaptureFixture,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(metrics, "_serving", None)  # whatever else this test process served
+    monkeypatch.delenv("MASKWATCH_METRICS_HOST", raising=False)
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        busy = holder.getsockname()[1]
+        assert metrics.serve_metrics(busy) is None
+    assert any(f"cannot serve metrics on 127.0.0.1:{busy}" in r.getMessage() for r in caplog.records)
+
+
 def test_serve_metrics_is_idempotent_in_a_process(tmp_path: Path) -> None:
     # Its own process: a served endpoint lives as long as the process.
     port = free_port()
