@@ -212,6 +212,8 @@ def run(cfg: LoadConfig, results_dir: Path) -> dict[str, Any]:
                     sample = {
                         "t_s": round(time.monotonic() - started, 1), "ticking": ticking, "produced": produced,
                         "ticks_in": m.get("maskwatch_ticks_in_total"), "frames": frames["u"],
+                        # Not yet read from Kafka, and not yet in the store (read but in flight included).
+                        "consumer_lag": produced - int(m.get("maskwatch_ticks_in_total", 0)),
                         "lag": produced - frames["u"], "fetch_failed": frames["failed"],
                         "sink_lag_s": m.get("maskwatch_sink_lag_seconds"),
                         "buffer_depth": m.get("maskwatch_buffer_depth"),
@@ -243,7 +245,12 @@ def run(cfg: LoadConfig, results_dir: Path) -> dict[str, Any]:
                 "ticks_produced": stats.delivered, "ticker_failed": stats.failed,
                 "ticker_skipped": stats.skipped,
                 "frames": final["u"], "duplicate_frame_rows": final["n"] - final["u"],
-                "fetch_failures": final["failed"], "drops": stats.delivered - final["u"],
+                "fetch_failures": final["failed"],
+                # Drops only count once the flow drained; otherwise the rest was still queued at the stop.
+                "drained": samples[-1]["lag"] <= 0 if samples else False,
+                "drops": stats.delivered - final["u"] if samples and samples[-1]["lag"] <= 0 else None,
+                "unprocessed_at_stop": stats.delivered - final["u"],
+                "drain_s": round(samples[-1]["t_s"] - cfg.minutes * 60, 1) if samples else None,
                 "processed_per_s_steady": rate_in,
                 "max_lag": max((s["lag"] for s in samples), default=None),
                 "lag_at_end_of_ticking": next((s["lag"] for s in reversed(samples) if s["ticking"]), None),
@@ -282,7 +289,8 @@ def main(argv: list[str] | None = None) -> int:
                      detector=a.detector, classifier=a.classifier, batch_max=a.batch_max,
                      fetch_concurrency=a.fetch_concurrency, drain_s=a.drain_s, sample_s=a.sample_s)
     summary = run(cfg, a.results)
-    keys = ["target_ticks_per_s", "ticks_produced", "frames", "drops", "duplicate_frame_rows",
+    keys = ["target_ticks_per_s", "ticks_produced", "frames", "drained", "drops", "unprocessed_at_stop",
+            "drain_s", "duplicate_frame_rows",
             "fetch_failures",
             "processed_per_s_steady", "max_lag", "lag_at_end_of_ticking", "latency_p50_s_median",
             "latency_p95_s_max", "ticker_failed", "ticker_skipped", "flow_peak_rss_mb", "results_file"]
