@@ -46,6 +46,9 @@ def test_two_processes_two_workers_each(tmp_path: Path, mw_env: Settings, datase
              for i in range(2)]
     try:
         wait_for("every tick's frame row", has_frames(mw_env, sc.expected_frames), 180, procs[0], logs[0])
+        # Windows close, and alerts are written, up to a snapshot interval after the frames land.
+        has_alert = lambda: bool(store.query_rows("SELECT 1 FROM alerts", settings=mw_env))  # noqa: E731
+        wait_for("the alert row", has_alert, 60, procs[0], logs[0])
         assert procs[1].poll() is None, logs[1].read_text()[-3000:]
     finally:
         for p in procs:
