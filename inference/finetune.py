@@ -126,7 +126,8 @@ def finetune(dataset: Path, base: ModelSpec, name: str, models_dir: Path) -> Mod
     torch.manual_seed(SEED)
     torch.set_num_threads(cpu_count())
     rng = np.random.default_rng(SEED)
-    graph = _keras_graph(base, models_dir)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")  # same steps, a GPU is only faster
+    graph = _keras_graph(base, models_dir).to(device)
     graph.eval()
     split = _Split(graph, FIRST_TRAINED)
     samples = load_dataset(dataset, split="train")
@@ -141,19 +142,21 @@ def finetune(dataset: Path, base: ModelSpec, name: str, models_dir: Path) -> Mod
     with torch.no_grad():
         for b in batches:
             if len(b):
-                cached.append(split.run_prefix(torch.from_numpy(b)))
+                cached.append(split.run_prefix(torch.from_numpy(b).to(device)))
     feats = [torch.cat([c[k] for c in cached]) for k in range(len(split.carried))]
-    target = torch.from_numpy(y.astype(np.int64))
+    target = torch.from_numpy(y.astype(np.int64)).to(device)
     nomask = base.nomask_index
     labels = target if nomask == 1 else 1 - target
     pos = float(y.mean())
     weights = torch.tensor(
-        [0.5 / (1 - pos), 0.5 / pos] if nomask == 1 else [0.5 / pos, 0.5 / (1 - pos)], dtype=torch.float32
+        [0.5 / (1 - pos), 0.5 / pos] if nomask == 1 else [0.5 / pos, 0.5 / (1 - pos)],
+        dtype=torch.float32,
+        device=device,
     )
     params = [p for p in graph.params.values() if p.requires_grad]
     opt = torch.optim.Adam(params, lr=LR)
     for epoch in range(EPOCHS):
-        order = torch.from_numpy(rng.permutation(len(y)))
+        order = torch.from_numpy(rng.permutation(len(y))).to(device)
         total = 0.0
         for i in range(0, len(order), BATCH):
             idx = order[i : i + BATCH]
@@ -166,6 +169,7 @@ def finetune(dataset: Path, base: ModelSpec, name: str, models_dir: Path) -> Mod
         log.info("epoch %d/%d: train loss %.4f", epoch + 1, EPOCHS, total / len(y))
     for p in params:
         p.requires_grad_(False)
+    graph = graph.cpu()
     models_dir.mkdir(parents=True, exist_ok=True)
     onnx_path = models_dir / f"{name}.onnx"
     tmp = onnx_path.with_suffix(".tmp.onnx")
