@@ -217,7 +217,7 @@ def draw_pr_png(path: Path, curves: dict[str, tuple[np.ndarray, np.ndarray]], ti
     cv2.rectangle(img, (x0, y1), (x1, y0), (0, 0, 0), 1)
     cv2.putText(img, "recall", ((x0 + x1) // 2 - 20, h - 15), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 0, 0), 1)
     cv2.putText(img, "precision", (5, 30), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 0, 0), 1)
-    cv2.putText(img, title[:80], (x0, 25), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 0, 0), 1)
+    cv2.putText(img, title[:80], (x0 + 60, 25), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 0, 0), 1)
     colours = [(200, 80, 0), (0, 160, 0), (0, 0, 220), (160, 0, 160), (0, 140, 200), (100, 100, 100)]
     for n, (name, (prec, rec)) in enumerate(curves.items()):
         colour = colours[n % len(colours)]
