@@ -187,7 +187,7 @@ def main(
             live_s=live_seconds or (8.0 if quick else 20.0),
             batch_max=batch_max,
             images_per_camera=4 if quick else 6,
-            profile_s=(20.0 if not quick else 6.0) if profile else 0.0,
+            profile_s=600.0 if profile else 0.0,
         )
         result["flow_config"] = {k: v for k, v in cfg.__dict__.items()}
         result["flow"] = bench_flow(cfg, out_dir)

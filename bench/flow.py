@@ -20,6 +20,7 @@ import logging
 import math
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -71,7 +72,7 @@ class FlowBenchConfig:
     batch_max: int = 16
     batch_timeout_s: float = 0.5
     timeout_s: float = 600.0
-    profile_s: float = 0.0  # py-spy record the first flow process this long during the backlog
+    profile_s: float = 0.0  # > 0: py-spy the first flow process during the backlog, at most this long
 
 
 @contextmanager
@@ -380,35 +381,43 @@ def _r(v: float | None) -> float | None:
     return None if v is None else round(v, 1)
 
 
-def profile_flow(pid: int, seconds: float, out: Path) -> Path | None:
-    """py-spy (if installed) samples the flow process, native Rust/C frames included, to raw stacks."""
+def start_profiler(pid: int, max_s: float, out: Path) -> subprocess.Popen[bytes] | None:
+    """py-spy (if installed) sampling the flow process (idle waits included, so the worker thread's
+    time adds up) into raw stacks; stop it with ``stop_profiler``."""
     spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
     if not Path(spy).exists():
         log.warning("py-spy not installed; no flow profile (pip install py-spy)")
         return None
-    subprocess.run(
-        [
-            spy,
-            "record",
-            "--pid",
-            str(pid),
-            "--duration",
-            str(int(seconds)),
-            "--format",
-            "raw",
-            "--rate",
-            "50",
-            "--nonblocking",
-            "--idle",
-            "--threads",
-            "--output",
-            str(out),
-        ],
-        check=False,
-        capture_output=True,
-        timeout=seconds + 60,
-    )
-    return out if out.exists() else None
+    argv = [
+        spy,
+        "record",
+        "--pid",
+        str(pid),
+        "--duration",
+        str(int(max_s)),
+        "--format",
+        "raw",
+        "--rate",
+        "50",
+        "--nonblocking",
+        "--idle",
+        "--threads",
+        "--output",
+        str(out),
+    ]
+    return subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def stop_profiler(proc: subprocess.Popen[bytes] | None) -> None:
+    if proc is None:
+        return
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGINT)  # py-spy writes what it has on Ctrl-C
+    try:
+        proc.wait(60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(10)
 
 
 def run_layout(
@@ -446,13 +455,12 @@ def run_layout(
         "frame_size": f"{cfg.width}x{cfg.height}",
         "batch_max": cfg.batch_max,
     }
+    profiler = None
     try:
         deadline = t_start + cfg.timeout_s
-        if cfg.profile_s > 0:
-            # Wait for the first rows (models loaded, group joined), then sample the steady state.
-            wait_frames(settings, "1", 1, procs, deadline, peaks, settings.home)
-            raw = profile_flow(procs[0].pid, cfg.profile_s, results_dir / f"flow-profile-{name}.txt")
-            result["profile_raw"] = str(raw) if raw else None
+        raw = results_dir / f"flow-profile-{name}.txt"
+        # The whole backlog drain (model load and group join included) of the first process.
+        profiler = start_profiler(procs[0].pid, cfg.profile_s, raw) if cfg.profile_s > 0 else None
         t_done = wait_frames(
             settings,
             f"scheduled_at < fromUnixTimestamp64Milli({now_ms})",
@@ -463,6 +471,9 @@ def run_layout(
             settings.home,
         )
         result["wall_s_incl_startup"] = round(t_done - t_start, 1)
+        if profiler is not None:
+            stop_profiler(profiler)
+            result["profile_raw"] = str(raw) if raw.exists() else None
         result.update(backlog_rates(settings, start_ms, now_ms))
         if result["ticks_per_s"] == 0:  # one micro-batch took everything: no steady state to measure
             wall = result["wall_s_incl_startup"]
@@ -496,6 +507,7 @@ def run_layout(
             if rss is not None:
                 peaks[f"flow-{i}"] = max(peaks.get(f"flow-{i}", 0.0), rss)
     finally:
+        stop_profiler(profiler)
         stop_flows(procs)
     result["peak_rss_mb"] = {k: round(v, 1) for k, v in peaks.items()}
     return result

@@ -32,6 +32,12 @@ def baseline_ratios(result: dict[str, Any]) -> list[dict[str, Any]]:
                     "ours_batch": ours["batch"],
                     "baseline_fps": base["frames_per_s"],
                     "ratio": round(ours["frames_per_s"] / base["frames_per_s"], 2),
+                    # Our detector finds more faces; per face classified the comparison is like for like.
+                    "ours_faces_per_s": ours["faces_per_s"],
+                    "baseline_faces_per_s": base["faces_per_s"],
+                    "faces_ratio": round(ours["faces_per_s"] / base["faces_per_s"], 2)
+                    if base["faces_per_s"]
+                    else None,
                 }
             )
     return out
@@ -75,12 +81,30 @@ def print_report(result: dict[str, Any]) -> None:
         )
         ratios = result.get("ratios") or baseline_ratios(result)
         if ratios:
-            print("\nOurs / baseline (frames/s, same frames)")
+            print("\nOurs / baseline (same frames; ours at its best batch)")
             print(
                 table(
-                    ["size", "ours", "at batch", "baseline", "ratio"],
                     [
-                        [r["size"], r["ours_fps"], r["ours_batch"], r["baseline_fps"], f"{r['ratio']}x"]
+                        "size",
+                        "at batch",
+                        "ours fps",
+                        "baseline fps",
+                        "ratio",
+                        "ours faces/s",
+                        "baseline faces/s",
+                        "faces ratio",
+                    ],
+                    [
+                        [
+                            r["size"],
+                            r["ours_batch"],
+                            r["ours_fps"],
+                            r["baseline_fps"],
+                            f"{r['ratio']}x",
+                            r.get("ours_faces_per_s"),
+                            r.get("baseline_faces_per_s"),
+                            f"{r.get('faces_ratio')}x",
+                        ]
                         for r in ratios
                     ],
                 )
