@@ -108,30 +108,45 @@ def replay_index(scheduled_ms: int, interval_s: float, count: int) -> int:
     return round(scheduled_ms / (interval_s * 1000.0)) % count
 
 
-def read_http(url: str, opts: FetchOptions, deadline: float, address: str | None = None) -> bytes:
+def _connect(conns: Sequence[http.client.HTTPConnection]) -> http.client.HTTPConnection:
+    """The first connection that connects (one per checked address, as a resolver's list is tried)."""
+    for i, conn in enumerate(conns):
+        try:
+            conn.connect()
+            return conn
+        except OSError:
+            conn.close()
+            if i == len(conns) - 1:
+                raise
+    raise OSError("no address to connect to")
+
+
+def read_http(url: str, opts: FetchOptions, deadline: float, addresses: Sequence[str] = ()) -> bytes:
     """GET a snapshot, streaming, with connect/read timeouts, a size limit and an overall deadline.
 
-    ``address``: the checked address to connect to for plain HTTP (the Host header keeps the name), so
-    a DNS answer that changed since the policy check cannot redirect the request. HTTPS connects by name:
-    certificate checks need it."""
+    ``addresses``: the checked addresses to connect to for plain HTTP (the Host header keeps the name),
+    so a DNS answer that changed since the policy check cannot redirect the request. HTTPS connects by
+    name: certificate checks need it."""
     parts = urlsplit(url)
     if parts.hostname is None:
         raise FetchError(f"no host in {redact_url(url)}")
     port = parts.port or DEFAULT_PORTS[parts.scheme.lower()]
     headers = {"Accept": "image/jpeg,image/*", "Connection": "close"}
-    conn: http.client.HTTPConnection
+    conns: list[http.client.HTTPConnection]
     if parts.scheme.lower() == "https":
-        conn = http.client.HTTPSConnection(parts.hostname, port, timeout=opts.connect_timeout_s)
+        conns = [http.client.HTTPSConnection(parts.hostname, port, timeout=opts.connect_timeout_s)]
     else:
-        conn = http.client.HTTPConnection(address or parts.hostname, port, timeout=opts.connect_timeout_s)
+        conns = [http.client.HTTPConnection(a, port, timeout=opts.connect_timeout_s)
+                 for a in addresses or [parts.hostname]]
         host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
         headers["Host"] = host if parts.port is None else f"{host}:{parts.port}"
     if parts.username is not None:
         userpass = f"{unquote(parts.username)}:{unquote(parts.password or '')}".encode()
         headers["Authorization"] = "Basic " + base64.b64encode(userpass).decode()
     path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    conn = conns[0]
     try:
-        conn.connect()
+        conn = _connect(conns)
         assert conn.sock is not None
         conn.sock.settimeout(min(opts.read_timeout_s, max(0.05, deadline - time.monotonic())))
         conn.request("GET", path, headers=headers)
@@ -280,7 +295,7 @@ class Fetcher:
         # it at registration, but DNS and MASKWATCH_FILE_ROOTS may have changed since.
         addresses = resolve_and_check(req.url, req.allow_private)
         if scheme in ("http", "https"):
-            return decode_checked(read_http(req.url, self.opts, deadline, addresses[0]))
+            return decode_checked(read_http(req.url, self.opts, deadline, addresses))
         if scheme in ("rtsp", "rtsps"):
             return check_frame_size(self._rtsp_reader(req).latest(self.opts.rtsp_max_age_s, deadline))
         if scheme == "file":

@@ -26,9 +26,11 @@ class _QuietServer(http.server.ThreadingHTTPServer):
 class _Handler(http.server.BaseHTTPRequestHandler):
     body = b""
     auth_seen: ClassVar[list[str | None]] = []
+    hosts_seen: ClassVar[list[str | None]] = []
 
     def do_GET(self) -> None:
         _Handler.auth_seen.append(self.headers.get("Authorization"))
+        _Handler.hosts_seen.append(self.headers.get("Host"))
         if self.path.startswith("/hang"):
             time.sleep(10)
             return
@@ -195,8 +197,11 @@ def test_private_address_is_blocked_without_a_request(http_camera: str) -> None:
     assert "pw" not in by["lo"].error
     assert "metadata" in by["metadata"].error  # refused even with allow_private_network
     assert _Handler.auth_seen == []  # the camera server never saw a request
-    # The same camera with allow_private_network goes through.
-    assert fetcher.fetch_batch([req(f"{http_camera}/snap.jpg", private=True)])[0].status == "ok"
+    # The same camera with allow_private_network goes through: to the address that was checked, with the
+    # name it was registered under in the Host header.
+    _Handler.hosts_seen.clear()
+    assert fetcher.fetch_batch([req(f"http://localhost:{port}/snap.jpg", private=True)])[0].status == "ok"
+    assert _Handler.hosts_seen == [f"localhost:{port}"]
     fetcher.close()
 
 
