@@ -21,6 +21,7 @@ from bytewax.dataflow import Stream
 from bytewax.operators import KeyedStream
 
 from flows.fetch import Fetched, Fetcher, FetchRequest
+from flows.routing import shard_labels
 from flows.snapshots import BoxedFace, save_snapshot
 from maskwatch import metrics
 from maskwatch.redact import redact_text
@@ -38,8 +39,9 @@ class Engine(Protocol):
 
 
 def shard_key(camera_id: str, shards: int) -> str:
-    """Stable across processes (unlike ``hash``), so a camera's ticks always meet in the same shard."""
-    return f"shard-{zlib.crc32(camera_id.encode()) % shards}"
+    """Stable across processes (unlike ``hash``), so a camera's ticks always meet in the same shard; the
+    shard keys are picked so that each of ``shards`` workers gets one (see ``flows.routing``)."""
+    return shard_labels(shards)[zlib.crc32(camera_id.encode()) % shards]
 
 
 def micro_batches(

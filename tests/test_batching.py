@@ -4,6 +4,7 @@ real two-stage engine (dataset photos picked by their annotations)."""
 from __future__ import annotations
 
 import os
+import threading
 from collections import Counter
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -11,10 +12,11 @@ from pathlib import Path
 import bytewax.operators as op
 import pytest
 from bytewax.dataflow import Dataflow
-from bytewax.testing import TestingSink, TestingSource, run_main
+from bytewax.testing import TestingSink, TestingSource, cluster_main, run_main
 
 from flows.batching import BatchProcessor, micro_batches, shard_key
 from flows.fetch import Fetcher, FetchOptions
+from flows.routing import shard_labels
 from schemas.events import Camera, Tick
 from tests.flowkit import pick_images
 
@@ -34,7 +36,27 @@ def test_shard_keys_are_stable_and_spread() -> None:
     keys = [shard_key(f"cam-{i}", 4) for i in range(200)]
     assert keys == [shard_key(f"cam-{i}", 4) for i in range(200)]  # no per-process hash seed
     counts = Counter(keys)
-    assert set(counts) == {"shard-0", "shard-1", "shard-2", "shard-3"} and min(counts.values()) > 25
+    assert set(counts) == set(shard_labels(4)) and min(counts.values()) > 25
+
+
+@pytest.mark.parametrize("workers", [2, 3, 4])
+def test_each_worker_gets_its_own_shard(workers: int) -> None:
+    # Bytewax routes a key to a worker by its hash; plain "shard-0"/"shard-1" both land on one of two
+    # workers, which then does all the inference. This runs a real cluster and records who got what.
+    seen: dict[str, set[int]] = {}
+
+    def record(state: None, key: str) -> tuple[None, str]:
+        seen.setdefault(key, set()).add(threading.get_ident())
+        return state, key
+
+    flow = Dataflow("routing")
+    keys = [shard_key(f"cam-{i}", workers) for i in range(60)]
+    keyed = op.key_on("key", op.input("in", flow, TestingSource(keys)), lambda k: k)
+    op.output("out", op.stateful_map("record", keyed, record), TestingSink([]))
+    cluster_main(flow, [], 0, worker_count_per_proc=workers)
+    assert set(seen) == set(shard_labels(workers))
+    assert all(len(threads) == 1 for threads in seen.values())
+    assert len({t for threads in seen.values() for t in threads}) == workers
 
 
 def test_batches_mix_cameras_and_respect_max_size() -> None:
@@ -47,7 +69,7 @@ def test_batches_mix_cameras_and_respect_max_size() -> None:
     run_main(flow)
     sizes = [len(b) for _, b in out]
     assert sum(sizes) == len(items) and max(sizes) == 6
-    assert {k for k, _ in out} == {"shard-0", "shard-1"}
+    assert {k for k, _ in out} == set(shard_labels(2))
     assert all(len({t.camera_id for t in b}) > 1 for _, b in out if len(b) == 6)
     for key, batch in out:  # a camera always lands in its own shard
         assert all(shard_key(t.camera_id, 2) == key for t in batch)
