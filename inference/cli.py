@@ -89,3 +89,13 @@ def eval_command(**kwargs: Any) -> None:
     json.dump({k: report[k] for k in ("detector", "classifier", "detection", "speed") if k in report},
               sys.stdout, indent=2, default=float)
     click.echo()
+
+
+def _register_finetune() -> None:
+    # The fine-tuned classifier is built by `maskwatch models finetune` beside the pulled models.
+    from inference.finetune import finetune_command
+
+    models.add_command(finetune_command, name="finetune")
+
+
+_register_finetune()

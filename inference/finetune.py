@@ -188,13 +188,19 @@ def finetune(dataset: Path, base: ModelSpec, name: str, models_dir: Path) -> Mod
 @click.argument("dataset", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--base", default="mobilenetv2-mask", show_default=True, help="pulled classifier to start from")
 @click.option("--name", default=None, help="name of the result [default: BASE-ft]")
-def finetune_command(dataset: Path, base: str, name: str | None) -> None:
+@click.option("--force", is_flag=True, help="re-train even when the result is already cached")
+def finetune_command(dataset: Path, base: str, name: str | None, force: bool) -> None:
     """Fine-tune a classifier on DATASET's train split; cache it beside the pulled models."""
     from inference.models.manifest import get_spec
     from maskwatch.config import Settings
 
     models_dir = Settings().models_dir
-    spec = finetune(dataset, get_spec(base), name or f"{base}{FINETUNED_SUFFIX}", models_dir)
+    name = name or f"{base}{FINETUNED_SUFFIX}"
+    # Training takes minutes on a CPU: once built, the cached result is what `bin/dev` and the flow use.
+    if not force and (models_dir / f"{name}.yaml").is_file() and (models_dir / f"{name}.onnx").is_file():
+        click.echo(f"{name}: cached in {models_dir} (--force to re-train)")
+        return
+    spec = finetune(dataset, get_spec(base), name, models_dir)
     click.echo(f"{spec.name}: {spec.file}")
 
 
