@@ -63,8 +63,10 @@ def _scale(img: np.ndarray, spec: ModelSpec) -> np.ndarray:
     h, w = img.shape[:2]
     if spec.preprocess.resize == "stretch":
         return np.array([w, h, w, h], np.float32)
-    side = max(w, h) * max(spec.preprocess.width / spec.preprocess.height, 1.0)
-    return np.array([side, side, side, side], np.float32)
+    # Top-left letterbox: the image is scaled by s into the input; input units map back by (W/s, H/s).
+    width, height = spec.preprocess.width, spec.preprocess.height
+    s = min(width / w, height / h)
+    return np.array([width / s, height / s, width / s, height / s], np.float32)
 
 
 def _prep(images: list[np.ndarray], spec: ModelSpec) -> np.ndarray:
