@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from maskwatch.services.process import ManagedProcess, ServiceError, port_stays_busy, tail, wait_until
+from maskwatch.services.process import ManagedProcess, ServiceError, port_stays_busy
 
 log = logging.getLogger(__name__)
 
@@ -89,15 +89,8 @@ class Broker:
                 f"broker: port {self.port} on {self.host} is already in use by another program; "
                 f"choose another with --broker-port or MASKWATCH_BROKER_PORT"
             )
-        pid = proc.start(self.argv(), env=self.env, attached=self.attached)
-        if not wait_until(lambda: proc.exited() is not None or self.ready(), timeout, interval=0.2):
-            proc.stop()
-            raise ServiceError(f"broker did not become ready on {self.bootstrap} within {timeout:.0f}s; "
-                               f"log {proc.log_file}:\n{tail(proc.log_file)}")
-        if proc.exited() is not None:
-            proc.pid_file.unlink(missing_ok=True)
-            raise ServiceError(f"broker exited during start-up (code {proc.exited()}); "
-                               f"log {proc.log_file}:\n{tail(proc.log_file)}")
+        pid = proc.start_ready(self.argv(), self.ready, "broker", self.bootstrap, timeout,
+                               env=self.env, attached=self.attached)
         log.info("broker ready on %s (pid %d, storage %s)", self.bootstrap, pid, self.storage)
         return pid
 

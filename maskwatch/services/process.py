@@ -152,6 +152,25 @@ class ManagedProcess:
         self._popen = proc
         return proc.pid
 
+    def start_ready(self, argv: Sequence[str], ready: Callable[[], bool], what: str, address: str,
+                    timeout: float, env: Mapping[str, str] | None = None, cwd: Path | None = None,
+                    attached: bool = False, interval: float = 0.2, exited_what: str | None = None) -> int:
+        """``start``, then wait until ``ready()`` or the process exits; returns its pid.
+
+        Not ready within ``timeout``: stopped, ServiceError naming ``what`` and ``address``. Exited during
+        start-up: ServiceError naming ``exited_what`` (default ``what``) and exit code. Both quote the log.
+        """
+        pid = self.start(argv, env=env, cwd=cwd, attached=attached)
+        if not wait_until(lambda: self.exited() is not None or ready(), timeout, interval=interval):
+            self.stop()
+            raise ServiceError(f"{what} did not become ready on {address} within {timeout:.0f}s; "
+                               f"log {self.log_file}:\n{tail(self.log_file)}")
+        if self.exited() is not None:
+            self.pid_file.unlink(missing_ok=True)
+            raise ServiceError(f"{exited_what or what} exited during start-up (code {self.exited()}); "
+                               f"log {self.log_file}:\n{tail(self.log_file)}")
+        return pid
+
     def exited(self) -> int | None:
         """Exit code when the process this object started has already died."""
         proc: subprocess.Popen[bytes] | None = getattr(self, "_popen", None)

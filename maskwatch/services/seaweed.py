@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from maskwatch.config import secret
-from maskwatch.services.process import ManagedProcess, ServiceError, port_stays_busy, tail, wait_until
+from maskwatch.services.process import ManagedProcess, ServiceError, port_stays_busy
 
 log = logging.getLogger(__name__)
 
@@ -127,15 +127,8 @@ class Seaweed:
         creds = self.credentials()
         # weed mini turns these into its admin S3 identity on start-up.
         env = {"AWS_ACCESS_KEY_ID": creds["access_key"], "AWS_SECRET_ACCESS_KEY": creds["secret_key"]}
-        pid = proc.start(self.argv(), env=env, cwd=self.data_dir)
-        if not wait_until(lambda: proc.exited() is not None or self.ready(), timeout, interval=0.3):
-            proc.stop()
-            raise ServiceError(f"seaweed S3 did not become ready on {self.endpoint} within {timeout:.0f}s; "
-                               f"log {proc.log_file}:\n{tail(proc.log_file)}")
-        if proc.exited() is not None:
-            proc.pid_file.unlink(missing_ok=True)
-            raise ServiceError(f"seaweed exited during start-up (code {proc.exited()}); "
-                               f"log {proc.log_file}:\n{tail(proc.log_file)}")
+        pid = proc.start_ready(self.argv(), self.ready, "seaweed S3", self.endpoint, timeout, env=env,
+                               cwd=self.data_dir, interval=0.3, exited_what="seaweed")
         log.info("seaweed S3 ready on %s (pid %d, data %s)", self.endpoint, pid, self.data_dir)
         return pid
 

@@ -9,7 +9,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from maskwatch.services.process import ManagedProcess, ServiceError, port_stays_busy, tail, wait_until
+from maskwatch.services.process import ManagedProcess, ServiceError, port_stays_busy
 
 log = logging.getLogger(__name__)
 
@@ -66,15 +66,8 @@ class StoreService:
                 f"store: port {self.port} on {self.host} is already in use by another program; "
                 f"choose another with --store-port or MASKWATCH_STORE_PORT"
             )
-        pid = proc.start(self.argv(), attached=self.attached)
-        if not wait_until(lambda: proc.exited() is not None or self.ready(), timeout, interval=0.2):
-            proc.stop()
-            raise ServiceError(f"store server did not become ready on {self.url} within {timeout:.0f}s; "
-                               f"log {proc.log_file}:\n{tail(proc.log_file)}")
-        if proc.exited() is not None:
-            proc.pid_file.unlink(missing_ok=True)
-            raise ServiceError(f"store server exited during start-up (code {proc.exited()}); "
-                               f"log {proc.log_file}:\n{tail(proc.log_file)}")
+        pid = proc.start_ready(self.argv(), self.ready, "store server", self.url, timeout,
+                               attached=self.attached)
         log.info("store server ready on %s (pid %d, data %s)", self.url, pid, self.chdb_dir)
         return pid
 
