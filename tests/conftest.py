@@ -10,6 +10,8 @@ runs share this machine.
 - ``mw_env`` (function): MASKWATCH_* env for this test (home, broker, store, unique topic names) and the
   resulting ``Settings()``.
 - ``dataset_dir`` (session): the Kaggle face-mask dataset next to the repo.
+- ``hanging_camera`` (function): URL of a local HTTP camera that accepts the connection and never answers.
+- ``recorder`` (function): a local ``tests.flowkit.RecordingServer``; ``.requests`` lists the paths it got.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
@@ -24,6 +27,9 @@ from maskwatch.config import Settings
 from maskwatch.services.broker import Broker
 from maskwatch.services.process import free_port
 from maskwatch.services.store_service import StoreService
+
+if TYPE_CHECKING:
+    from tests.flowkit import RecordingServer
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DATASET_DIR = (REPO_ROOT / ".." / "shared" / "datasets" / "kaggle-face-mask").resolve()
@@ -91,3 +97,19 @@ def dataset_dir() -> Path:
             pytrace=False,
         )
     return DATASET_DIR
+
+
+@pytest.fixture
+def hanging_camera() -> Iterator[str]:
+    from tests.flowkit import hanging_server
+
+    with hanging_server() as url:
+        yield url
+
+
+@pytest.fixture
+def recorder() -> Iterator[RecordingServer]:
+    from tests.flowkit import recording_server
+
+    with recording_server() as server:
+        yield server

@@ -100,6 +100,40 @@ def hanging_server() -> Iterator[str]:
         server.shutdown()
 
 
+class _Record(http.server.BaseHTTPRequestHandler):
+    server: RecordingServer
+
+    def do_GET(self) -> None:
+        self.server.requests.append(self.path)
+        self.send_error(500)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+class RecordingServer(http.server.ThreadingHTTPServer):
+    """A local HTTP server that records the path of every request it gets and answers 500."""
+
+    def __init__(self) -> None:
+        super().__init__(("127.0.0.1", 0), _Record)
+        self.daemon_threads = True
+        self.requests: list[str] = []
+
+    @property
+    def port(self) -> int:
+        return int(self.server_address[1])
+
+
+@contextlib.contextmanager
+def recording_server() -> Iterator[RecordingServer]:
+    server = RecordingServer()
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield server
+    finally:
+        server.shutdown()
+
+
 @dataclass
 class Scenario:
     settings: Settings
@@ -303,3 +337,13 @@ def duplicate_rows(settings: Settings) -> dict[str, int]:
         row = store.query_rows(f"SELECT count() - uniqExact({key}) AS d FROM {table}", settings=settings)
         out[table] = int(row[0]["d"])
     return out
+
+
+def assert_rows_once(settings: Settings, expected_frames: dict[str, int]) -> tuple[dict[str, int], int]:
+    """Asserts that no table holds a duplicate and that there is one frame row per expected frame;
+    returns ``(duplicate_rows(settings), frame rows)`` for the figures."""
+    dups = duplicate_rows(settings)
+    assert dups == {"frames": 0, "detections": 0, "camera_health": 0, "alerts": 0}, dups
+    rows = int(store.query_rows("SELECT count() AS n FROM frames", settings=settings)[0]["n"])
+    assert rows == sum(expected_frames.values()), (rows, expected_frames)
+    return dups, rows

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import urllib.request
-from collections.abc import Iterator
 from datetime import UTC
 from pathlib import Path
 
@@ -23,7 +22,6 @@ from maskwatch.config import Settings
 from maskwatch.services.process import free_port
 from tests.flowkit import (
     build_scenario,
-    hanging_server,
     has_frames,
     produce,
     read_topic,
@@ -31,12 +29,6 @@ from tests.flowkit import (
     stop,
     wait_for,
 )
-
-
-@pytest.fixture
-def hanging_camera() -> Iterator[str]:
-    with hanging_server() as url:
-        yield url
 
 
 @pytest.mark.slow

@@ -5,14 +5,10 @@ flow's Prometheus metrics count all of it."""
 
 from __future__ import annotations
 
-import http.server
 import os
-import threading
 import urllib.request
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import ClassVar
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -25,6 +21,7 @@ from schemas.events import Camera, Tick
 from tests.flowkit import (
     FLOW_ENV,
     INTERVAL_S,
+    RecordingServer,
     has_frames,
     pick_images,
     produce,
@@ -40,25 +37,9 @@ FLAKY = ["good", "bad", "bad", "bad", "bad", "good", "good"]
 EXPECTED_STATES = ["ok", "degraded", "degraded", "down", "down", "ok", "ok"]
 
 
-class _Recorder(http.server.BaseHTTPRequestHandler):
-    requests: ClassVar[list[str]] = []
-
-    def do_GET(self) -> None:
-        _Recorder.requests.append(self.path)
-        self.send_error(500)
-
-    def log_message(self, *args: object) -> None:
-        pass
-
-
 @pytest.fixture
-def recording_camera() -> Iterator[str]:
-    _Recorder.requests.clear()
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Recorder)
-    server.daemon_threads = True
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://user:s3cret@127.0.0.1:{server.server_address[1]}/snap.jpg"
-    server.shutdown()
+def recording_camera(recorder: RecordingServer) -> str:
+    return f"http://user:s3cret@127.0.0.1:{recorder.port}/snap.jpg"
 
 
 def _metric_values(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -68,7 +49,7 @@ def _metric_values(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], f
 
 @pytest.mark.slow
 def test_health_states_blocked_and_oversized(tmp_path: Path, mw_env: Settings, dataset_dir: Path,
-                                             recording_camera: str) -> None:
+                                             recording_camera: str, recorder: RecordingServer) -> None:
     store.migrate(mw_env)
     ensure_topics(mw_env)
     good = pick_images(dataset_dir, "con_mascarilla", 1)[0]
@@ -132,7 +113,7 @@ def test_health_states_blocked_and_oversized(tmp_path: Path, mw_env: Settings, d
     private = by["private"]
     assert {r["status"] for r in private} == {"blocked"} and private[-1]["state"] == "down"
     assert "loopback" in str(private[0]["error"]) and "allow_private_network" in str(private[0]["error"])
-    assert _Recorder.requests == []  # no request reached the camera
+    assert recorder.requests == []  # no request reached the camera
     bomb_rows = by["bomb"]
     assert {r["status"] for r in bomb_rows} == {"oversized"}
     assert "MASKWATCH_MAX_IMAGE_PIXELS" in str(bomb_rows[0]["error"])

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -17,19 +16,12 @@ from maskwatch.services.store_service import StoreService
 from tests.flowkit import (
     build_scenario,
     frame_counts,
-    hanging_server,
     has_frames,
     produce,
     start_flow,
     stop,
     wait_for,
 )
-
-
-@pytest.fixture
-def hanging_camera() -> Iterator[str]:
-    with hanging_server() as url:
-        yield url
 
 
 @pytest.mark.slow

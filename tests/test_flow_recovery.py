@@ -5,7 +5,7 @@ alert topic end up exactly as after a clean run of the same ticks (no tick lost,
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +16,6 @@ from maskwatch.config import Settings
 from tests.flowkit import (
     build_scenario,
     frame_counts,
-    hanging_server,
     has_frames,
     produce,
     read_topic,
@@ -31,12 +30,6 @@ from tests.flowkit import (
 
 def _at_least(settings: Settings, n: int) -> Callable[[], bool]:
     return lambda: sum(frame_counts(settings).values()) >= n
-
-
-@pytest.fixture
-def hanging_camera() -> Iterator[str]:
-    with hanging_server() as url:
-        yield url
 
 
 @pytest.mark.slow

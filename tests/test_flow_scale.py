@@ -3,7 +3,6 @@ partitioned by camera across them, each process with its own share of the recove
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -14,19 +13,12 @@ from maskwatch.config import Settings
 from maskwatch.services.process import free_port
 from tests.flowkit import (
     build_scenario,
-    hanging_server,
     has_frames,
     produce,
     start_flow,
     stop,
     wait_for,
 )
-
-
-@pytest.fixture
-def hanging_camera() -> Iterator[str]:
-    with hanging_server() as url:
-        yield url
 
 
 @pytest.mark.slow

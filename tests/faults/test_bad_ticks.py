@@ -4,12 +4,9 @@ fetch goes to the registry's URL); unknown cameras are dropped and counted; good
 
 from __future__ import annotations
 
-import http.server
 import json
-import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
-from typing import ClassVar
 
 import pytest
 from confluent_kafka import Producer
@@ -21,6 +18,7 @@ from maskwatch.services.topics import ensure_topics
 from schemas.events import Camera
 from tests.flowkit import (
     INTERVAL_S,
+    RecordingServer,
     flow_env,
     frame_counts,
     has_frames,
@@ -36,30 +34,15 @@ from tests.flowkit import (
 )
 
 
-class _Recorder(http.server.BaseHTTPRequestHandler):
-    requests: ClassVar[list[str]] = []
-
-    def do_GET(self) -> None:
-        _Recorder.requests.append(self.path)
-        self.send_error(500)
-
-    def log_message(self, *args: object) -> None:
-        pass
-
-
 @pytest.fixture
-def attacker_url() -> Iterator[str]:
-    """Where a forged tick would like the flow to go: it records every request it gets."""
-    _Recorder.requests.clear()
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Recorder)
-    server.daemon_threads = True
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_address[1]}/steal"
-    server.shutdown()
+def attacker_url(recorder: RecordingServer) -> str:
+    """Where a forged tick would like the flow to go: it records every request it gets (``recorder``)."""
+    return f"http://127.0.0.1:{recorder.port}/steal"
 
 
 def test_malformed_oversized_url_and_unknown_ticks(
-    tmp_path: Path, mw_env: Settings, dataset_dir: Path, attacker_url: str, fault_figures: Callable[..., None]
+    tmp_path: Path, mw_env: Settings, dataset_dir: Path, attacker_url: str, recorder: RecordingServer,
+    fault_figures: Callable[..., None],
 ) -> None:
     store.migrate(mw_env)
     ensure_topics(mw_env)
@@ -113,7 +96,7 @@ def test_malformed_oversized_url_and_unknown_ticks(
     assert len(big["payload"]) <= 4096 and big["payload"].startswith('{"camera_id": "good"')
     assert any(d["payload"].startswith("base64:") for d in letters)
     # The URL in the forged tick was never requested; the good camera's frames are exactly its ticks.
-    assert _Recorder.requests == []
+    assert recorder.requests == []
     assert frame_counts(mw_env) == {"good": len(good)}
     assert store.query_rows("SELECT count() AS n FROM frames WHERE tick_id = {t:String}",
                             {"t": forged["tick_id"]}, settings=mw_env)[0]["n"] == 0
@@ -123,4 +106,4 @@ def test_malformed_oversized_url_and_unknown_ticks(
     assert metrics["maskwatch_ticks_in_total"] == len(good) + len(ghosts) + len(bad)
     fault_figures(fault="malformed/oversized/URL/unknown ticks", ticks=len(good) + len(ghosts) + len(bad),
                   dead_letters=len(letters), dropped_unknown=len(ghosts), frames=len(good),
-                  attacker_requests=len(_Recorder.requests), duplicates=0)
+                  attacker_requests=len(recorder.requests), duplicates=0)

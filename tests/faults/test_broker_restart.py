@@ -16,10 +16,9 @@ from maskwatch.config import Settings
 from maskwatch.services import manager
 from maskwatch.services.process import free_port
 from tests.flowkit import (
+    assert_rows_once,
     build_scenario,
-    duplicate_rows,
     frame_counts,
-    hanging_server,
     has_frames,
     produce,
     read_topic,
@@ -30,12 +29,6 @@ from tests.flowkit import (
 from tests.test_services import _free_s3_base
 
 DOWN_S = 5
-
-
-@pytest.fixture
-def hanging_camera() -> Iterator[str]:
-    with hanging_server() as url:
-        yield url
 
 
 @pytest.fixture
@@ -82,10 +75,7 @@ def test_durable_broker_restart_mid_stream(tmp_path: Path, durable_services: Set
         assert proc.poll() is None
     finally:
         stop(proc)
-    dups = duplicate_rows(settings)
-    assert dups == {"frames": 0, "detections": 0, "camera_health": 0, "alerts": 0}
-    rows = store.query_rows("SELECT count() AS n FROM frames", settings=settings)[0]["n"]
-    assert rows == sum(sc.expected_frames.values())
+    dups, rows = assert_rows_once(settings, sc.expected_frames)
     assert len(on_topic) == 1
     fault_figures(fault=f"durable broker restart ({DOWN_S}s down) mid-stream", ticks=len(sc.ticks),
                   frames=rows,

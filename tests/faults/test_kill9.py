@@ -5,7 +5,7 @@ the restart took to catch up. (``tests/test_flow_recovery.py`` also compares suc
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -13,10 +13,9 @@ import pytest
 from maskwatch import store
 from maskwatch.config import Settings
 from tests.flowkit import (
+    assert_rows_once,
     build_scenario,
-    duplicate_rows,
     frame_counts,
-    hanging_server,
     has_frames,
     produce,
     read_topic,
@@ -24,12 +23,6 @@ from tests.flowkit import (
     stop,
     wait_for,
 )
-
-
-@pytest.fixture
-def hanging_camera() -> Iterator[str]:
-    with hanging_server() as url:
-        yield url
 
 
 @pytest.mark.slow
@@ -59,11 +52,8 @@ def test_kill_9_mid_stream(tmp_path: Path, mw_env: Settings, dataset_dir: Path, 
         on_topic = read_topic(mw_env, mw_env.topic_alerts, 1)
     finally:
         stop(proc)
-    dups = duplicate_rows(mw_env)
-    assert dups == {"frames": 0, "detections": 0, "camera_health": 0, "alerts": 0}
+    dups, rows = assert_rows_once(mw_env, sc.expected_frames)
     assert len(on_topic) == 1
-    rows = store.query_rows("SELECT count() AS n FROM frames", settings=mw_env)[0]["n"]
-    assert rows == sum(sc.expected_frames.values())
     fault_figures(fault="kill -9 flow mid-stream", ticks=len(sc.ticks), frames_at_kill=at_kill,
                   frames=rows, recovery_s=round(recovery_s, 1), alerts_on_topic=len(on_topic),
                   duplicates=sum(dups.values()))

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -16,10 +16,9 @@ from maskwatch.config import Settings
 from maskwatch.services.process import free_port
 from maskwatch.services.store_service import StoreService
 from tests.flowkit import (
+    assert_rows_once,
     build_scenario,
-    duplicate_rows,
     frame_counts,
-    hanging_server,
     has_frames,
     metric_values,
     produce,
@@ -30,12 +29,6 @@ from tests.flowkit import (
 )
 
 OUTAGE_S = 60
-
-
-@pytest.fixture
-def hanging_camera() -> Iterator[str]:
-    with hanging_server() as url:
-        yield url
 
 
 @pytest.mark.slow
@@ -79,10 +72,7 @@ def test_store_down_for_a_minute(tmp_path: Path, mw_env: Settings, dataset_dir: 
             on_topic = read_topic(settings, settings.topic_alerts, 1)
         finally:
             stop(proc)
-        dups = duplicate_rows(settings)
-        assert dups == {"frames": 0, "detections": 0, "camera_health": 0, "alerts": 0}
-        rows = store.query_rows("SELECT count() AS n FROM frames", settings=settings)[0]["n"]
-        assert rows == sum(sc.expected_frames.values())
+        dups, rows = assert_rows_once(settings, sc.expected_frames)
         alerts = store.query_rows("SELECT camera_id FROM alerts", settings=settings)
         assert [a["camera_id"] for a in alerts] == ["mixed"] and len(on_topic) == 1
         fault_figures(fault=f"store down {OUTAGE_S}s mid-stream", ticks=len(sc.ticks), frames=rows,
