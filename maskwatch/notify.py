@@ -10,12 +10,10 @@ own token bucket (every HTTP try takes a token) and bounded exponential backoff.
 from __future__ import annotations
 
 import logging
-import signal
 import threading
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 import click
@@ -25,6 +23,7 @@ from maskwatch.config import Settings
 from maskwatch.notify_config import Destination, NotifyConfig, NotifyConfigError, host_of, load_config
 from maskwatch.notify_delivery import DeliveryStore, TokenBucket, deliver
 from maskwatch.notify_format import render
+from maskwatch.shutdown import stop_on_signals
 from schemas.events import Alert, DeadLetter
 from schemas.parse import SchemaError, parse_event
 
@@ -183,18 +182,6 @@ class Notifier:
         DEAD_LETTERS.labels(stage).inc()
 
 
-def _stop_on_signals() -> threading.Event:
-    stop = threading.Event()
-
-    def handle(signum: int, frame: FrameType | None) -> None:
-        log.info("signal %d: stopping after the current alert", signum)
-        stop.set()
-
-    signal.signal(signal.SIGTERM, handle)
-    signal.signal(signal.SIGINT, handle)
-    return stop
-
-
 @click.command("notify")
 @click.option("--config", "config_path", required=True, envvar="MASKWATCH_NOTIFY_CONFIG",
               type=click.Path(dir_okay=False, path_type=Path), help="Destinations YAML (see docs).")
@@ -219,6 +206,6 @@ def notify_command(config_path: Path, group_id: str, state_path: Path | None, me
         return
     metrics.serve_metrics(metrics_port)
     try:
-        Notifier(config, group_id=group_id, state_path=state_path).run(_stop_on_signals())
+        Notifier(config, group_id=group_id, state_path=state_path).run(stop_on_signals(log, "alert"))
     except DeadLetterError as exc:  # exit non-zero uncommitted: a restart retries from the last commit
         raise click.ClickException(str(exc)) from None

@@ -14,20 +14,19 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import signal
 import threading
 import time
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from types import FrameType
 from typing import Any
 
 import click
 
 from maskwatch import metrics
 from maskwatch.config import Settings
+from maskwatch.shutdown import stop_on_signals
 
 log = logging.getLogger(__name__)
 
@@ -200,18 +199,6 @@ class Ticker:
         return self.stats
 
 
-def _stop_on_signals() -> threading.Event:
-    stop = threading.Event()
-
-    def handle(signum: int, frame: FrameType | None) -> None:
-        log.info("signal %d: stopping after the current tick", signum)
-        stop.set()
-
-    signal.signal(signal.SIGTERM, handle)
-    signal.signal(signal.SIGINT, handle)
-    return stop
-
-
 @click.group("ticker", invoke_without_command=True)
 @click.option("--refresh", "refresh_s", type=float, default=5.0, show_default=True,
               help="Seconds between re-reads of the camera registry.")
@@ -223,7 +210,7 @@ def ticker_command(ctx: click.Context, refresh_s: float) -> None:
     settings = Settings()
     log.info("ticker: broker %s, topic %s", settings.kafka_bootstrap, settings.topic_ticks)
     metrics.serve_metrics()
-    Ticker(settings, refresh_s=refresh_s).run(_stop_on_signals())
+    Ticker(settings, refresh_s=refresh_s).run(stop_on_signals(log, "tick"))
 
 
 @ticker_command.command("tail")
@@ -240,7 +227,7 @@ def tail_command(from_beginning: bool, max_ticks: int, timeout_s: float) -> None
                               auto_offset_reset="earliest" if from_beginning else "latest",
                               enable_auto_commit=False)
     consumer.subscribe([settings.topic_ticks])
-    stop = _stop_on_signals()
+    stop = stop_on_signals(log, "tick")
     deadline = time.monotonic() + timeout_s if timeout_s else float("inf")
     seen = 0
     try:
