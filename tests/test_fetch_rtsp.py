@@ -1,0 +1,276 @@
+"""The flow's RTSP fetch path against a real RTSP server on 127.0.0.1.
+
+The server is GStreamer's RTSP server (Debian's ``gir1.2-gst-rtsp-server-1.0``, driven from Debian's
+``python3`` through ``python3-gi``) streaming a loop of real dataset JPEGs as RTP/JPEG, with RTSP Basic
+auth on the mount, so the credentials in the camera URL are really used. (Debian's ``ffmpeg`` cannot play
+this part: its ``-rtsp_flags listen`` makes it an RTSP server that *receives* a stream, not one that
+serves players.) ``bin/dev test`` installs the packages; without them this test fails, it does not skip.
+
+Through ``BatchProcessor`` (the flow's fetch step, with a stub engine) for an ``rtsp://user:pass@`` camera:
+frames have the clip's size and content; consecutive ticks reuse one connection (one ``RtspReader``, one
+client connection seen by the server); a killed server turns into a failed health status within the fetch
+deadline; the server restarted on the same port is reconnected to and frames flow again; a wrong
+password gets no frame. The password never shows in health rows, logs or FFmpeg's own stderr.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import cv2
+import numpy as np
+import pytest
+
+import flows.fetch
+from flows.batching import BatchProcessor, TickOutcome
+from flows.fetch import Fetcher, FetchOptions
+from maskwatch.services.process import free_port
+from schemas.events import Camera, Tick
+
+SYSTEM_PYTHON = "/usr/bin/python3"  # Debian's, where python3-gi lives (not the project's venv)
+DEBIAN_PACKAGES = ("python3-gi gir1.2-gst-rtsp-server-1.0 gstreamer1.0-plugins-base "
+                   "gstreamer1.0-plugins-good gstreamer1.0-plugins-bad")
+USER, PASSWORD, WRONG_PASSWORD = "alice", "Rt5p-s3cret-Pw", "Wr0ng-guess-Pw"
+SIZE = (320, 240)  # width, height of the served frames
+
+# Run by Debian's python3: serve a loop of JPEG files at rtsp://127.0.0.1:PORT/live to USER:PASSWORD;
+# print "ready" once listening and "client" for every RTSP client connection accepted.
+SERVER = r"""
+import sys
+import gi
+gi.require_version("Gst", "1.0")
+gi.require_version("GstRtspServer", "1.0")
+from gi.repository import GLib, Gst, GstRtspServer
+
+Gst.init(None)
+port, pattern, user, password = sys.argv[1:5]
+server = GstRtspServer.RTSPServer()
+server.set_address("127.0.0.1")
+server.set_service(port)
+factory = GstRtspServer.RTSPMediaFactory()
+factory.set_launch(f'( multifilesrc location="{pattern}" loop=true caps="image/jpeg,framerate=10/1" '
+                   '! jpegparse ! rtpjpegpay name=pay0 pt=26 )')
+factory.set_shared(True)
+token = GstRtspServer.RTSPToken()
+token.set_string(GstRtspServer.RTSP_TOKEN_MEDIA_FACTORY_ROLE, "viewer")
+auth = GstRtspServer.RTSPAuth()
+auth.add_basic(GstRtspServer.RTSPAuth.make_basic(user, password), token)
+server.set_auth(auth)
+perms = GstRtspServer.RTSPPermissions()
+for perm in (GstRtspServer.RTSP_PERM_MEDIA_FACTORY_ACCESS, GstRtspServer.RTSP_PERM_MEDIA_FACTORY_CONSTRUCT):
+    perms.add_permission_for_role("viewer", perm, True)
+factory.set_permissions(perms)
+server.get_mount_points().add_factory("/live", factory)
+server.connect("client-connected", lambda *_: print("client", flush=True))
+if server.attach(None) == 0:
+    sys.exit(f"cannot listen on 127.0.0.1:{port}")
+print("ready", flush=True)
+GLib.MainLoop().run()
+"""
+
+PROBE = r"""
+import gi
+gi.require_version("Gst", "1.0")
+gi.require_version("GstRtspServer", "1.0")
+from gi.repository import Gst, GstRtspServer
+Gst.init(None)
+missing = [e for e in ("multifilesrc", "jpegparse", "rtpjpegpay") if Gst.ElementFactory.find(e) is None]
+assert not missing, f"GStreamer elements missing: {missing}"
+"""
+
+
+def require_rtsp_server() -> None:
+    """Fail (not skip) with what to install when the RTSP server cannot run here."""
+    why = ""
+    if not Path(SYSTEM_PYTHON).exists():
+        why = f"{SYSTEM_PYTHON} not found"
+    else:
+        probe = subprocess.run([SYSTEM_PYTHON, "-c", PROBE], capture_output=True, text=True, timeout=30)
+        why = probe.stderr.strip().splitlines()[-1] if probe.returncode else ""
+    if why:
+        pytest.fail(f"the RTSP test server cannot run ({why}); install Debian's GStreamer RTSP server: "
+                    f"apt-get install -y {DEBIAN_PACKAGES} (bin/dev test does this)", pytrace=False)
+
+
+class RtspServer:
+    """The GStreamer RTSP server as a subprocess; ``stop`` kills it (SIGKILL: a camera that vanishes)."""
+
+    def __init__(self, port: int, pattern: str):
+        self.port, self.pattern = port, pattern
+        self.clients = 0
+        self.proc: subprocess.Popen[str] | None = None
+
+    def start(self, timeout_s: float = 10.0) -> None:
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "VIRTUAL_ENV"))}
+        self.proc = subprocess.Popen(
+            [SYSTEM_PYTHON, "-c", SERVER, str(self.port), self.pattern, USER, PASSWORD],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+        ready = threading.Event()
+        proc = self.proc
+
+        def pump() -> None:
+            assert proc.stdout is not None
+            for line in proc.stdout:
+                if line.strip() == "ready":
+                    ready.set()
+                elif line.strip() == "client":
+                    self.clients += 1
+
+        threading.Thread(target=pump, daemon=True).start()
+        deadline = time.monotonic() + timeout_s
+        while not ready.wait(0.05):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                err = proc.stderr.read() if proc.stderr else ""
+                pytest.fail(f"RTSP server did not start on port {self.port}: {err[-2000:]}", pytrace=False)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+        if self.proc is not None:
+            self.proc.wait(timeout=10)
+
+
+class StubEngine:
+    """What the flow's engine returns, without a model: the frames it was given are kept."""
+
+    def __init__(self) -> None:
+        self.frames: list[np.ndarray] = []
+
+    def infer(self, frames: Sequence[np.ndarray]) -> list[Any]:
+        self.frames.extend(frames)
+        return [SimpleNamespace(faces=[], width=f.shape[1], height=f.shape[0], timings={}) for f in frames]
+
+
+@pytest.fixture
+def clip(tmp_path: Path, dataset_dir: Path) -> tuple[str, list[np.ndarray]]:
+    """Four dataset photos, resized to SIZE, as the JPEG frames the server loops over."""
+    frames: list[np.ndarray] = []
+    for i, name in enumerate(["maksssksksss0.jpg", "maksssksksss1.jpg", "maksssksksss2.jpg",
+                              "maksssksksss3.jpg"]):
+        photo = cv2.imread(str(dataset_dir / "images" / name))
+        assert photo is not None, name
+        assert cv2.imwrite(str(tmp_path / f"frame{i:03d}.jpg"), cv2.resize(photo, SIZE))
+        written = cv2.imread(str(tmp_path / f"frame{i:03d}.jpg"))
+        assert written is not None
+        frames.append(written)  # as decoded from the JPEG the server sends
+    return str(tmp_path / "frame%03d.jpg"), frames
+
+
+@pytest.fixture
+def server(clip: tuple[str, list[np.ndarray]]) -> Iterator[RtspServer]:
+    require_rtsp_server()
+    srv = RtspServer(free_port(), clip[0])
+    srv.start()
+    yield srv
+    srv.stop()
+
+
+def test_rtsp_camera_through_the_flow_fetch_path(
+    server: RtspServer, clip: tuple[str, list[np.ndarray]], monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture, capfd: pytest.CaptureFixture[str],
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    readers: list[flows.fetch.RtspReader] = []
+
+    class CountingReader(flows.fetch.RtspReader):
+        def __init__(self, url: str, max_backoff_s: float = 30.0):
+            super().__init__(url, max_backoff_s)
+            readers.append(self)
+
+    monkeypatch.setattr(flows.fetch, "RtspReader", CountingReader)
+    opts = FetchOptions(concurrency=2, deadline_s=2.0, rtsp_max_age_s=0.5)
+    fetcher = Fetcher(opts)
+    engine = StubEngine()
+    processor = BatchProcessor(fetcher, engine, None)
+    camera = Camera(id="rtsp-cam", source_url=f"rtsp://{USER}:{PASSWORD}@127.0.0.1:{server.port}/live",
+                    interval_s=1.0, allow_private_network=True)
+    health: list[tuple[TickOutcome, float]] = []
+
+    def tick() -> TickOutcome:
+        now = datetime.now(UTC)
+        ms = round(now.timestamp() * 1000)
+        t = Tick(camera_id=camera.id, tick_id=f"{camera.id}:{ms}", scheduled_at=now, emitted_at=now)
+        started = time.monotonic()
+        [outcome] = processor.process([(t, camera)])
+        elapsed = time.monotonic() - started
+        assert elapsed < opts.deadline_s + 0.5, (
+            f"a fetch took {elapsed:.1f}s, past its {opts.deadline_s}s deadline")
+        health.append((outcome, elapsed))
+        return outcome
+
+    def until(status: str, within_s: float) -> TickOutcome:
+        end = time.monotonic() + within_s
+        while True:
+            outcome = tick()
+            if outcome.health(0).status == status or time.monotonic() > end:
+                return outcome
+            time.sleep(0.2)
+
+    def check_frame(frame: np.ndarray) -> None:
+        assert frame.shape == (SIZE[1], SIZE[0], 3) and frame.std() > 10  # the clip's size, not blank
+        closest = min(float(np.abs(frame.astype(np.int16) - f).mean()) for f in clip[1])
+        assert closest < 4, f"the fetched frame is none of the clip's (mean difference {closest:.1f})"
+
+    try:
+        # 1. Frames flow; consecutive ticks use one reader and one RTSP connection.
+        first = until("ok", within_s=10)
+        assert first.health(0).status == "ok", first.health(0)
+        for _ in range(3):
+            time.sleep(0.15)
+            outcome = tick()
+            assert outcome.health(0).status == "ok", outcome.health(0)
+            assert (outcome.frame.width, outcome.frame.height) == SIZE
+        assert len(engine.frames) >= 4
+        for frame in engine.frames:
+            check_frame(frame)
+        assert len(readers) == 1, "consecutive fetches of one camera opened more than one RtspReader"
+        assert server.clients == 1, f"the server saw {server.clients} client connections for one camera"
+
+        # 2. The server dies: ticks fail (within the deadline), the reader is kept for reconnecting.
+        server.stop()
+        failed = until("fetch_error", within_s=6)
+        row = failed.health(1, "degraded")
+        assert row.status in ("fetch_error", "timeout"), row
+        assert failed.frame.status == "fetch_error" and row.error
+        assert len(readers) == 1
+
+        # 3. Restarted on the same port: the same reader reconnects and frames flow again.
+        server.start()
+        before = len(engine.frames)
+        back = until("ok", within_s=12)
+        assert back.health(0).status == "ok", f"no frame after the server came back: {back.health(0)}"
+        assert len(readers) == 1 and server.clients == 2  # one new connection, by the same reader
+        for frame in engine.frames[before:]:
+            check_frame(frame)
+
+        # 4. The server does check the credentials: a wrong password gets no frame.
+        intruder = camera.model_copy(update={"id": "wrong-pw", "source_url": camera.source_url.replace(
+            PASSWORD, WRONG_PASSWORD)})
+        now = datetime.now(UTC)
+        ms = round(now.timestamp() * 1000)
+        [denied] = processor.process([(Tick(camera_id=intruder.id, tick_id=f"{intruder.id}:{ms}",
+                                            scheduled_at=now, emitted_at=now), intruder)])
+        health.append((denied, 0.0))
+        assert denied.health(1).status == "fetch_error" and "cannot open stream" in denied.error, denied.error
+    finally:
+        fetcher.close()
+
+    # The password stays out of health rows, the flow's logs and FFmpeg's native stderr.
+    native = capfd.readouterr()
+    for outcome, _ in health:
+        assert PASSWORD not in outcome.health(0).model_dump_json()
+        assert PASSWORD not in outcome.frame.model_dump_json()
+        assert WRONG_PASSWORD not in outcome.health(0).model_dump_json()
+    for secret in (PASSWORD, WRONG_PASSWORD):
+        assert secret not in caplog.text
+        assert secret not in native.out + native.err
