@@ -26,8 +26,10 @@ from tests.flowkit import (
 
 @pytest.mark.slow
 def test_store_outage_loses_nothing(tmp_path: Path, mw_env: Settings, dataset_dir: Path,
-                                    hanging_camera: str) -> None:
-    own = StoreService(home=tmp_path / "store", port=free_port(), data_dir=tmp_path / "store" / "chdb")
+                                    hanging_camera: str, request: pytest.FixtureRequest) -> None:
+    own = StoreService(home=tmp_path / "store", port=free_port(), data_dir=tmp_path / "store" / "chdb",
+                       attached=True)
+    request.addfinalizer(own.stop)  # the restarted server must not outlive the test
     own.start()
     settings = dataclasses.replace(mw_env, store_url=f"{own.url}/?database=outage")
     sc = build_scenario(tmp_path / "scenario", settings, dataset_dir, hanging_camera)
