@@ -19,7 +19,6 @@ from maskwatch.services.process import free_port
 from maskwatch.services.topics import ensure_topics
 from schemas.events import Camera
 from tests.flowkit import (
-    FLOW_ENV,
     INTERVAL_S,
     duplicate_rows,
     flow_env,
@@ -105,7 +104,11 @@ def test_hanging_refusing_garbage_and_huge_cameras(
     ticks = make_ticks(list(sources), n, scenario_base_ms())
     produce(mw_env, ticks)
     metrics_port = free_port()
-    env = {**flow_env(mw_env, tmp_path, dataset_dir), "MASKWATCH_METRICS_PORT": str(metrics_port)}
+    # The production fetch limits (not flowkit's short test ones): under CI load a 1 s read timeout can
+    # expire on the garbage camera's tiny answer while the 50 MB camera streams. /hang still outlasts them.
+    env = {**flow_env(mw_env, tmp_path, dataset_dir), "MASKWATCH_METRICS_PORT": str(metrics_port),
+           "MASKWATCH_FLOW_FETCH_DEADLINE_S": "5", "MASKWATCH_FLOW_FETCH_CONNECT_TIMEOUT_S": "2",
+           "MASKWATCH_FLOW_FETCH_READ_TIMEOUT_S": "3"}
     log_path = tmp_path / "flow.log"
     started = time.monotonic()
     proc = start_flow(env, log_path)
@@ -140,7 +143,7 @@ def test_hanging_refusing_garbage_and_huge_cameras(
     # The huge body was cut off near the fetch limit (10 MiB), far from 50 MB.
     assert _Cameras.big_sent and max(_Cameras.big_sent) < BIG
     assert duplicate_rows(mw_env) == {"frames": 0, "detections": 0, "camera_health": 0, "alerts": 0}
-    deadline = float(FLOW_ENV["MASKWATCH_FLOW_FETCH_DEADLINE_S"])
+    deadline = float(env["MASKWATCH_FLOW_FETCH_DEADLINE_S"])
     assert metrics['maskwatch_frames_failed_total{camera="huge",reason="oversized"}'] == n
     assert metrics['maskwatch_frames_failed_total{camera="garbage",reason="decode_error"}'] == n
     fault_figures(fault="hang/refuse/garbage/50MB cameras", ticks=len(ticks), frames=sum(frames.values()),
