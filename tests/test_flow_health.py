@@ -6,12 +6,10 @@ flow's Prometheus metrics count all of it."""
 from __future__ import annotations
 
 import os
-import urllib.request
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from maskwatch import registry, store
 from maskwatch.config import Settings
@@ -23,6 +21,7 @@ from tests.flowkit import (
     INTERVAL_S,
     RecordingServer,
     has_frames,
+    metric_values,
     pick_images,
     produce,
     scenario_base_ms,
@@ -40,11 +39,6 @@ EXPECTED_STATES = ["ok", "degraded", "degraded", "down", "down", "ok", "ok"]
 @pytest.fixture
 def recording_camera(recorder: RecordingServer) -> str:
     return f"http://user:s3cret@127.0.0.1:{recorder.port}/snap.jpg"
-
-
-def _metric_values(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    return {(s.name, tuple(sorted(s.labels.items()))): s.value
-            for fam in text_string_to_metric_families(text) for s in fam.samples}
 
 
 @pytest.mark.slow
@@ -94,9 +88,7 @@ def test_health_states_blocked_and_oversized(tmp_path: Path, mw_env: Settings, d
     try:
         expected = {c.id: len(FLAKY) for c in cameras}
         wait_for("every tick's frame row", has_frames(mw_env, expected), 150, proc, log_path)
-        with urllib.request.urlopen(f"http://127.0.0.1:{env['MASKWATCH_METRICS_PORT']}/metrics",
-                                    timeout=5) as resp:
-            metrics = _metric_values(resp.read().decode())
+        metrics = metric_values(int(env["MASKWATCH_METRICS_PORT"]))
     finally:
         stop(proc)
 
@@ -121,7 +113,8 @@ def test_health_states_blocked_and_oversized(tmp_path: Path, mw_env: Settings, d
     assert "s3cret" not in everything
 
     def m(name: str, **labels: str) -> float:
-        return metrics.get((name, tuple(sorted(labels.items()))), 0.0)
+        key = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
+        return metrics.get(f"{name}{{{key}}}" if key else name, 0.0)
 
     n = len(FLAKY)
     assert m("maskwatch_ticks_in_total") == 3 * n

@@ -11,7 +11,6 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.request
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -19,7 +18,6 @@ from typing import TypeVar
 
 import pytest
 from prometheus_client.metrics import MetricWrapperBase
-from prometheus_client.parser import text_string_to_metric_families
 
 from maskwatch import kafka, metrics, registry, store
 from maskwatch.config import Settings
@@ -27,6 +25,7 @@ from maskwatch.services.process import free_port
 from maskwatch.services.topics import ensure_topics
 from schemas.events import Camera, Tick
 from schemas.parse import parse_event
+from tests.flowkit import metric_values
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 T = TypeVar("T")
@@ -60,18 +59,6 @@ def test_every_series_the_grafana_dashboard_queries_is_defined() -> None:
             "maskwatch_frames_failed_total"} <= queried  # the parse found the panels
     missing = queried - _exported_series()
     assert not missing, f"Grafana queries series nobody exports: {sorted(missing)}"
-
-
-def _scrape(port: int) -> dict[str, float]:
-    """Sample name (with labels) -> value from a live /metrics endpoint."""
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
-        body = response.read().decode()
-    samples = {}
-    for family in text_string_to_metric_families(body):
-        for sample in family.samples:
-            labels = ",".join(f"{k}={v}" for k, v in sorted(sample.labels.items()))
-            samples[f"{sample.name}{{{labels}}}" if labels else sample.name] = sample.value
-    return samples
 
 
 def _wait_for(predicate: Callable[[], T], timeout: float, what: str) -> T:
@@ -121,11 +108,11 @@ def test_ticker_metrics_match_the_ticks_on_the_topic(mw_env: Settings) -> None:
                             cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True)
     try:
-        _wait_for(lambda: _scrape(port).get("maskwatch_ticker_ticks_delivered_total", 0) >= 6, 60,
+        _wait_for(lambda: metric_values(port).get("maskwatch_ticker_ticks_delivered_total", 0) >= 6, 60,
                   "ticks delivered")
-        running = _scrape(port)
+        running = metric_values(port)
         assert running["maskwatch_ticker_cameras"] == 2
-        assert running["maskwatch_ticker_registry_refreshes_total{outcome=ok}"] >= 1
+        assert running["maskwatch_ticker_registry_refreshes_total{outcome=\"ok\"}"] >= 1
         # Bound to loopback only (MASKWATCH_METRICS_HOST unset): another interface address is refused.
         outward = _outward_address()
         if outward:
@@ -135,10 +122,10 @@ def test_ticker_metrics_match_the_ticks_on_the_topic(mw_env: Settings) -> None:
         # Stop ticking (disable both), wait until the counters settle, then compare with the topic.
         for camera_id in ("m-fast", "m-slow"):
             registry.set_enabled(camera_id, False)
-        _wait_for(lambda: _scrape(port)["maskwatch_ticker_cameras"] == 0, 30, "cameras unscheduled")
+        _wait_for(lambda: metric_values(port)["maskwatch_ticker_cameras"] == 0, 30, "cameras unscheduled")
 
         def ticker_samples() -> dict[str, float]:
-            return {k: v for k, v in _scrape(port).items() if k.startswith("maskwatch_ticker_ticks")}
+            return {k: v for k, v in metric_values(port).items() if k.startswith("maskwatch_ticker_ticks")}
 
         def settled() -> dict[str, float]:
             first = ticker_samples()
