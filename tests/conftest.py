@@ -29,7 +29,7 @@ from maskwatch.services.process import free_port
 from maskwatch.services.store_service import StoreService
 
 if TYPE_CHECKING:
-    from tests.flowkit import RecordingServer
+    from tests.flowkit import DemoEnv, RecordingServer
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DATASET_DIR = (REPO_ROOT / ".." / "shared" / "datasets" / "kaggle-face-mask").resolve()
@@ -113,3 +113,20 @@ def recorder() -> Iterator[RecordingServer]:
 
     with recording_server() as server:
         yield server
+
+
+@pytest.fixture
+def demo_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> DemoEnv:
+    """Environment for a private `maskwatch up`: its own home, free ports and topic names."""
+    broker_port, store_port = free_port(), free_port()
+    suffix = uuid.uuid4().hex[:8]
+    monkeypatch.setenv("MASKWATCH_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("MASKWATCH_KAFKA_BOOTSTRAP", f"127.0.0.1:{broker_port}")
+    monkeypatch.setenv("MASKWATCH_STORE_URL", f"http://127.0.0.1:{store_port}/?database=maskwatch")
+    monkeypatch.setenv("MASKWATCH_TOPIC_TICKS", f"demo.ticks.{suffix}")
+    monkeypatch.setenv("MASKWATCH_TOPIC_ALERTS", f"demo.alerts.{suffix}")
+    monkeypatch.setenv("MASKWATCH_TOPIC_DEAD_LETTER", f"demo.dead.{suffix}")
+    monkeypatch.setenv("MASKWATCH_DASHBOARD_PORT", str(free_port()))
+    from tests.flowkit import DemoEnv
+
+    return DemoEnv(Settings(), broker_port, store_port)

@@ -30,6 +30,8 @@ from maskwatch.services.process import free_port
 from maskwatch.services.topics import ensure_topics
 from schemas.events import Camera, Tick
 
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
 INTERVAL_S = 2.0
 # Small buckets and windows keep the scripted sequence short: a window is 20 s of event time.
 FLOW_ENV = {
@@ -237,7 +239,7 @@ def produce(settings: Settings, ticks: list[Tick], extra: list[tuple[bytes | Non
 def start_flow(env: dict[str, str], log_path: Path, *args: str) -> subprocess.Popen[bytes]:
     log = open(log_path, "ab")  # noqa: SIM115 (the child owns it)
     return subprocess.Popen([sys.executable, "-m", "maskwatch.cli", "flow", "run", "-s", "1", *args],
-                            env=env, stdout=log, stderr=subprocess.STDOUT, cwd=Path(__file__).parents[1])
+                            env=env, stdout=log, stderr=subprocess.STDOUT, cwd=REPO_ROOT)
 
 
 def stop(proc: subprocess.Popen[bytes]) -> None:
@@ -347,3 +349,18 @@ def assert_rows_once(settings: Settings, expected_frames: dict[str, int]) -> tup
     rows = int(store.query_rows("SELECT count() AS n FROM frames", settings=settings)[0]["n"])
     assert rows == sum(expected_frames.values()), (rows, expected_frames)
     return dups, rows
+
+
+def run_maskwatch(*args: str, timeout: float = 240) -> subprocess.CompletedProcess[str]:
+    """`maskwatch ARGS` as a user runs it, in the repo root with the test's environment."""
+    return subprocess.run([sys.executable, "-m", "maskwatch.cli", *args], cwd=REPO_ROOT, env=dict(os.environ),
+                          capture_output=True, text=True, timeout=timeout)
+
+
+@dataclass(frozen=True)
+class DemoEnv:
+    """What the `demo_env` fixture set up for a private `maskwatch up`."""
+
+    settings: Settings
+    broker_port: int
+    store_port: int

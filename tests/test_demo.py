@@ -2,29 +2,19 @@
 
 from __future__ import annotations
 
-import os
 import socket
-import subprocess
-import sys
 import time
 import uuid
 from pathlib import Path
 
-import pytest
-
 from maskwatch import kafka, registry
 from maskwatch.config import Settings
-from maskwatch.services.process import free_port, pid_alive
+from maskwatch.services.process import pid_alive
 from schemas.events import Tick
 from schemas.parse import parse_event
+from tests.flowkit import DemoEnv, run_maskwatch
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 SAMPLE_IDS = {"hq-lobby", "hq-cafeteria", "depot-gate"}
-
-
-def _maskwatch(*args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "maskwatch.cli", *args], cwd=REPO_ROOT,
-                          env=dict(os.environ), capture_output=True, text=True, timeout=timeout)
 
 
 def _ticks(settings: Settings, want: set[str], timeout: float = 40) -> dict[str, Tick]:
@@ -46,20 +36,11 @@ def _ticks(settings: Settings, want: set[str], timeout: float = 40) -> dict[str,
     return seen
 
 
-def test_up_then_down(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, dataset_dir: Path) -> None:
-    broker_port, store_port = free_port(), free_port()
-    home = tmp_path / "home"
-    suffix = uuid.uuid4().hex[:8]
-    monkeypatch.setenv("MASKWATCH_HOME", str(home))
-    monkeypatch.setenv("MASKWATCH_KAFKA_BOOTSTRAP", f"127.0.0.1:{broker_port}")
-    monkeypatch.setenv("MASKWATCH_STORE_URL", f"http://127.0.0.1:{store_port}/?database=maskwatch")
-    monkeypatch.setenv("MASKWATCH_TOPIC_TICKS", f"demo.ticks.{suffix}")
-    monkeypatch.setenv("MASKWATCH_TOPIC_ALERTS", f"demo.alerts.{suffix}")
-    monkeypatch.setenv("MASKWATCH_TOPIC_DEAD_LETTER", f"demo.dead.{suffix}")
-    monkeypatch.setenv("MASKWATCH_DASHBOARD_PORT", str(free_port()))
-    settings = Settings()
+def test_up_then_down(demo_env: DemoEnv, dataset_dir: Path) -> None:
+    settings, broker_port, store_port = demo_env.settings, demo_env.broker_port, demo_env.store_port
+    home = settings.home
     try:
-        up = _maskwatch("up")
+        up = run_maskwatch("up", timeout=180)
         assert up.returncode == 0, up.stdout + up.stderr
         assert f"127.0.0.1:{broker_port}" in up.stdout and f"127.0.0.1:{store_port}" in up.stdout
         assert "3 added" in up.stdout and "ticker: started" in up.stdout
@@ -75,16 +56,16 @@ def test_up_then_down(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, dataset_d
 
         ticker_pid = int((home / "run" / "ticker.pid").read_text())
         assert pid_alive(ticker_pid)
-        again = _maskwatch("up")  # idempotent: nothing started twice, cameras unchanged
+        again = run_maskwatch("up", timeout=180)  # idempotent: nothing started twice, cameras unchanged
         assert again.returncode == 0, again.stdout + again.stderr
         assert "ticker: already running" in again.stdout and "3 unchanged" in again.stdout
 
-        tail = _maskwatch("ticker", "tail", "--max", "2", "--timeout", "30")
+        tail = run_maskwatch("ticker", "tail", "--max", "2", "--timeout", "30", timeout=180)
         assert tail.returncode == 0, tail.stderr
         tailed = [parse_event(Tick, line) for line in tail.stdout.splitlines()]
         assert len(tailed) == 2 and {t.camera_id for t in tailed} <= SAMPLE_IDS
     finally:
-        down = _maskwatch("down")
+        down = run_maskwatch("down", timeout=180)
     assert down.returncode == 0, down.stdout + down.stderr
     assert "ticker: stopped" in down.stdout
     assert not pid_alive(ticker_pid)

@@ -4,44 +4,23 @@ minute of the flow starting, in the store and on the alert topic; `maskwatch dow
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import time
-import uuid
 from pathlib import Path
 
 import pytest
 
 from maskwatch import store
-from maskwatch.config import Settings
-from maskwatch.services.process import free_port, pid_alive
-from tests.flowkit import read_topic
-
-REPO_ROOT = Path(__file__).resolve().parents[1]
-
-
-def _maskwatch(*args: str, timeout: float = 240) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "maskwatch.cli", *args], cwd=REPO_ROOT, env=dict(os.environ),
-                          capture_output=True, text=True, timeout=timeout)
+from maskwatch.services.process import pid_alive
+from tests.flowkit import DemoEnv, read_topic, run_maskwatch
 
 
 @pytest.mark.slow
-def test_up_raises_alerts_within_a_minute(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                          dataset_dir: Path) -> None:
-    home = tmp_path / "home"
-    suffix = uuid.uuid4().hex[:8]
-    monkeypatch.setenv("MASKWATCH_HOME", str(home))
-    monkeypatch.setenv("MASKWATCH_KAFKA_BOOTSTRAP", f"127.0.0.1:{free_port()}")
-    monkeypatch.setenv("MASKWATCH_STORE_URL", f"http://127.0.0.1:{free_port()}/?database=maskwatch")
-    monkeypatch.setenv("MASKWATCH_TOPIC_TICKS", f"demo.ticks.{suffix}")
-    monkeypatch.setenv("MASKWATCH_TOPIC_ALERTS", f"demo.alerts.{suffix}")
-    monkeypatch.setenv("MASKWATCH_TOPIC_DEAD_LETTER", f"demo.dead.{suffix}")
-    monkeypatch.setenv("MASKWATCH_DASHBOARD_PORT", str(free_port()))
-    settings = Settings()
+def test_up_raises_alerts_within_a_minute(demo_env: DemoEnv, dataset_dir: Path) -> None:
+    settings = demo_env.settings
+    home = settings.home
     flow_pid = None
     try:
-        up = _maskwatch("up")
+        up = run_maskwatch("up")
         assert up.returncode == 0, up.stdout + up.stderr
         assert "flow: started" in up.stdout
         flow_pid = int((home / "run" / "flow.pid").read_text())
@@ -61,7 +40,7 @@ def test_up_raises_alerts_within_a_minute(tmp_path: Path, monkeypatch: pytest.Mo
         on_topic = read_topic(settings, settings.topic_alerts, len(alerts))
         assert {json.loads(m.value())["camera_id"] for m in on_topic} >= {a["camera_id"] for a in alerts}
     finally:
-        down = _maskwatch("down")
+        down = run_maskwatch("down")
     assert down.returncode == 0, down.stdout + down.stderr
     assert "flow: stopped" in down.stdout
     assert flow_pid is not None and not pid_alive(flow_pid)
