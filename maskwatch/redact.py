@@ -1,4 +1,14 @@
-"""Keep credentials out of everything a person or another system reads: logs, store, alerts, dashboard."""
+"""Keep credentials out of everything a person or another system reads: logs, store, alerts, dashboard.
+
+Three rules, applied to structured URLs (:func:`redact_url`) and to URLs inside free text
+(:func:`redact_text`, the log filter):
+
+1. userinfo: ``scheme://user:password@host`` -> ``scheme://***@host``;
+2. query parameters whose name says credential (``token``, ``key``, ``sig``, ``password``, ...) -> ``***``;
+3. webhook URLs of known services, whose *path* is the secret: everything after a fixed prefix is
+   masked, e.g. ``https://hooks.slack.com/services/***``, ``https://discord.com/api/webhooks/***``,
+   ``https://acme.webhook.office.com/webhookb2/***``.
+"""
 
 from __future__ import annotations
 
@@ -15,6 +25,20 @@ _USERINFO = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)(?P<userinfo>[^/@
 _QUERY_SECRET = re.compile(
     r"(?P<k>[?&](?:" + "|".join(sorted(_SECRET_PARAMS)) + r"))=(?P<v>[^&\s#'\"()<>\[\]]*)", re.IGNORECASE
 )
+# Webhook services whose URL path carries the token: (host, the path prefix that is kept).
+_WEBHOOK_PATHS = (
+    (r"hooks\.slack\.com", r"/(?:services|workflows|triggers)/"),
+    (r"(?:(?:ptb|canary)\.)?discord(?:app)?\.com", r"/api/(?:v\d+/)?webhooks/"),
+    (r"[a-z0-9-]+\.webhook\.office\.com", r"/webhookb2/"),
+    (r"outlook\.office(?:365)?\.com", r"/webhook/"),
+    (r"hooks\.zapier\.com", r"/hooks/catch/"),
+)
+_WEBHOOK = re.compile(
+    r"(?P<keep>\bhttps?://(?:[^/\s@]*@)?(?:"
+    + "|".join(f"{host}(?::\\d+)?{prefix}" for host, prefix in _WEBHOOK_PATHS)
+    + r"))(?P<secret>[^\s?#'\"()<>\[\]]+)",
+    re.IGNORECASE,
+)
 
 
 def redact_url(url: str) -> str:
@@ -30,13 +54,18 @@ def redact_url(url: str) -> str:
     if query:
         pairs = parse_qsl(query, keep_blank_values=True)
         query = urlencode([(k, MASK if k.lower() in _SECRET_PARAMS else v) for k, v in pairs], safe="*")
-    return urlunsplit(SplitResult(parts.scheme, netloc, parts.path, query, parts.fragment))
+    url = urlunsplit(SplitResult(parts.scheme, netloc, parts.path, query, parts.fragment))
+    return _mask_webhook_paths(url)
 
 
 def redact_text(text: str) -> str:
     """Mask credentials in URLs embedded anywhere in free text."""
     text = _USERINFO.sub(lambda m: f"{m['scheme']}{MASK}@", text)
-    return _QUERY_SECRET.sub(lambda m: f"{m['k']}={MASK}", text)
+    return _mask_webhook_paths(_QUERY_SECRET.sub(lambda m: f"{m['k']}={MASK}", text))
+
+
+def _mask_webhook_paths(text: str) -> str:
+    return _WEBHOOK.sub(lambda m: f"{m['keep']}{MASK}", text)
 
 
 class RedactingFilter(logging.Filter):

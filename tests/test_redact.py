@@ -1,6 +1,8 @@
 """Credentials never survive redaction, whatever text carries them."""
 
 import logging
+import subprocess
+import sys
 
 import pytest
 
@@ -35,3 +37,58 @@ def test_logging_filter_redacts_args_and_tracebacks(caplog: pytest.LogCaptureFix
     text = caplog.text
     assert "topsecret" not in text and "pa55" not in text
     assert "cam2/x.jpg" in text
+
+
+WEBHOOKS = [
+    ("https://hooks.slack.com/services/T0AAA/B0BBB/xoxSECRET42", "https://hooks.slack.com/services/***"),
+    ("https://hooks.slack.com/workflows/T0AAA/A0CCC/1234/SECRET42", "https://hooks.slack.com/workflows/***"),
+    ("https://discord.com/api/webhooks/1234567/SECRET42-tok", "https://discord.com/api/webhooks/***"),
+    ("https://discordapp.com/api/v10/webhooks/1/SECRET42", "https://discordapp.com/api/v10/webhooks/***"),
+    ("https://acme.webhook.office.com/webhookb2/a1b2@c3d4/IncomingWebhook/SECRET42/e5f6",
+     "https://acme.webhook.office.com/webhookb2/***"),
+    ("https://outlook.office.com/webhook/SECRET42/IncomingWebhook/x", "https://outlook.office.com/webhook/***"),
+    ("https://hooks.zapier.com/hooks/catch/123/SECRET42/", "https://hooks.zapier.com/hooks/catch/***"),
+    ("https://prod-1.westeurope.logic.azure.com/workflows/abc/triggers/manual/paths/invoke"
+     "?api-version=2016-06-01&sp=run&sig=SECRET42",
+     "https://prod-1.westeurope.logic.azure.com/workflows/abc/triggers/manual/paths/invoke"
+     "?api-version=2016-06-01&sp=run&sig=***"),
+    ("https://chat.googleapis.com/v1/spaces/AAA/messages?key=SECRET42&token=SECRET42",
+     "https://chat.googleapis.com/v1/spaces/AAA/messages?key=***&token=***"),
+    ("https://bot:SECRET42@hooks.example.com/alerts?channel=ops", "https://***@hooks.example.com/alerts?channel=ops"),
+]
+
+
+@pytest.mark.parametrize(("url", "masked"), WEBHOOKS)
+def test_webhook_urls_masked_by_url_and_text_rules_alike(url: str, masked: str) -> None:
+    assert redact_url(url) == masked
+    assert redact_text(f"POST to {url} failed: HTTP 500") == f"POST to {masked} failed: HTTP 500"
+
+
+def test_other_hosts_keep_their_paths() -> None:
+    # The path rule is for the listed webhook services only: a camera's snapshot path is not a secret.
+    for url in ("https://cams.example.com/services/T0/B0/snap.jpg", "http://10.0.0.7/api/webhooks/1/2"):
+        assert redact_url(url) == url and redact_text(url) == url
+
+
+def test_real_logging_setup_masks_every_rule() -> None:
+    """The log filter as the CLI installs it (``setup_logging``), in a process of its own."""
+    urls = [url for url, _ in WEBHOOKS] + ["rtsp://admin:SECRET42@10.0.0.7/live?password=SECRET42"]
+    script = (
+        "import logging, sys\n"
+        "from maskwatch.redact import setup_logging\n"
+        "setup_logging('INFO')\n"
+        "log = logging.getLogger('maskwatch.notify')\n"
+        "for url in sys.argv[1:]:\n"
+        "    log.warning('delivery to %s failed', url)\n"
+        "try:\n"
+        "    raise ConnectionError(f'cannot reach {sys.argv[1]}')\n"
+        "except ConnectionError:\n"
+        "    log.exception('giving up')\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script, *urls], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    logged = result.stderr
+    assert logged.count("delivery to") == len(urls) and "ConnectionError: cannot reach" in logged
+    assert "SECRET42" not in logged
+    for _, masked in WEBHOOKS:
+        assert masked in logged
