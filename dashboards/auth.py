@@ -1,13 +1,21 @@
 """Dashboard login: a sign-in page in front of every page, users from ``MASKWATCH_DASHBOARD_USERS_FILE``.
 
-The users file (YAML or JSON) maps a user name to a salted scrypt hash; ``maskwatch dashboard adduser NAME``
-writes it (password from a prompt or stdin, never the command line)::
+The users file (YAML or JSON) maps a user name to a salted scrypt hash and a role;
+``maskwatch dashboard adduser NAME --role ROLE`` writes it (password from a prompt or stdin, never the
+command line)::
 
     users:
-      alice: scrypt$16384$8$1$<salt, base64>$<hash, base64>
+      alice: {hash: "scrypt$16384$8$1$<salt, base64>$<hash, base64>", role: admin}
+      bob: "scrypt$..."          # no role (the older format): viewer
+
+Roles, each including the one before: ``viewer`` reads every page; ``operator`` also acknowledges alerts
+and registers, edits, disables and removes cameras, but cannot put a camera on a private network (the
+SSRF opt-in, ``allow_private_network``) nor change the source of a camera that has it; ``admin`` can. A
+user without a role is a viewer: least privilege unless the file says otherwise.
 
 Without a users file the dashboard runs without login (the embedded default, bound to 127.0.0.1) and the
-sidebar says so; a shared deployment sets the file. A session is signed out after
+sidebar says so; everyone who reaches it then acts as admin, as the one local user. A shared deployment
+sets the file. A session is signed out after
 ``MASKWATCH_DASHBOARD_SESSION_MINUTES`` (default 30) without activity. Failed attempts lock the session's
 sign-in form for a while, doubling with each further failure; hashes are compared in constant time, and a
 wrong user name costs the same hashing as a wrong password, so neither timing nor messages tell which.
@@ -24,6 +32,7 @@ import os
 import secrets
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
@@ -41,10 +50,29 @@ LOCK_MAX_S = 900.0
 # scrypt: n=2^14, r=8 (16 MiB, ~50 ms a check): slow for a guesser, fine for a sign-in.
 _N, _R, _P = 2**14, 8, 1
 _DUMMY_HASH: str | None = None
+ROLES = ("viewer", "operator", "admin")  # each may do what the ones before it may
+DEFAULT_ROLE = "viewer"
 
 
 class UsersFileError(ValueError):
     """The users file cannot be read or has a bad entry; the message names the file and the problem."""
+
+
+@dataclass(frozen=True)
+class Account:
+    hash: str  # encoded scrypt hash
+    role: str = DEFAULT_ROLE
+
+
+@dataclass(frozen=True)
+class Identity:
+    """Who runs this page: ``user`` is None when login is off."""
+
+    user: str | None
+    role: str
+
+    def at_least(self, role: str) -> bool:
+        return ROLES.index(self.role) >= ROLES.index(role)
 
 
 def hash_password(password: str) -> str:
@@ -70,8 +98,8 @@ def users_file() -> Path | None:
     return Path(raw).expanduser() if raw else None
 
 
-def load_users(path: Path) -> dict[str, str]:
-    """User name -> encoded hash. A missing/unreadable file or a bad entry is an error, not 'no users'."""
+def load_users(path: Path) -> dict[str, Account]:
+    """User name -> account. A missing/unreadable file or a bad entry is an error, not 'no users'."""
     try:
         document = yaml.safe_load(path.read_text()) or {}
     except (OSError, yaml.YAMLError) as exc:
@@ -79,25 +107,39 @@ def load_users(path: Path) -> dict[str, str]:
     users = document.get("users") if isinstance(document, dict) else None
     if not isinstance(users, dict):
         raise UsersFileError(f"dashboard users file {path}: expected a top-level 'users:' mapping")
-    for name, encoded in users.items():
+    accounts: dict[str, Account] = {}
+    for name, entry in users.items():
+        if isinstance(entry, dict):
+            encoded, role = entry.get("hash"), entry.get("role", DEFAULT_ROLE)
+        else:
+            encoded, role = entry, DEFAULT_ROLE
         if not isinstance(encoded, str) or not encoded.startswith("scrypt$") or encoded.count("$") != 5:
             raise UsersFileError(f"dashboard users file {path}: user {name!r} has no valid scrypt hash; "
                                  "set it with `maskwatch dashboard adduser`")
-    return {str(name): str(encoded) for name, encoded in users.items()}
+        if role not in ROLES:
+            raise UsersFileError(f"dashboard users file {path}: user {name!r} has role {role!r}; "
+                                 f"expected one of {', '.join(ROLES)}")
+        accounts[str(name)] = Account(encoded, role)
+    return accounts
 
 
-def add_user(path: Path, name: str, password: str) -> bool:
-    """Add or replace a user (True if new). Written atomically, readable by the owner only."""
+def add_user(path: Path, name: str, password: str, role: str | None = None) -> bool:
+    """Add or replace a user (True if new). ``role`` None keeps an existing user's role (viewer for a new
+    one). Written atomically, readable by the owner only."""
     if not name or not name.isprintable() or any(c.isspace() for c in name) or len(name) > 64:
         raise UsersFileError(f"user name {name!r}: 1-64 printable characters, no spaces")
     if len(password) < MIN_PASSWORD_LENGTH:
         raise UsersFileError(f"password too short: at least {MIN_PASSWORD_LENGTH} characters")
+    if role is not None and role not in ROLES:
+        raise UsersFileError(f"role {role!r}: expected one of {', '.join(ROLES)}")
     users = load_users(path) if path.exists() else {}
     new = name not in users
-    users[name] = hash_password(password)
+    users[name] = Account(hash_password(password), role or (DEFAULT_ROLE if new else users[name].role))
     path.parent.mkdir(parents=True, exist_ok=True)
-    text = ("# maskwatch dashboard users (salted scrypt hashes): `maskwatch dashboard adduser NAME`\n"
-            + yaml.safe_dump({"users": users}, sort_keys=True))
+    entries = {n: {"hash": a.hash, "role": a.role} for n, a in users.items()}
+    text = ("# maskwatch dashboard users (salted scrypt hashes; roles viewer|operator|admin):\n"
+            "# `maskwatch dashboard adduser NAME --role ROLE`\n"
+            + yaml.safe_dump({"users": entries}, sort_keys=True))
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:
         with os.fdopen(fd, "w") as handle:
@@ -110,15 +152,15 @@ def add_user(path: Path, name: str, password: str) -> bool:
     return new
 
 
-def check_credentials(users: dict[str, str], name: str, password: str) -> bool:
+def check_credentials(users: dict[str, Account], name: str, password: str) -> bool:
     """True if the user exists and the password matches; the same work either way (no user-name oracle)."""
     global _DUMMY_HASH
-    encoded = users.get(name)
-    if encoded is None:
+    account = users.get(name)
+    if account is None:
         _DUMMY_HASH = _DUMMY_HASH or hash_password(secrets.token_hex(16))
         verify_password(password, _DUMMY_HASH)
         return False
-    return verify_password(password, encoded)
+    return verify_password(password, account.hash)
 
 
 def session_minutes() -> float:
@@ -150,7 +192,7 @@ def require_login() -> str | None:
     path = users_file()
     if path is None:
         st.sidebar.caption(f"Login is off (no `{USERS_FILE_ENV}`): anyone who can reach this address "
-                           "sees everything. Set it before sharing the dashboard.")
+                           "sees and changes everything. Set it before sharing the dashboard.")
         return None
     try:
         users = load_users(path)
@@ -163,8 +205,9 @@ def require_login() -> str | None:
     now = time.time()
     if user is not None:
         if user in users and now - float(state.get("auth_seen", 0)) <= timeout_s:
-            state["auth_seen"] = now
-            st.sidebar.caption(f"Signed in as **{user}**")
+            # The role comes from the file on every run: a changed role counts from the next click.
+            state["auth_seen"], state["auth_role"] = now, users[user].role
+            st.sidebar.caption(f"Signed in as **{user}** ({users[user].role})")
             if st.sidebar.button("Sign out", key="auth_sign_out"):
                 _sign_out("Signed out.")
                 st.rerun()
@@ -177,15 +220,27 @@ def require_login() -> str | None:
     return None  # not reached: st.stop() ends the run
 
 
+def identity() -> Identity:
+    """The user and role of this page run (after :func:`require_login`). Login off: the local user, admin
+    (the embedded default's single-user behaviour); a session without a known role counts as viewer."""
+    import streamlit as st
+
+    if users_file() is None:
+        return Identity(None, "admin")
+    user = st.session_state.get("auth_user")
+    role = st.session_state.get("auth_role")
+    return Identity(str(user) if user else None, role if role in ROLES else DEFAULT_ROLE)
+
+
 def _sign_out(message: str) -> None:
     import streamlit as st
 
-    for key in ("auth_user", "auth_seen"):
+    for key in ("auth_user", "auth_seen", "auth_role"):
         st.session_state.pop(key, None)
     st.session_state["auth_notice"] = message
 
 
-def _sign_in_page(users: dict[str, str]) -> None:
+def _sign_in_page(users: dict[str, Account]) -> None:
     import streamlit as st
 
     state = st.session_state
@@ -208,6 +263,7 @@ def _sign_in_page(users: dict[str, str]) -> None:
         for key in ("auth_failures", "auth_locked_until"):
             state.pop(key, None)
         state["auth_user"], state["auth_seen"] = name.strip(), now
+        state["auth_role"] = users[name.strip()].role
         log.info("dashboard: %s signed in", name.strip())
         st.rerun()
     failures = int(state.get("auth_failures", 0)) + 1

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import click
 
+from dashboards.auth import ROLES
+
 APP = Path(__file__).with_name("app.py")
 DEFAULT_PORT = 8501
 
@@ -76,18 +78,22 @@ def seed_command(n_cameras: int, days: float, interval_s: float, dataset_dir: Pa
 @click.option("--users-file", type=click.Path(dir_okay=False, path_type=Path), required=True,
               envvar="MASKWATCH_DASHBOARD_USERS_FILE",
               help="Users file to create or update (env MASKWATCH_DASHBOARD_USERS_FILE).")
+@click.option("--role", type=click.Choice(ROLES), default=None,
+              help="viewer reads; operator also manages cameras and acknowledges alerts; admin also allows "
+                   "private-network cameras. Default: new users are viewers, existing ones keep their role.")
 @click.option("--password-stdin", is_flag=True,
               help="Read the password from the first line of stdin (for scripts).")
-def adduser_command(name: str, users_file: Path, password_stdin: bool) -> None:
+def adduser_command(name: str, users_file: Path, role: str | None, password_stdin: bool) -> None:
     """Add user NAME to the dashboard login, or set a new password (asked for; never an argument)."""
-    from dashboards.auth import UsersFileError, add_user
+    from dashboards.auth import UsersFileError, add_user, load_users
 
     if password_stdin:
         password = sys.stdin.readline().rstrip("\r\n")
     else:
         password = click.prompt("Password", hide_input=True, confirmation_prompt=True)
     try:
-        new = add_user(users_file, name, password)
+        new = add_user(users_file, name, password, role)
+        role = load_users(users_file)[name].role
     except UsersFileError as exc:
         raise click.ClickException(str(exc)) from None
-    click.echo(f"{'added' if new else 'updated'} dashboard user {name} in {users_file}")
+    click.echo(f"{'added' if new else 'updated'} dashboard user {name} ({role}) in {users_file}")

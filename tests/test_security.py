@@ -202,10 +202,11 @@ def test_yaml_import_refuses_the_whole_file(migrated: Settings, tmp_path: Path, 
     assert registry.list_cameras(migrated) == [], "nothing imported"
 
 
-def _manage(at: AppTest, camera_id: str, url: str, private: bool = False) -> AppTest:
+def _manage(at: AppTest, camera_id: str, url: str, private: bool | None = False) -> AppTest:
     at.text_input(key="id:new").input(camera_id)
     at.text_input(key="source:new").input(url)
-    at.checkbox(key="private:new").set_value(private)
+    if private is not None:  # None: leave the checkbox as it is
+        at.checkbox(key="private:new").set_value(private)
     next(b for b in at.button if b.label == "Save camera").click().run()
     return at
 
@@ -288,7 +289,7 @@ def test_password_hashes_are_salted_and_checked() -> None:
     assert auth.verify_password(PASSWORD, first) and auth.verify_password(PASSWORD, second)
     assert not auth.verify_password(PASSWORD + "x", first)
     assert not auth.verify_password(PASSWORD, "scrypt$garbage")
-    users = {"alice": first}
+    users = {"alice": auth.Account(first)}
     assert auth.check_credentials(users, "alice", PASSWORD)
     assert not auth.check_credentials(users, "bob", PASSWORD)
     assert [auth.lock_seconds(n) for n in (4, 5, 6, 7, 30)] == [0, 30, 60, 120, 900]
@@ -318,6 +319,28 @@ def test_adduser_reads_the_password_from_a_prompt_never_argv(tmp_path: Path) -> 
         auth.load_users(users)
 
 
+def test_roles_in_the_users_file(tmp_path: Path) -> None:
+    users = tmp_path / "users.yaml"
+    runner = CliRunner()
+    added = runner.invoke(dashboard, ["adduser", "ada", "--users-file", str(users), "--role", "admin",
+                                      "--password-stdin"], input=f"{PASSWORD}\n")
+    assert added.exit_code == 0 and "added dashboard user ada (admin)" in added.output, added.output
+    auth.add_user(users, "bob", PASSWORD)
+    assert auth.load_users(users)["bob"].role == "viewer", "no role given: least privilege"
+    auth.add_user(users, "ada", "n3w-passw0rd")  # a new password keeps the role
+    assert {n: a.role for n, a in auth.load_users(users).items()} == {"ada": "admin", "bob": "viewer"}
+    bad = runner.invoke(dashboard, ["adduser", "cy", "--users-file", str(users), "--role", "root",
+                                    "--password-stdin"], input=f"{PASSWORD}\n")
+    assert bad.exit_code == 2 and "cy" not in auth.load_users(users)
+    # The older format (name: hash, no role) still loads, as a viewer; a role typo is an error, not a viewer.
+    legacy = auth.hash_password(PASSWORD)
+    users.write_text(yaml.safe_dump({"users": {"old": legacy, "op": {"hash": legacy, "role": "operator"}}}))
+    assert {n: a.role for n, a in auth.load_users(users).items()} == {"old": "viewer", "op": "operator"}
+    users.write_text(yaml.safe_dump({"users": {"op": {"hash": legacy, "role": "Admin"}}}))
+    with pytest.raises(auth.UsersFileError, match="'op' has role 'Admin'"):
+        auth.load_users(users)
+
+
 def _texts(at: AppTest) -> str:
     """Everything readable on the page (sidebar included); password inputs are drawn as dots."""
     parts: list[str] = []
@@ -332,10 +355,11 @@ def _texts(at: AppTest) -> str:
 
 @pytest.fixture(scope="module")
 def login_env(store_server: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """A small seeded store and a users file with alice."""
+    """A small seeded store and a users file with alice (admin), olga (operator) and vic (viewer)."""
     home = tmp_path_factory.mktemp("login-home")
     users = home / "users.yaml"
-    auth.add_user(users, "alice", PASSWORD)
+    for name, role in (("alice", "admin"), ("olga", "operator"), ("vic", "viewer")):
+        auth.add_user(users, name, PASSWORD, role)
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("MASKWATCH_HOME", str(home))
         mp.setenv("MASKWATCH_STORE_URL", f"{store_server.url}/?database=t_{uuid.uuid4().hex}")
@@ -431,3 +455,80 @@ def test_login_off_says_so(migrated: Settings) -> None:
     assert not at.exception
     assert any("Login is off" in c.value for c in at.sidebar.caption)
     assert not any(t.value == "maskwatch · sign in" for t in at.title)
+
+
+def _ack_button(at: AppTest) -> bool:
+    return any(b.label == "Acknowledge" for b in at.button)
+
+
+def test_viewer_reads_but_cannot_change_cameras_or_acknowledge(with_login: Path) -> None:
+    at = AppTest.from_file(str(APP), default_timeout=60)
+    at.run()
+    _sign_in(at, "vic", PASSWORD)
+    assert any("Signed in as **vic** (viewer)" in c.value for c in at.sidebar.caption)
+    at.switch_page("views/cameras.py").run()
+    assert not at.exception and "cam-" in _texts(at), "viewers read every page"
+    at.switch_page("views/manage.py").run()
+    assert not at.exception and any("Your role (viewer)" in i.value for i in at.info)
+    assert not at.main.button and not at.main.text_input and not at.main.checkbox, "no form, no buttons"
+    at.switch_page("views/alerts.py").run()
+    assert not at.exception and not _ack_button(at)
+    assert any("Acknowledging needs the operator or admin role" in c.value for c in at.caption)
+
+
+def test_operator_cannot_grant_private_network_admin_can(with_login: Path) -> None:
+    settings = Settings()
+    admin = AppTest.from_file(str(APP), default_timeout=60)
+    admin.run()
+    _sign_in(admin, "alice", PASSWORD).switch_page("views/manage.py").run()
+    assert not admin.checkbox(key="private:new").disabled
+    _manage(admin, "lan-admin", "rtsp://10.0.0.9/live", private=True)
+    assert not admin.exception and not admin.error, [e.value for e in admin.error]
+    assert registry.require_camera("lan-admin", settings).allow_private_network
+
+    at = AppTest.from_file(str(APP), default_timeout=60)
+    at.run()
+    _sign_in(at, "olga", PASSWORD).switch_page("views/manage.py").run()
+    assert at.checkbox(key="private:new").disabled
+    # The checkbox is disabled in the browser; a crafted widget value is refused on save all the same.
+    at.session_state["private:new"] = True
+    _manage(at, "lan-op", "rtsp://10.0.0.10/live", private=None)
+    assert any("only an admin can put a camera on a private network" in e.value for e in at.error)
+    assert registry.get_camera("lan-op", settings) is None
+    at.session_state["private:new"] = False
+    _manage(at, "lan-op", "rtsp://10.0.0.10/live", private=None)  # without the opt-in the policy refuses it
+    assert any("Not saved" in e.value and "private" in e.value for e in at.error)
+    _manage(at, "public-op", "http://93.184.216.34/snap.jpg?token=SECRET42", private=None)
+    assert not at.error and not registry.require_camera("public-op", settings).allow_private_network
+    assert "SECRET42" not in _texts(at) and "token=***" in _texts(at)
+    # An admin-approved camera: the operator may rename it (the grant stays), not point it elsewhere.
+    at.selectbox(key="manage_camera").set_value("lan-admin").run()
+    assert at.checkbox(key="private:lan-admin").value and at.checkbox(key="private:lan-admin").disabled
+    at.text_input(key="name:lan-admin").input("Loading dock")
+    next(b for b in at.button if b.label == "Save camera").click().run()
+    assert not at.error, [e.value for e in at.error]
+    kept = registry.require_camera("lan-admin", settings)
+    assert kept.name == "Loading dock" and kept.allow_private_network
+    at.text_input(key="source:lan-admin").input("http://10.0.0.1/admin")
+    next(b for b in at.button if b.label == "Save camera").click().run()
+    assert any("only an admin" in e.value for e in at.error)
+    assert registry.require_camera("lan-admin", settings).source_url == "rtsp://10.0.0.9/live"
+    for camera_id in ("lan-admin", "public-op"):
+        registry.remove_camera(camera_id, settings)
+    store.close_clients()
+
+
+def test_operator_acknowledges_as_themself(with_login: Path) -> None:
+    at = AppTest.from_file(str(APP), default_timeout=60)
+    at.run()
+    _sign_in(at, "olga", PASSWORD).switch_page("views/alerts.py").run()
+    assert not at.exception and _ack_button(at)
+    assert "ack_by" not in [w.key for w in at.text_input], "no name to type: the signed-in user acknowledges"
+    alert_id = at.selectbox(key="alert_id").value
+    at.text_input(key="ack_note").input("checked")
+    next(b for b in at.button if b.label == "Acknowledge").click().run()
+    assert not at.exception
+    ack = store.query_rows("SELECT acknowledged_by, note FROM alert_acks FINAL WHERE alert_id = {id:String}",
+                           {"id": alert_id}, Settings())
+    store.close_clients()
+    assert ack == [{"acknowledged_by": "olga", "note": "checked"}]

@@ -8,7 +8,7 @@ from dataclasses import replace
 import polars as pl
 import streamlit as st
 
-from dashboards import data, queries, ui
+from dashboards import auth, data, queries, ui
 
 REFRESH_S = 10
 
@@ -109,9 +109,13 @@ if shown:
 else:
     st.caption("No annotated snapshot is available for this alert.")
 
-if not row["acknowledged"]:
+me = auth.identity()
+if not row["acknowledged"] and not me.at_least("operator"):
+    st.caption(f"Acknowledging needs the operator or admin role (yours: {me.role}).")
+elif not row["acknowledged"]:
     with st.form("ack_form"):
-        who = st.text_input("Your name", key="ack_by")
+        # Signed in, the acknowledgement is the user's own; with login off, whoever is at the screen says.
+        who = me.user or st.text_input("Your name", key="ack_by")
         note = st.text_input("Note (optional)", key="ack_note")
         if st.form_submit_button("Acknowledge", type="primary"):
             with ui.store_errors(settings):

@@ -1,5 +1,9 @@
 """Register, edit, disable or remove a camera. Writes go through the registry module; the source URL is
-never shown back (only its masked form), and an edit keeps the stored URL unless a new one is typed."""
+never shown back (only its masked form), and an edit keeps the stored URL unless a new one is typed.
+
+Roles (``dashboards.auth``): a viewer gets no form; an operator manages cameras, but only an admin puts
+one on a private network or changes the source of one that is (checked on save, not only by a disabled
+checkbox, since a browser can send any widget value)."""
 
 from __future__ import annotations
 
@@ -7,7 +11,7 @@ from typing import Any
 
 import streamlit as st
 
-from dashboards import data, ui
+from dashboards import auth, data, ui
 from maskwatch import registry
 from schemas.parse import SchemaError
 
@@ -15,6 +19,13 @@ NEW = "+ New camera"
 
 settings = ui.settings()
 st.title("Manage cameras")
+me = auth.identity()
+if not me.at_least("operator"):
+    st.info(f"Your role ({me.role}) can see cameras on the Cameras page, not change them: an admin can give "
+            "you the operator role (`maskwatch dashboard adduser NAME --role operator`).",
+            icon=":material/lock:")
+    st.stop()
+admin = me.at_least("admin")
 
 cameras = data.cameras(settings)
 # A widget's state can only be set before it is drawn: a save/remove asks for the next selection here.
@@ -60,10 +71,12 @@ with st.form("camera_form", clear_on_submit=False):
                                  value=float(current.interval_s) if current else 5.0, key=f"interval:{slot}")
     enabled = right.checkbox("Enabled", value=current.enabled if current else True, key=f"enabled:{slot}")
     # SSRF policy (maskwatch.netpolicy): private/loopback addresses only for cameras said to be on the LAN.
-    private = right.checkbox("On a private network", key=f"private:{slot}",
+    private = right.checkbox("On a private network", key=f"private:{slot}", disabled=not admin,
                              value=current.allow_private_network if current else False,
                              help="Allow a private, loopback or link-local address (a camera on your LAN). "
-                                  "Cloud metadata addresses are refused regardless.")
+                                  "Cloud metadata addresses are refused regardless."
+                                  + ("" if admin else " Only an admin can set it, or change the source "
+                                                      "of a camera that has it."))
     st.markdown("**Rule overrides** (empty = the flow's defaults)")
     rules = current.rules if current else None
     r1, r2, r3, r4 = st.columns(4)
@@ -90,8 +103,13 @@ if submitted:
         "rules": {k: v for k, v in {"min_nomask_faces": optional(min_faces), "window_s": optional(window_s),
                                     "nomask_ratio": ratio, "cooldown_s": cooldown}.items() if v is not None},
     }
+    # Without admin, the opt-in may only stay as an admin left it: same camera, same source.
+    kept_grant = bool(current and current.allow_private_network and not source.strip())
     if not fields["source_url"]:
         st.error("Source URL is required for a new camera.")
+    elif private and not admin and not kept_grant:
+        st.error("Not saved: only an admin can put a camera on a private network or change the source of "
+                 "a camera that is on one.", icon=":material/lock:")
     elif current is None and fields["id"] and registry.get_camera(fields["id"], settings) is not None:
         st.error(f"A camera with id {fields['id']!r} already exists; pick it in the list above to edit it.")
     else:
