@@ -178,6 +178,41 @@ def test_compose_commands_env_and_secrets(compose: dict[str, Any], monkeypatch: 
         "/run/secrets/store_password"
 
 
+def test_dashboard_login_and_secrets_are_files_each_job_mounts_only_its_own(
+        compose: dict[str, Any], k8s: list[dict[str, Any]], tmp_path: Path) -> None:
+    from dashboards import auth
+
+    services = compose["services"]
+    dashboard = services["dashboard"]
+    attached = {s["source"]: s["target"] for s in dashboard["secrets"]}
+    assert dashboard["environment"][auth.USERS_FILE_ENV] == attached["dashboard_users"] \
+        == "/run/secrets/dashboard_users"
+    mounted = {n: {x["source"] for x in s.get("secrets", [])} for n, s in services.items()}
+    assert [n for n, sources in mounted.items() if "dashboard_users" in sources] == ["dashboard"], \
+        "the users file goes to the dashboard only"
+    for name, spec in compose["secrets"].items():  # file-based, and the files are never committed
+        path = Path(spec["file"])
+        assert path.parent == DOCKER / "secrets", name
+        check = subprocess.run(["git", "check-ignore", "-q", str(path)], cwd=REPO_ROOT)
+        assert check.returncode == 0, f"{path} is not git-ignored"
+    # Kubernetes: the same key in the Secret, mounted as a file; the shipped value keeps the dashboard closed.
+    [secret] = [d for d in k8s if d["kind"] == "Secret"]
+    placeholder = tmp_path / "users.yaml"
+    placeholder.write_text(secret["stringData"]["dashboard_users"])
+    assert auth.load_users(placeholder) == {}, "nobody can sign in until real users are set"
+    [container] = [c for d in k8s if d["kind"] == "Deployment"
+                   and d["metadata"]["name"] == "maskwatch-dashboard"
+                   for c in d["spec"]["template"]["spec"]["containers"]]
+    env = {e["name"]: e["value"] for e in container["env"]}
+    assert env[auth.USERS_FILE_ENV] == "/run/secrets/maskwatch/dashboard_users"
+    # Each workload mounts exactly the keys its compose service has, nothing more.
+    for workload, template in _pod_specs(k8s):
+        service = workload["metadata"]["name"].removeprefix("maskwatch-")
+        [volume] = [v for v in template["spec"]["volumes"] if "secret" in v]
+        keys = {item["key"] for item in volume["secret"]["items"]}
+        assert keys == mounted[service], workload["metadata"]["name"]
+
+
 def test_compose_ports_and_scrape_targets(compose: dict[str, Any]) -> None:
     services = compose["services"]
     prometheus = yaml.safe_load((DOCKER / "prometheus.yml").read_text())
@@ -295,7 +330,9 @@ def test_k8s_cross_references(k8s: list[dict[str, Any]], compose: dict[str, Any]
                     assert_read_by_code(key, where)
                 if key.endswith("_FILE"):
                     folder, _, file = value.rpartition("/")
+                    items = {i["path"] for i in volumes["secrets"]["secret"].get("items", [])}
                     assert mounts.get(folder) == "secrets" and file in secret["stringData"], f"{where}: {key}"
+                    assert file in items, f"{where}: {key} names {file}, which this pod does not mount"
             ports = {p["name"]: p["containerPort"] for p in container.get("ports", [])}
             for probe in ("livenessProbe", "readinessProbe"):
                 if probe in container:
