@@ -3,6 +3,7 @@ before decoding, and the dashboard login (AppTest on the real store server)."""
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import socket
@@ -12,6 +13,7 @@ import time
 import uuid
 import zlib
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -23,11 +25,13 @@ from click.testing import CliRunner
 from streamlit.proto.TextInput_pb2 import TextInput as TextInputProto
 from streamlit.testing.v1 import AppTest
 
-from dashboards import auth, seed
+from dashboards import auth, data, seed
 from dashboards.cli import dashboard
 from maskwatch import imagelimits, netpolicy, registry, store
 from maskwatch.config import Settings
+from maskwatch.notify_format import render
 from maskwatch.registry_cli import cameras
+from schemas.events import Alert
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 APP = REPO_ROOT / "dashboards" / "app.py"
@@ -474,6 +478,26 @@ def test_viewer_reads_but_cannot_change_cameras_or_acknowledge(with_login: Path)
     at.switch_page("views/alerts.py").run()
     assert not at.exception and not _ack_button(at)
     assert any("Acknowledging needs the operator or admin role" in c.value for c in at.caption)
+
+
+def test_webhook_urls_in_alert_text_never_reach_the_page_or_a_notification(with_login: Path) -> None:
+    now = datetime.now(UTC).replace(microsecond=0)
+    alert = Alert(alert_id=f"cam-001:webhook:{uuid.uuid4().hex}", camera_id="cam-001", rule="test",
+                  triggered_at=now, window_start=now - timedelta(minutes=1), window_end=now, faces=3,
+                  nomask_faces=3, nomask_ratio=1.0,
+                  message="relay via https://hooks.slack.com/services/T0/B0/SECRET42 and "
+                          "https://acme.webhook.office.com/webhookb2/x@y/IncomingWebhook/SECRET42/z failed")
+    store.insert_models("alerts", [alert], Settings())
+    store.close_clients()
+    data.clear_alerts()  # the feed is cached for a few seconds, across sessions
+    at = AppTest.from_file(str(APP), default_timeout=60)
+    at.run()
+    _sign_in(at, "vic", PASSWORD).switch_page("views/alerts.py").run()
+    assert not at.exception and at.selectbox(key="alert_id").value == alert.alert_id
+    page = _texts(at)
+    assert "https://hooks.slack.com/services/***" in page and "SECRET42" not in page
+    for fmt in ("slack", "teams", "generic"):
+        assert "SECRET42" not in json.dumps(render(alert, fmt)), fmt
 
 
 def test_operator_cannot_grant_private_network_admin_can(with_login: Path) -> None:

@@ -21,9 +21,8 @@ settings = ui.settings()
 st.title("Manage cameras")
 me = auth.identity()
 if not me.at_least("operator"):
-    st.info(f"Your role ({me.role}) can see cameras on the Cameras page, not change them: an admin can give "
-            "you the operator role (`maskwatch dashboard adduser NAME --role operator`).",
-            icon=":material/lock:")
+    st.info(f"Your role ({me.role}) can see cameras on the Cameras page, not change them: that takes the "
+            "operator role, which an admin sets in the dashboard's users file.", icon=":material/lock:")
     st.stop()
 admin = me.at_least("admin")
 
