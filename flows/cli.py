@@ -56,6 +56,7 @@ def run(workers: int, process_id: int | None, addresses: str | None, recovery_di
     hosts = addresses.split(";") if addresses else None
     # Micro-batch shards default to one per worker of the whole cluster.
     os.environ.setdefault("MASKWATCH_FLOW_SHARDS", str(workers * (len(hosts) if hosts else 1)))
+    os.environ["MASKWATCH_FLOW_WORKERS"] = str(workers)
     recovery = None
     if not no_recovery:
         recovery_dir = recovery_dir or Settings().home / "recovery"

@@ -158,9 +158,11 @@ class _Runtime:
         proc: BatchProcessor | None = getattr(self._local, "processor", None)
         if proc is None:
             from inference.engine import InferenceEngine
+            from inference.session import cpu_count
 
             engine = InferenceEngine.default(self.opts.detector or None, self.opts.classifier or None,
-                                             models_dir=self.settings.models_dir)
+                                             models_dir=self.settings.models_dir,
+                                             threads=max(1, cpu_count() // self.opts.workers))
             snapshots = self.settings.home / "snapshots" if self.opts.snapshots else None
             proc = BatchProcessor(
                 Fetcher(self.opts.fetch), engine, snapshots, detector_model=engine.detector_spec.name,

@@ -43,6 +43,9 @@ class FlowOptions:
     batch_max: int = 16
     batch_timeout_s: float = 0.5
     shards: int = 1
+    # Worker threads of this process (`flow run -w`): each runs its own engine, so the cores are split
+    # between them instead of every ONNX Runtime session spinning a thread per core.
+    workers: int = 1
     fetch: FetchOptions = field(default_factory=FetchOptions)
     # Rules: event-time buckets; a bucket closes when a tick `lateness_s` past its end arrives.
     bucket_s: int = 10
@@ -107,6 +110,7 @@ class FlowOptions:
             batch_max=_int(p + "BATCH_MAX", cls.batch_max),
             batch_timeout_s=_num(p + "BATCH_TIMEOUT_S", cls.batch_timeout_s, minimum=0.01),
             shards=_int(p + "SHARDS", cls.shards),
+            workers=_int(p + "WORKERS", cls.workers),
             fetch=fetch,
             bucket_s=_int(p + "BUCKET_S", cls.bucket_s),
             lateness_s=_int(p + "LATENESS_S", cls.lateness_s, minimum=0),
