@@ -15,11 +15,11 @@ user without a role is a viewer: least privilege unless the file says otherwise.
 
 Without a users file the dashboard runs without login (the embedded default, bound to 127.0.0.1) and the
 sidebar says so; everyone who reaches it then acts as admin, as the one local user. A shared deployment
-sets the file. A session is signed out after
-``MASKWATCH_DASHBOARD_SESSION_MINUTES`` (default 30) without activity. Failed attempts lock the session's
-sign-in form for a while, doubling with each further failure; hashes are compared in constant time, and a
-wrong user name costs the same hashing as a wrong password, so neither timing nor messages tell which.
-The file is re-read on every page run: removing a user signs them out at their next click.
+sets the file. A session is signed out after ``MASKWATCH_DASHBOARD_SESSION_MINUTES`` (default 30)
+without activity. Failed attempts lock the session's sign-in form for a while, doubling with each further
+failure; hashes are compared in constant time, and a wrong user name costs the same hashing as a wrong
+password, so neither timing nor messages tell which. The file is re-read on every page run: removing a
+user signs them out, and a changed role applies, at their next click.
 """
 
 from __future__ import annotations

@@ -480,6 +480,20 @@ def test_viewer_reads_but_cannot_change_cameras_or_acknowledge(with_login: Path)
     assert any("Acknowledging needs the operator or admin role" in c.value for c in at.caption)
 
 
+def test_a_changed_role_counts_at_the_next_click(with_login: Path, tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    users = tmp_path / "users.yaml"
+    users.write_text(with_login.read_text())
+    monkeypatch.setenv(auth.USERS_FILE_ENV, str(users))
+    at = AppTest.from_file(str(APP), default_timeout=60)
+    at.run()
+    _sign_in(at, "olga", PASSWORD).switch_page("views/manage.py").run()
+    assert any(b.label == "Save camera" for b in at.button)
+    auth.add_user(users, "olga", PASSWORD, "viewer")  # an admin demotes olga while she is signed in
+    at.run()
+    assert any("Your role (viewer)" in i.value for i in at.info) and not at.main.button
+
+
 def test_webhook_urls_in_alert_text_never_reach_the_page_or_a_notification(with_login: Path) -> None:
     now = datetime.now(UTC).replace(microsecond=0)
     alert = Alert(alert_id=f"cam-001:webhook:{uuid.uuid4().hex}", camera_id="cam-001", rule="test",
