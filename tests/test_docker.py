@@ -190,6 +190,15 @@ def test_dashboard_login_and_secrets_are_files_each_job_mounts_only_its_own(
     mounted = {n: {x["source"] for x in s.get("secrets", [])} for n, s in services.items()}
     assert [n for n, sources in mounted.items() if "dashboard_users" in sources] == ["dashboard"], \
         "the users file goes to the dashboard only"
+    for name, service in services.items():  # no secret on a command line or in an environment value
+        words = " ".join([*(service.get("entrypoint") or []), *(service.get("command") or []),
+                          *service.get("healthcheck", {}).get("test", [])])
+        assert not re.search(r"--(password|token|secret)\b", words, re.IGNORECASE), name
+        inline = re.findall(r"PASSWORD=(.{0,40})", words)  # only ever filled from a secret file
+        assert all(v.startswith('"$$(cat /run/secrets/') for v in inline), name
+        for key in service.get("environment", {}):
+            if re.search(r"PASSWORD|TOKEN|SECRET|WEBHOOK", key):
+                assert key.endswith("_FILE"), f"{name}: {key} must name a file"
     for name, spec in compose["secrets"].items():  # file-based, and the files are never committed
         path = Path(spec["file"])
         assert path.parent == DOCKER / "secrets", name
