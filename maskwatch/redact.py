@@ -60,8 +60,11 @@ def redact_url(url: str) -> str:
 
 def redact_text(text: str) -> str:
     """Mask credentials in URLs embedded anywhere in free text."""
-    text = _USERINFO.sub(lambda m: f"{m['scheme']}{MASK}@", text)
-    return _mask_webhook_paths(_QUERY_SECRET.sub(lambda m: f"{m['k']}={MASK}", text))
+    has_url = "://" in text  # most log lines have none: skip those rules (this runs on every line logged)
+    if has_url:
+        text = _USERINFO.sub(lambda m: f"{m['scheme']}{MASK}@", text)
+    text = _QUERY_SECRET.sub(lambda m: f"{m['k']}={MASK}", text)
+    return _mask_webhook_paths(text) if has_url else text
 
 
 def _mask_webhook_paths(text: str) -> str:
