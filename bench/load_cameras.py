@@ -8,11 +8,13 @@ runs in this process, ``maskwatch flow run`` as its own process with its Prometh
 Every ``--sample-s`` it records: ticks produced (acknowledged by the broker), ticks the flow read
 (``maskwatch_ticks_in``), frames in the store, consumer lag (produced - in store), fetch failures, and the
 end-to-end latency of the frames that landed in that interval (scheduled -> processed, and the flow's
-sink-lag gauge: scheduled -> in the store). After the run the ticker stops, the flow drains for up to
-``--drain-s``, and drops (ticks produced without a frame row) are counted.
+sink-lag gauge: scheduled -> in the store), the load average, and the CPU seconds used so far by the flow,
+the broker, the store server and this process (ticker + cameras), which give the CPU cost per tick.
+After the run the ticker stops, the flow drains for up to ``--drain-s``, and drops (ticks produced without
+a frame row) are counted.
 
     python -m bench.load_cameras                       # 500 cameras, 1 tick / 5 s each, 10 minutes
-    python -m bench.load_cameras --cameras 50 --minutes 2 --detector blazeface
+    python -m bench.load_cameras --cameras 500 --detector blazeface --classifier mask-recognition
 
 ``--detector`` / ``--classifier`` select cheaper models by manifest name (``MASKWATCH_FLOW_DETECTOR``).
 Results go to ``bench/results/load-<UTC time>.json`` and a table on stdout.
@@ -36,9 +38,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench.flow import services
+from bench.flow import service_pids, services
 from bench.images import DATASET_DIR, dataset_images
-from bench.timing import machine, peak_rss_mb, percentile
+from bench.timing import cpu_seconds, machine, peak_rss_mb, percentile
 from maskwatch import registry, store
 from maskwatch.config import Settings
 from maskwatch.services.process import free_port
@@ -163,6 +165,18 @@ def _latency(settings: Settings, since: datetime) -> dict[str, float | None]:
     return {"p50": percentile(values, 50), "p95": percentile(values, 95), "max": max(values, default=None)}
 
 
+def cpu_per_tick(samples: list[dict[str, Any]]) -> dict[str, float]:
+    """CPU milliseconds per processed tick, per process, between the first and last sample."""
+    if len(samples) < 2 or samples[-1]["frames"] <= samples[0]["frames"]:
+        return {}
+    first, last = samples[0]["cpu_s"], samples[-1]["cpu_s"]
+    ticks = samples[-1]["frames"] - samples[0]["frames"]
+    out = {name: round((last[name] - first[name]) * 1000 / ticks, 2)
+           for name in last if first.get(name) is not None and last[name] is not None}
+    out["total"] = round(sum(out.values()), 2)
+    return out
+
+
 def run(cfg: LoadConfig, results_dir: Path) -> dict[str, Any]:
     from maskwatch.ticker import Ticker
 
@@ -184,6 +198,7 @@ def run(cfg: LoadConfig, results_dir: Path) -> dict[str, Any]:
                 [sys.executable, "-m", "maskwatch.cli", "flow", "run", "-s", "2", "-w", str(cfg.workers)],
                 env=flow_env(settings, cfg, metrics_port), stdout=open(flow_log, "ab"),  # noqa: SIM115
                 stderr=subprocess.STDOUT, cwd=REPO_ROOT)
+            pids = {"flow": proc.pid, **service_pids(settings), "bench": os.getpid()}
             ticker = Ticker(settings, refresh_s=5.0)
             stop = threading.Event()
             ticker_thread = threading.Thread(target=ticker.run, args=(stop,), name="ticker", daemon=True)
@@ -218,6 +233,8 @@ def run(cfg: LoadConfig, results_dir: Path) -> dict[str, Any]:
                         "sink_lag_s": m.get("maskwatch_sink_lag_seconds"),
                         "buffer_depth": m.get("maskwatch_buffer_depth"),
                         **{f"latency_{k}_s": v for k, v in _latency(settings, last).items()},
+                        "loadavg_1m": os.getloadavg()[0],
+                        "cpu_s": {name: cpu_seconds(pid) for name, pid in pids.items() if pid is not None},
                     }
                     last = now
                     rss = peak_rss_mb(proc.pid)
@@ -236,7 +253,8 @@ def run(cfg: LoadConfig, results_dir: Path) -> dict[str, Any]:
                 server.shutdown()
             final = _frames(settings)
             stats = ticker.stats
-            steady = [s for s in samples if s["ticking"] and s["t_s"] > 60] or samples
+            warmup_s = min(60.0, cfg.minutes * 30)  # model load and consumer-group join
+            steady = [s for s in samples if s["ticking"] and s["t_s"] > warmup_s] or samples
             rate_in = ((steady[-1]["frames"] - steady[0]["frames"]) / (steady[-1]["t_s"] - steady[0]["t_s"])
                        if len(steady) > 1 else None)
             summary = {
@@ -259,6 +277,9 @@ def run(cfg: LoadConfig, results_dir: Path) -> dict[str, Any]:
                 "latency_p95_s_max": max(
                     (s["latency_p95_s"] for s in steady if s["latency_p95_s"] is not None), default=None),
                 "camera_requests_served": _CameraHandler.served, "flow_peak_rss_mb": peak_rss,
+                "loadavg_1m_range": [min(s["loadavg_1m"] for s in samples),
+                                     max(s["loadavg_1m"] for s in samples)] if samples else None,
+                "cpu_ms_per_tick_steady": cpu_per_tick(steady),
                 "samples": samples,
             }
     results_dir.mkdir(parents=True, exist_ok=True)
@@ -290,10 +311,10 @@ def main(argv: list[str] | None = None) -> int:
                      fetch_concurrency=a.fetch_concurrency, drain_s=a.drain_s, sample_s=a.sample_s)
     summary = run(cfg, a.results)
     keys = ["target_ticks_per_s", "ticks_produced", "frames", "drained", "drops", "unprocessed_at_stop",
-            "drain_s", "duplicate_frame_rows",
-            "fetch_failures",
-            "processed_per_s_steady", "max_lag", "lag_at_end_of_ticking", "latency_p50_s_median",
-            "latency_p95_s_max", "ticker_failed", "ticker_skipped", "flow_peak_rss_mb", "results_file"]
+            "drain_s", "duplicate_frame_rows", "fetch_failures", "processed_per_s_steady",
+            "cpu_ms_per_tick_steady", "loadavg_1m_range", "max_lag", "lag_at_end_of_ticking",
+            "latency_p50_s_median", "latency_p95_s_max", "ticker_failed", "ticker_skipped",
+            "flow_peak_rss_mb", "results_file"]
     width = max(len(k) for k in keys)
     for k in keys:
         v = summary.get(k)

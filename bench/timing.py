@@ -72,3 +72,13 @@ def machine() -> dict[str, object]:
         "python": platform.python_version(),
         "host": platform.node(),
     }
+
+
+def cpu_seconds(pid: int | None = None) -> float | None:
+    """User + system CPU seconds a live process (all its threads) has used; None when it is gone."""
+    try:
+        fields = Path(f"/proc/{pid or os.getpid()}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    # After the ")" that ends the command name, utime and stime are the 12th and 13th fields.
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")

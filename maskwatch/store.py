@@ -197,6 +197,23 @@ def _cell(value: Any) -> Any:
     return value
 
 
+# Column types per (store, database, table): without them clickhouse-connect runs DESCRIBE TABLE before
+# every insert, a second round trip to a store that runs one query at a time. Refreshed when a column is
+# not in it, dropped when an insert fails (a migration may have changed the table).
+_column_types: dict[tuple[str, str, str], dict[str, str]] = {}
+
+
+def _types_of(db: Client, key: tuple[str, str, str], columns: Sequence[str]) -> list[str]:
+    types = _column_types.get(key)
+    if types is None or any(name not in types for name in columns):
+        types = {str(row[0]): str(row[1]) for row in db.query(f"DESCRIBE TABLE `{key[2]}`").result_rows}
+        _column_types[key] = types
+    missing = [name for name in columns if name not in types]
+    if missing:
+        raise StoreError(f"insert into {key[2]}: no column(s) {missing} in the table")
+    return [types[name] for name in columns]
+
+
 def insert_rows(table: str, rows: Sequence[Mapping[str, Any]], settings: Settings | None = None) -> int:
     """Insert dict rows (all with the same keys = column names); nested dicts/models go in as JSON text."""
     if not rows:
@@ -209,7 +226,14 @@ def insert_rows(table: str, rows: Sequence[Mapping[str, Any]], settings: Setting
         if list(row) != columns:
             raise StoreError(f"insert into {table}: row {number} has columns {list(row)}, expected {columns}")
         data.append([_cell(row[name]) for name in columns])
-    client(settings).insert(table, data, column_names=columns)
+    target = _target(settings)
+    key = (target.dsn, target.database, table)
+    db = client(settings)
+    try:
+        db.insert(table, data, column_names=columns, column_type_names=_types_of(db, key, columns))
+    except Exception:
+        _column_types.pop(key, None)
+        raise
     return len(data)
 
 

@@ -137,6 +137,25 @@ def test_insert_rows_checks_columns(settings: Settings) -> None:
         {"alert_id": "a", "acknowledged": True}]
 
 
+def test_insert_follows_a_table_that_changed(settings: Settings) -> None:
+    """Column types are remembered between inserts (one request each); a column added later, or a table
+    dropped and re-created, is still written."""
+    store.migrate(settings)
+    store.command("CREATE TABLE grows (id String) ENGINE = MergeTree ORDER BY id", settings=settings)
+    assert store.insert_rows("grows", [{"id": "a"}], settings) == 1
+    store.command("ALTER TABLE grows ADD COLUMN n UInt32", settings=settings)
+    assert store.insert_rows("grows", [{"id": "b", "n": 7}], settings) == 1
+    assert store.query_rows("SELECT id, n FROM grows ORDER BY id", settings=settings) == [
+        {"id": "a", "n": 0}, {"id": "b", "n": 7}]
+    store.command("DROP TABLE grows", settings=settings)
+    store.command("CREATE TABLE grows (id String, n String) ENGINE = MergeTree ORDER BY id",
+                  settings=settings)
+    with pytest.raises(ValueError, match="seven"):  # written as the remembered UInt32: fails, forgets it
+        store.insert_rows("grows", [{"id": "c", "n": "seven"}], settings)
+    assert store.insert_rows("grows", [{"id": "c", "n": "seven"}], settings) == 1
+    assert store.query_rows("SELECT id, n FROM grows", settings=settings) == [{"id": "c", "n": "seven"}]
+
+
 def test_clients_are_per_thread_and_run_concurrently(settings: Settings) -> None:
     store.migrate(settings)
     seen: list[object] = []
