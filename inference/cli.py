@@ -91,11 +91,13 @@ def eval_command(**kwargs: Any) -> None:
     click.echo()
 
 
-def _register_finetune() -> None:
-    # The fine-tuned classifier is built by `maskwatch models finetune` beside the pulled models.
+def _register_tuning() -> None:
+    # The fine-tuned classifier and the calibrated detector are built beside the pulled models.
+    from inference.calibrate import calibrate_command
     from inference.finetune import finetune_command
 
     models.add_command(finetune_command, name="finetune")
+    models.add_command(calibrate_command, name="calibrate")
 
 
-_register_finetune()
+_register_tuning()

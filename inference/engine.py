@@ -10,9 +10,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+import cv2
 import numpy as np
 
-from inference.postprocess import decode_detector, nomask_probability, select_faces
+from inference.postprocess import decode_detector, mirror_boxes, nomask_probability, select_faces
 from inference.preprocess import BatchPreprocessor, InvalidImageError, check_frame, decode_image
 from inference.session import Device, OrtModel
 from inference.spec import ModelSpec
@@ -79,6 +80,20 @@ def resolve_spec(name: str, models_dir: Path | None = None) -> ModelSpec:
         raise
 
 
+def default_models(models_dir: Path | None = None) -> tuple[str, str]:
+    """Names of the default detector and classifier: the shipped ones, replaced by the detector with its
+    box adjustment fitted (`maskwatch models calibrate`) and the classifier fine-tuned (`maskwatch models
+    finetune`) on a dataset's train split, once those are built."""
+    from inference.calibrate import CALIBRATED_SUFFIX
+    from inference.models.manifest import DEFAULT_CLASSIFIER, DEFAULT_DETECTOR
+
+    base = models_dir or _models_dir()
+    names = []
+    for name, suffix in ((DEFAULT_DETECTOR, CALIBRATED_SUFFIX), (DEFAULT_CLASSIFIER, FINETUNED_SUFFIX)):
+        names.append(f"{name}{suffix}" if (base / f"{name}{suffix}.yaml").is_file() else name)
+    return names[0], names[1]
+
+
 class InferenceEngine:
     def __init__(
         self,
@@ -125,20 +140,13 @@ class InferenceEngine:
     def default(
         cls, detector: str | None = None, classifier: str | None = None, **kwargs: Any
     ) -> InferenceEngine:
-        """The engine for the shipped models (`maskwatch models pull`); the classifier fine-tuned on the
-        train split (`python -m inference.finetune`) replaces the shipped one when it has been built."""
-        from inference.models.manifest import DEFAULT_CLASSIFIER, DEFAULT_DETECTOR
-
-        if classifier is None:
-            classifier = DEFAULT_CLASSIFIER
-            tuned = (
-                kwargs.get("models_dir") or _models_dir()
-            ) / f"{DEFAULT_CLASSIFIER}{FINETUNED_SUFFIX}.yaml"
-            if tuned.is_file():
-                classifier = tuned.stem
-        log.info("inference engine: detector %s, classifier %s", detector or DEFAULT_DETECTOR, classifier)
+        """The engine for the shipped models (`maskwatch models pull`), tuned where that was built (see
+        `default_models`)."""
         base = kwargs.get("models_dir")
-        return cls(resolve_spec(detector or DEFAULT_DETECTOR, base), resolve_spec(classifier, base), **kwargs)
+        default_detector, default_classifier = default_models(base)
+        detector, classifier = detector or default_detector, classifier or default_classifier
+        log.info("inference engine: detector %s, classifier %s", detector, classifier)
+        return cls(resolve_spec(detector, base), resolve_spec(classifier, base), **kwargs)
 
     @property
     def providers(self) -> dict[str, str]:
@@ -148,11 +156,20 @@ class InferenceEngine:
         """Per frame: face boxes [K, 4] (x1,y1,x2,y2 original pixels) and detector scores [K]."""
         spec = self.detector_spec
         result: list[tuple[np.ndarray, np.ndarray]] = []
-        for i in range(0, len(frames), self.max_batch):
-            chunk = frames[i : i + self.max_batch]
+        step = max(1, self.max_batch // 2) if spec.flip else self.max_batch
+        for i in range(0, len(frames), step):
+            chunk = list(frames[i : i + step])
+            if spec.flip:  # mirrored copies ride in the same batch, second half
+                chunk += [cv2.flip(f, 1) for f in chunk]
             batch, transforms = self._det_pre.frames(chunk)
             raw = decode_detector(self.detector.run(batch), spec)
-            for (boxes, scores), t in zip(raw, transforms, strict=True):
+            if spec.flip:
+                n = len(chunk) // 2
+                raw = [
+                    (np.concatenate([b, mirror_boxes(mb, t)]), np.concatenate([s, ms]))
+                    for (b, s), (mb, ms), t in zip(raw[:n], raw[n:], transforms[:n], strict=True)
+                ]
+            for (boxes, scores), t in zip(raw, transforms[: len(raw)], strict=True):
                 result.append(
                     select_faces(
                         boxes,
@@ -161,6 +178,8 @@ class InferenceEngine:
                         score_threshold=self.score_threshold,
                         nms_iou=spec.nms_iou,
                         max_faces=self.max_faces,
+                        box_adjust=spec.box_adjust,
+                        box_vote=spec.flip,
                     )
                 )
         return result

@@ -39,6 +39,18 @@ def decode_detector(outputs: Sequence[np.ndarray], spec: ModelSpec) -> list[tupl
     raise ValueError(f"{spec.name}: decoder {spec.decoder!r} is not a detector decoder")
 
 
+def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """IoU of every box in a [N,4] against every box in b [M,4]."""
+    if len(a) == 0 or len(b) == 0:
+        return np.zeros((len(a), len(b)), np.float32)
+    iw = np.clip(np.minimum(a[:, None, 2], b[None, :, 2]) - np.maximum(a[:, None, 0], b[None, :, 0]), 0, None)
+    ih = np.clip(np.minimum(a[:, None, 3], b[None, :, 3]) - np.maximum(a[:, None, 1], b[None, :, 1]), 0, None)
+    inter = iw * ih
+    area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
+    area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
+    return np.asarray(inter / np.maximum(area_a[:, None] + area_b[None, :] - inter, 1e-9), np.float32)
+
+
 def nms(boxes: np.ndarray, scores: np.ndarray, iou: float, limit: int) -> np.ndarray:
     """Indices kept by greedy non-maximum suppression, best first, at most `limit`."""
     order = np.argsort(-scores, kind="stable")
@@ -58,6 +70,22 @@ def nms(boxes: np.ndarray, scores: np.ndarray, iou: float, limit: int) -> np.nda
     return np.asarray(keep, dtype=np.int64)
 
 
+def mirror_boxes(boxes: np.ndarray, t: Transform) -> np.ndarray:
+    """Model-input boxes found on the mirrored frame -> the same faces' boxes on the unmirrored frame."""
+    span = t.width * t.scale_x + 2 * t.pad_x  # x_in -> span - x_in mirrors the frame inside the input
+    out = boxes.copy()
+    out[:, 0], out[:, 2] = span - boxes[:, 2], span - boxes[:, 0]
+    return out
+
+
+def vote(boxes: np.ndarray, scores: np.ndarray, keep: np.ndarray, iou: float) -> np.ndarray:
+    """Each kept box replaced by the score-weighted mean of the boxes overlapping it by more than `iou`
+    (itself included): several passes' boxes of one face average out their jitter."""
+    weights = (iou_matrix(boxes[keep], boxes) > iou) * scores[None, :]
+    weights[np.arange(len(keep)), keep] = scores[keep]
+    return np.asarray((weights @ boxes) / weights.sum(axis=1, keepdims=True), np.float32)
+
+
 def to_original(boxes: np.ndarray, t: Transform) -> np.ndarray:
     """Model-input pixel boxes -> original-frame pixel boxes, clipped to the frame."""
     out = np.empty_like(boxes, dtype=np.float32)
@@ -72,6 +100,17 @@ def to_original(boxes: np.ndarray, t: Transform) -> np.ndarray:
     return out
 
 
+def adjust_boxes(boxes: np.ndarray, adjust: tuple[float, float, float, float]) -> np.ndarray:
+    """Boxes [N,4] with centres moved by (dx * w, dy * h) and sizes scaled by (sw, sh), each box by its own
+    size. Relative to the box, so the same numbers hold before and after any per-axis resize."""
+    dx, dy, sw, sh = adjust
+    w, h = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
+    cx = (boxes[:, 0] + boxes[:, 2]) / 2 + dx * w
+    cy = (boxes[:, 1] + boxes[:, 3]) / 2 + dy * h
+    half_w, half_h = sw * w / 2, sh * h / 2
+    return np.stack([cx - half_w, cy - half_h, cx + half_w, cy + half_h], axis=1).astype(np.float32)
+
+
 def select_faces(
     boxes: np.ndarray,
     scores: np.ndarray,
@@ -81,16 +120,23 @@ def select_faces(
     nms_iou: float,
     max_faces: int,
     min_size: float = 2.0,
+    box_adjust: tuple[float, float, float, float] | None = None,
+    box_vote: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Threshold, NMS and un-letterbox one frame's raw detections -> (boxes [K,4] pixels, scores [K])."""
+    """Threshold, box-adjust, un-letterbox and NMS one frame's raw detections -> (boxes [K,4] pixels,
+    scores [K])."""
     mask = scores >= score_threshold
     boxes, scores = boxes[mask], scores[mask].astype(np.float32)
     if boxes.shape[0] == 0:
         return np.zeros((0, 4), np.float32), np.zeros((0,), np.float32)
+    if box_adjust is not None:
+        boxes = adjust_boxes(boxes, box_adjust)
     boxes = to_original(boxes, t)
     ok = ((boxes[:, 2] - boxes[:, 0]) >= min_size) & ((boxes[:, 3] - boxes[:, 1]) >= min_size)
     boxes, scores = boxes[ok], scores[ok]
     keep = nms(boxes, scores, nms_iou, max_faces)
+    if box_vote and len(keep):
+        return vote(boxes, scores, keep, nms_iou), scores[keep]
     return boxes[keep], scores[keep]
 
 
