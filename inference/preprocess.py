@@ -78,6 +78,16 @@ def _interp(src_w: int, dst_w: int) -> int:
     return cv2.INTER_AREA if dst_w < src_w else cv2.INTER_LINEAR
 
 
+def _place(frame: np.ndarray, slot: np.ndarray, tw: int, th: int, interp: int) -> None:
+    """Resize `frame` into the top-left `tw`x`th` of `slot`, zeroing only the padding around it."""
+    slot[th:] = 0
+    slot[:th, tw:] = 0
+    if slot[:th, :tw].flags.c_contiguous:
+        cv2.resize(frame, (tw, th), dst=slot[:th, :tw], interpolation=interp)
+    else:
+        slot[:th, :tw] = cv2.resize(frame, (tw, th), interpolation=interp)
+
+
 class BatchPreprocessor:
     """Builds [B, C, H, W] (or NHWC) float32 batches for one spec, reusing its buffers."""
 
@@ -118,10 +128,9 @@ class BatchPreprocessor:
         for i, frame in enumerate(frames):
             h, w = frame.shape[:2]
             tw, th, t = _fit(w, h, self.pre)
-            slot = staging[i]
-            if (tw, th) != (self.pre.width, self.pre.height):
-                slot[:] = 0
-            slot[:th, :tw] = cv2.resize(frame, (tw, th), interpolation=_interp(w, tw))
+            # Bilinear even when shrinking: INTER_AREA costs ~4x more on a 1024x1024 frame and the
+            # detector's held-out AP does not move (the README's Accuracy section).
+            _place(frame, staging[i], tw, th, cv2.INTER_LINEAR)
             transforms.append(t)
         return self._normalise(staging, out), transforms
 
@@ -157,9 +166,6 @@ class BatchPreprocessor:
                 crop = frame[y1[j] : y2[j], x1[j] : x2[j]]
                 ch, cw = crop.shape[:2]
                 tw, th, _ = _fit(cw, ch, self.pre)
-                slot = staging[k]
-                if (tw, th) != (self.pre.width, self.pre.height):
-                    slot[:] = 0
-                slot[:th, :tw] = cv2.resize(crop, (tw, th), interpolation=_interp(cw, tw))
+                _place(crop, staging[k], tw, th, _interp(cw, tw))
                 k += 1
         return self._normalise(staging, out)
