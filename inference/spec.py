@@ -61,7 +61,7 @@ class ModelSpec(BaseModel):
     # Fitted on a train split by `maskwatch models calibrate`; None leaves the boxes as the model gives them.
     box_adjust: tuple[float, float, float, float] | None = None
     # Detector: also run the mirrored frame (in the same batch) and merge both passes' boxes by score-weighted
-    # box voting. Twice the detector's cost for +0.018 face AP50 held-out on the Kaggle set (README).
+    # box voting. Twice the detector's cost for +0.017 face AP50 held-out on the Kaggle set (README).
     flip: bool = False
     source: Source | None = None
     license: str | None = None
