@@ -1,0 +1,104 @@
+"""The fine-tuned default classifier as `bin/dev` builds and caches it: small input, int8, current recipe.
+
+These read the cached model (`maskwatch models finetune`, run by `bin/dev` before the tests); a missing
+one is a failure, not a skip, like the pulled models.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from inference.datasets import Sample, load_dataset
+from inference.engine import FINETUNED_SUFFIX, InferenceEngine, resolve_spec
+from inference.finetune import INPUT, _global_pool, _keras_graph, recipe
+from inference.models.manifest import DEFAULT_CLASSIFIER, ModelNotPulledError
+from inference.postprocess import nomask_probability
+from inference.preprocess import BatchPreprocessor, decode_image
+from inference.quantize import quantize_int8
+from inference.session import OrtModel
+from inference.spec import ModelSpec
+from maskwatch.config import Settings
+
+DATASET = Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "kaggle-face-mask"
+TUNED = f"{DEFAULT_CLASSIFIER}{FINETUNED_SUFFIX}"
+
+
+@pytest.fixture(scope="module")
+def tuned() -> ModelSpec:
+    try:
+        return resolve_spec(TUNED)
+    except ModelNotPulledError as exc:
+        pytest.fail(f"{TUNED} not built: run `maskwatch models finetune DATASET` ({exc})")
+
+
+@pytest.fixture(scope="module")
+def crops(tuned: ModelSpec) -> tuple[np.ndarray, np.ndarray]:
+    """20 clear masked and 20 clear unmasked held-out faces (at least 40 px wide), cut as the engine cuts
+    them, at the tuned model's input size; and their no-mask truth."""
+    picked: dict[str, list[tuple[Sample, np.ndarray]]] = {"con_mascarilla": [], "sin_mascarilla": []}
+    for s in load_dataset(DATASET, split="test"):
+        for box, raw in zip(s.boxes, s.raw_labels, strict=True):
+            if raw in picked and box[2] - box[0] >= 40 and len(picked[raw]) < 20:
+                picked[raw].append((s, box))
+    both = picked["con_mascarilla"] + picked["sin_mascarilla"]
+    assert len(both) == 40
+    frames = [decode_image(s.image.read_bytes()) for s, _ in both]
+    x = BatchPreprocessor(tuned.preprocess).crops(frames, [b[None] for _, b in both], tuned.crop_margin)
+    return x.copy(), np.array([False] * 20 + [True] * 20)
+
+
+def test_tuned_classifier_is_the_current_recipe(tuned: ModelSpec) -> None:
+    """A cache built by an older recipe (e.g. 224x224 float32) would have been rebuilt by `bin/dev`."""
+    models_dir = Settings().models_dir
+    stamp = json.loads((models_dir / f"{TUNED}.recipe.json").read_text())
+    assert stamp == recipe(resolve_spec(DEFAULT_CLASSIFIER))
+    assert (tuned.preprocess.width, tuned.preprocess.height) == (INPUT, INPUT)
+    engine = InferenceEngine.default()
+    assert engine.classifier_spec.name == TUNED
+
+
+def test_small_input_classifier_tells_masked_from_unmasked(
+    tuned: ModelSpec, crops: tuple[np.ndarray, np.ndarray]
+) -> None:
+    x, truth = crops
+    probs = nomask_probability(OrtModel(Path(tuned.file)).run(x)[0], tuned)
+    assert ((probs >= 0.5) == truth).mean() >= 0.9, probs.round(2)
+    assert probs[truth].mean() > probs[~truth].mean() + 0.5
+
+
+def test_int8_quantisation_agrees_with_float32_on_clear_faces(
+    tuned: ModelSpec, crops: tuple[np.ndarray, np.ndarray], tmp_path: Path
+) -> None:
+    """int8 is not served (INT8 is off: it costs held-out accuracy), but the path must keep working:
+    calibrated on train crops, it stays close to the float32 model on clear faces."""
+    x, truth = crops
+    train = load_dataset(DATASET, split="train", limit=8)
+    calibration = BatchPreprocessor(tuned.preprocess).crops(
+        [decode_image(s.image.read_bytes()) for s in train], [s.boxes for s in train], tuned.crop_margin
+    )
+    quantize_int8(Path(tuned.file), tmp_path / "q.onnx", calibration.copy())
+    q = nomask_probability(OrtModel(tmp_path / "q.onnx").run(x)[0], tuned)
+    f = nomask_probability(OrtModel(Path(tuned.file)).run(x)[0], tuned)
+    assert not np.array_equal(q, f)  # really a different model
+    assert np.abs(q - f).mean() < 0.1, np.abs(q - f).round(2)
+    assert ((q >= 0.5) == (f >= 0.5)).mean() >= 0.85
+    assert ((q >= 0.5) == truth).mean() >= 0.8
+
+
+def test_global_pool_head_is_the_shipped_head_at_224_and_runs_smaller() -> None:
+    import torch
+
+    base = resolve_spec(DEFAULT_CLASSIFIER)
+    shipped = _keras_graph(base, Settings().models_dir)
+    pooled = _keras_graph(base, Settings().models_dir)
+    _global_pool(pooled, INPUT)
+    x = torch.from_numpy(np.random.default_rng(0).uniform(-1, 1, (2, 3, 224, 224)).astype(np.float32))
+    with torch.no_grad():
+        torch.testing.assert_close(pooled(x), shipped(x))
+        small = pooled(torch.nn.functional.interpolate(x, size=(INPUT, INPUT), mode="bilinear"))
+    assert small.shape == (2, 2)
+    torch.testing.assert_close(small.sum(dim=1), torch.ones(2))
