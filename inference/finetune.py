@@ -10,9 +10,9 @@ frozen early layers run once over ground-truth crops (cut exactly as the engine 
 images) and are cached; the last blocks + head train for a fixed number of epochs with a fixed seed,
 class-balanced. Training and serving run at INPUT x INPUT (smaller than the shipped 224: the head's
 pooling is made global, so the same weights apply, at a fraction of the cost). The model is exported to
-ONNX and quantised to int8 (calibrated on train crops) beside the pulled models, with `<name>.yaml` (its
-spec) and `<name>.recipe.json` (what it was built from, so a changed recipe rebuilds it) — never
-committed. The held-out `test` split (`inference.datasets.split_of`) is never seen, so
+ONNX (int8-quantised, calibrated on train crops, only if INT8 is on) beside the pulled models, with
+`<name>.yaml` (its spec) and `<name>.recipe.json` (what it was built from, so a changed recipe rebuilds
+it) — never committed. The held-out `test` split (`inference.datasets.split_of`) is never seen, so
 `maskwatch eval --split test --classifier mobilenetv2-mask-ft` measures it honestly.
 
     python -m inference.finetune DATASET        # needs the `convert` extra (torch), like `models pull`
