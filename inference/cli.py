@@ -72,7 +72,8 @@ def list_command(models_dir: Path | None) -> None:
 @click.option("--baseline/--no-baseline", default=False,
               help="Also run the original res10 + MobileNetV2 pipeline.")
 @click.option("--score-threshold", type=float, default=None, help="Face score threshold [default: spec's].")
-@click.option("--nomask-threshold", type=float, default=None, help="No-mask probability threshold.")
+@click.option("--nomask-threshold", type=float, default=None,
+              help="No-mask probability threshold [default: the classifier spec's].")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "tensorrt"]), default="auto",
               show_default=True)
 def eval_command(**kwargs: Any) -> None:

@@ -19,18 +19,12 @@ from inference.session import Device, OrtModel
 from inference.spec import ModelSpec
 
 __all__ = [
-    "DEFAULT_NOMASK_THRESHOLD",
     "Face",
     "FrameResult",
     "InferenceEngine",
     "InvalidImageError",
     "decode_image",
 ]
-
-# Operating point, set before looking at held-out data and kept: with the fine-tuned classifier it gives
-# accuracy 0.954, no-mask recall 0.905 at precision 0.858 on the held-out crops of the Kaggle set
-# (`maskwatch eval --split test --classifier mobilenetv2-mask-ft`).
-DEFAULT_NOMASK_THRESHOLD = 0.5
 
 Label = Literal["mask", "no_mask"]
 FINETUNED_SUFFIX = "-ft"  # what inference/finetune.py appends to the base classifier's name
@@ -105,7 +99,7 @@ class InferenceEngine:
         max_batch: int = 32,
         max_faces: int = 64,
         score_threshold: float | None = None,
-        nomask_threshold: float = DEFAULT_NOMASK_THRESHOLD,
+        nomask_threshold: float | None = None,
         threads: int | None = None,
     ) -> None:
         if detector.kind != "detector" or classifier.kind != "classifier":
@@ -134,7 +128,8 @@ class InferenceEngine:
         self.max_batch = max_batch
         self.max_faces = max_faces
         self.score_threshold = detector.score_threshold if score_threshold is None else score_threshold
-        self.nomask_threshold = nomask_threshold
+        # The classifier's own operating point (fine-tuning fits it), unless the caller overrides it.
+        self.nomask_threshold = classifier.score_threshold if nomask_threshold is None else nomask_threshold
 
     @classmethod
     def default(

@@ -262,7 +262,7 @@ def main(
 ) -> dict[str, Any]:
     """Evaluate a pair (default: `engine.default_models`) on DATASET; write report.json and pr.png
     into OUT_DIR and return the report. `resize` overrides the detector spec's resize mode."""
-    from inference.engine import DEFAULT_NOMASK_THRESHOLD, default_models, resolve_spec
+    from inference.engine import default_models, resolve_spec
 
     samples = load_dataset(Path(dataset), split=split, limit=limit)
     default_detector, default_classifier = default_models()
@@ -273,7 +273,7 @@ def main(
             update={"preprocess": det_spec.preprocess.model_copy(update={"resize": resize})}
         )
     threshold = det_spec.score_threshold if score_threshold is None else score_threshold
-    nm_threshold = DEFAULT_NOMASK_THRESHOLD if nomask_threshold is None else nomask_threshold
+    nm_threshold = cls_spec.score_threshold if nomask_threshold is None else nomask_threshold
     engine = InferenceEngine(
         det_spec,
         cls_spec,

@@ -53,7 +53,8 @@ class ModelSpec(BaseModel):
     outputs: list[str] = Field(default_factory=list)  # output names in decoder order; empty = graph order
     logits: bool = False
     nomask_index: int = 1
-    score_threshold: float = 0.5  # detector: keep faces scoring at least this
+    # Detector: keep faces scoring at least this. Classifier: a face is no-mask at this probability or above.
+    score_threshold: float = 0.5
     nms_iou: float = 0.4
     crop_margin: float = 0.15  # classifier: grow the face box by this fraction per side before cropping
     # Detector: (dx, dy, sw, sh) moves each box's centre by (dx * width, dy * height) and scales its width
