@@ -54,19 +54,12 @@ def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 def nms(boxes: np.ndarray, scores: np.ndarray, iou: float, limit: int) -> np.ndarray:
     """Indices kept by greedy non-maximum suppression, best first, at most `limit`."""
     order = np.argsort(-scores, kind="stable")
-    x1, y1, x2, y2 = boxes[:, 0], boxes[:, 1], boxes[:, 2], boxes[:, 3]
-    areas = np.maximum(x2 - x1, 0) * np.maximum(y2 - y1, 0)
     keep: list[int] = []
     while order.size and len(keep) < limit:
         i = int(order[0])
         keep.append(i)
         rest = order[1:]
-        iw = np.maximum(np.minimum(x2[i], x2[rest]) - np.maximum(x1[i], x1[rest]), 0)
-        ih = np.maximum(np.minimum(y2[i], y2[rest]) - np.maximum(y1[i], y1[rest]), 0)
-        inter = iw * ih
-        union = areas[i] + areas[rest] - inter
-        overlap = np.where(union > 0, inter / np.maximum(union, 1e-9), 0.0)
-        order = rest[overlap <= iou]
+        order = rest[iou_matrix(boxes[i : i + 1], boxes[rest])[0] <= iou]
     return np.asarray(keep, dtype=np.int64)
 
 
