@@ -93,11 +93,13 @@ def eval_command(**kwargs: Any) -> None:
 
 
 def _register_tuning() -> None:
-    # The fine-tuned classifier and the calibrated detector are built beside the pulled models.
+    # The fine-tuned classifier and detector, and the calibrated detector, are built beside the pulled models.
     from inference.calibrate import calibrate_command
+    from inference.detector_finetune import finetune_detector_command
     from inference.finetune import finetune_command
 
     models.add_command(finetune_command, name="finetune")
+    models.add_command(finetune_detector_command, name="finetune-detector")
     models.add_command(calibrate_command, name="calibrate")
 
 

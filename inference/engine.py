@@ -27,7 +27,7 @@ __all__ = [
 ]
 
 Label = Literal["mask", "no_mask"]
-FINETUNED_SUFFIX = "-ft"  # what inference/finetune.py appends to the base classifier's name
+FINETUNED_SUFFIX = "-ft"  # what inference/finetune.py and detector_finetune.py append to the base name
 log = logging.getLogger(__name__)
 
 
@@ -75,16 +75,19 @@ def resolve_spec(name: str, models_dir: Path | None = None) -> ModelSpec:
 
 
 def default_models(models_dir: Path | None = None) -> tuple[str, str]:
-    """Names of the default detector and classifier: the shipped ones, replaced by the detector with its
-    box adjustment fitted (`maskwatch models calibrate`) and the classifier fine-tuned (`maskwatch models
-    finetune`) on a dataset's train split, once those are built."""
+    """Names of the default detector and classifier: the shipped ones, replaced by those re-trained on a
+    dataset's train split once built (`maskwatch models finetune-detector`, `maskwatch models finetune`),
+    else by the detector with its box adjustment fitted (`maskwatch models calibrate`)."""
     from inference.calibrate import CALIBRATED_SUFFIX
     from inference.models.manifest import DEFAULT_CLASSIFIER, DEFAULT_DETECTOR
 
     base = models_dir or _models_dir()
     names = []
-    for name, suffix in ((DEFAULT_DETECTOR, CALIBRATED_SUFFIX), (DEFAULT_CLASSIFIER, FINETUNED_SUFFIX)):
-        names.append(f"{name}{suffix}" if (base / f"{name}{suffix}.yaml").is_file() else name)
+    for name, suffixes in (
+        (DEFAULT_DETECTOR, (FINETUNED_SUFFIX, CALIBRATED_SUFFIX)),
+        (DEFAULT_CLASSIFIER, (FINETUNED_SUFFIX,)),
+    ):
+        names.append(next((name + s for s in suffixes if (base / f"{name}{s}.yaml").is_file()), name))
     return names[0], names[1]
 
 
