@@ -119,8 +119,11 @@ def test_finetune_split_reproduces_the_full_model_and_local_specs_resolve(tmp_pa
     graph = _keras_graph(base, Settings().models_dir)
     split = _Split(graph, FIRST_TRAINED)
     assert split.carried  # the cut passes real tensors across
-    batches, labels = _crops(base, load_dataset(DATASET, limit=2))
+    batches, labels, images = _crops(base, load_dataset(DATASET, limit=2))
     assert len(labels) == 2 * sum(len(b) for b in batches[::2])  # crops plus their mirror images
+    # Each crop knows its image (mirror images as -1 - index), so folds can split by image.
+    assert set(images[images >= 0]) == {0, 1}
+    assert sorted(images[images >= 0]) == sorted(-1 - images[images < 0])
     x = torch.from_numpy(batches[0])
     with torch.no_grad():
         full = graph(x)

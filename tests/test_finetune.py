@@ -14,7 +14,7 @@ import pytest
 
 from inference.datasets import Sample, load_dataset
 from inference.engine import FINETUNED_SUFFIX, InferenceEngine, resolve_spec
-from inference.finetune import INPUT, _global_pool, _keras_graph, recipe
+from inference.finetune import INPUT, _global_pool, _keras_graph, recall_threshold, recipe
 from inference.models.manifest import DEFAULT_CLASSIFIER, ModelNotPulledError
 from inference.postprocess import nomask_probability
 from inference.preprocess import BatchPreprocessor, decode_image
@@ -59,6 +59,21 @@ def test_tuned_classifier_is_the_current_recipe(tuned: ModelSpec) -> None:
     assert (tuned.preprocess.width, tuned.preprocess.height) == (INPUT, INPUT)
     engine = InferenceEngine.default()
     assert engine.classifier_spec.name == TUNED
+    # The no-mask threshold was fitted out of fold on the train split and travels with the model.
+    assert 0.02 <= tuned.score_threshold <= 0.98 and tuned.score_threshold != 0.5
+    assert engine.nomask_threshold == tuned.score_threshold
+
+
+def test_recall_threshold_is_the_highest_that_reaches_the_recall() -> None:
+    probs = np.array([0.95, 0.9, 0.8, 0.7, 0.62, 0.4, 0.3, 0.2, 0.1, 0.05, 0.6, 0.5])
+    nomask = np.array([True] * 10 + [False] * 2)
+    assert recall_threshold(probs, nomask, 0.9) == 0.1  # 9 of the 10 no-mask crops
+    assert recall_threshold(probs, nomask, 0.5) == 0.62
+    assert recall_threshold(probs, nomask, 1.0) == 0.05
+    found = probs[nomask] >= recall_threshold(probs, nomask, 0.75)
+    assert found.mean() >= 0.75
+    with pytest.raises(ValueError, match="no no-mask"):
+        recall_threshold(probs, np.zeros(12, bool), 0.9)
 
 
 def test_small_input_classifier_tells_masked_from_unmasked(
