@@ -194,7 +194,8 @@ def _speed(det: Detections, n_images: int) -> dict[str, float]:
 
 
 def draw_pr_png(path: Path, curves: dict[str, tuple[np.ndarray, np.ndarray]], title: str) -> None:
-    """PR curves (precision vs recall) drawn with OpenCV, one colour per curve, legend top-right."""
+    """PR curves (precision vs recall) drawn with OpenCV, one colour per curve, legend bottom-left (the
+    corner PR curves stay out of: low recall at low precision)."""
     w, h, m = 720, 560, 60
     img = np.full((h, w, 3), 255, np.uint8)
     x0, y0, x1, y1 = m, h - m, w - 20, 40
@@ -215,9 +216,9 @@ def draw_pr_png(path: Path, curves: dict[str, tuple[np.ndarray, np.ndarray]], ti
         if len(prec):
             pts = np.stack([x0 + rec * (x1 - x0), y0 + prec * (y1 - y0)], axis=1).astype(np.int32)
             cv2.polylines(img, [pts.reshape(-1, 1, 2)], False, colour, 2, cv2.LINE_AA)
-        ly = y1 + 20 + 20 * n
-        cv2.line(img, (x1 - 230, ly - 4), (x1 - 205, ly - 4), colour, 3)
-        cv2.putText(img, name, (x1 - 200, ly), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (0, 0, 0), 1)
+        ly = y0 - 15 - 20 * (len(curves) - 1 - n)
+        cv2.line(img, (x0 + 15, ly - 4), (x0 + 40, ly - 4), colour, 3)
+        cv2.putText(img, name, (x0 + 45, ly), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (0, 0, 0), 1)
     if not cv2.imwrite(str(path), img):
         raise OSError(f"could not write {path}")
 
