@@ -230,8 +230,8 @@ def finetune(
     labels = target if spec.nomask_index == 1 else 1 - target
     params = [p for p in graph.params.values() if p.requires_grad]
     initial = [p.detach().clone() for p in params]
-    # Train on logits: the log of a saturated softmax has no gradient, and a run that saturated early
-    # stayed stuck (one of the threshold folds did). The softmax is put back before export.
+    # Train on logits: the log of a saturated softmax has no gradient, so a run that saturated early
+    # stayed stuck (one did, at a loss of 7.9). The softmax is put back before export.
     head = next(e for e in graph.layers if e["name"] == graph.output_name)
     if head["cfg"].get("activation") != "softmax":
         raise ValueError(f"{base.name}: expected a softmax output layer, found {head['kind']}")
