@@ -10,7 +10,6 @@ stray matches do not pull it). The result is written as `<detector>-cal.yaml` be
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -21,7 +20,7 @@ import numpy as np
 from inference.datasets import Sample, load_dataset
 from inference.postprocess import iou_matrix
 from inference.preprocess import decode_image
-from inference.spec import ModelSpec
+from inference.spec import ModelSpec, save_spec
 
 log = logging.getLogger(__name__)
 
@@ -86,8 +85,7 @@ def calibrate(dataset: Path, detector: ModelSpec, out_dir: Path, limit: int | No
             "file": file.name if file.parent == out_dir else str(file),
         }
     )
-    # JSON is valid YAML; `resolve_spec(name)` finds it beside the manifest, like the fine-tuned classifier.
-    (out_dir / f"{spec.name}.yaml").write_text(json.dumps(spec.model_dump(mode="json"), indent=2) + "\n")
+    save_spec(spec, out_dir / f"{spec.name}.yaml")
     return spec
 
 

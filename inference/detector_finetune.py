@@ -20,7 +20,6 @@ is never seen.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Sequence
@@ -34,7 +33,7 @@ from inference.datasets import load_dataset
 from inference.engine import FINETUNED_SUFFIX
 from inference.postprocess import iou_matrix
 from inference.preprocess import BatchPreprocessor, decode_image
-from inference.spec import ModelSpec
+from inference.spec import ModelSpec, save_spec
 
 if TYPE_CHECKING:
     import onnx
@@ -314,7 +313,7 @@ def finetune_detector(
                 scale = np.array([t.scale_x, t.scale_y] * 2, np.float32)
                 pad = np.array([t.pad_x, t.pad_y] * 2, np.float32)
                 targets.append(match_priors(layout.priors, (b * scale + pad) / size, nm, layout.variances))
-            out.append((f8.copy(), *(np.stack(k) for k in zip(*targets, strict=True))))
+            out.append((f8, *(np.stack(k) for k in zip(*targets, strict=True))))
         return out
 
     params = [p for m in tail.modules() if isinstance(m, torch.nn.Conv2d) for p in m.parameters()]
@@ -366,8 +365,7 @@ def finetune_detector(
     )
     tmp.replace(onnx_path)
     spec = base.model_copy(update={"name": name, "file": onnx_path.name, "box_adjust": None, "source": None})
-    # JSON is valid YAML; `resolve_spec(name)` finds it beside the manifest.
-    (models_dir / f"{name}.yaml").write_text(json.dumps(spec.model_dump(mode="json"), indent=2) + "\n")
+    save_spec(spec, models_dir / f"{name}.yaml")
     log.info("wrote %s and %s.yaml", onnx_path, name)
     return spec.model_copy(update={"file": str(onnx_path)})
 
@@ -414,16 +412,6 @@ def recipe(base: ModelSpec) -> dict[str, Any]:
     return RECIPE | {"base": base.name, "base_sha256": base.source.sha256 if base.source else None}
 
 
-def is_current(models_dir: Path, name: str, base: ModelSpec) -> bool:
-    stamp = models_dir / f"{name}.recipe.json"
-    return (
-        (models_dir / f"{name}.yaml").is_file()
-        and (models_dir / f"{name}.onnx").is_file()
-        and stamp.is_file()
-        and json.loads(stamp.read_text()) == recipe(base)
-    )
-
-
 @click.command()
 @click.argument("dataset", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option(
@@ -432,6 +420,7 @@ def is_current(models_dir: Path, name: str, base: ModelSpec) -> bool:
 @click.option("--force", is_flag=True, help="re-train even when the result is already cached")
 def finetune_detector_command(dataset: Path, base: str, force: bool) -> None:
     """Re-train the face detector's later stages on DATASET's train split; cache it beside the models."""
+    from inference.finetune import is_built, write_stamp
     from inference.models.manifest import get_spec
     from maskwatch.config import Settings
 
@@ -439,9 +428,9 @@ def finetune_detector_command(dataset: Path, base: str, force: bool) -> None:
     name = f"{base}{FINETUNED_SUFFIX}"
     base_spec = get_spec(base)
     # Minutes on a CPU: once built, the cached result is used unless the base or the recipe changed.
-    if not force and is_current(models_dir, name, base_spec):
+    if not force and is_built(models_dir, name, recipe(base_spec)):
         click.echo(f"{name}: cached in {models_dir} (--force to re-train)")
         return
     spec = finetune_detector(dataset, base_spec, name, models_dir)
-    (models_dir / f"{name}.recipe.json").write_text(json.dumps(recipe(base_spec), indent=2) + "\n")
+    write_stamp(models_dir, name, recipe(base_spec))
     click.echo(f"{spec.name}: {spec.file}")

@@ -36,7 +36,7 @@ from inference.datasets import Sample, load_dataset
 from inference.engine import FINETUNED_SUFFIX
 from inference.evaluate import TARGET_RECALL
 from inference.preprocess import BatchPreprocessor, decode_image
-from inference.spec import ModelSpec
+from inference.spec import ModelSpec, save_spec
 
 log = logging.getLogger(__name__)
 
@@ -168,6 +168,22 @@ def recall_threshold(probs: np.ndarray, nomask: np.ndarray, recall: float) -> fl
         raise ValueError("no no-mask crops to fit the threshold on")
     kth = pos[min(len(pos), int(np.ceil(recall * len(pos)))) - 1]
     return float(np.floor(kth * 1000) / 1000)
+
+
+def is_built(models_dir: Path, name: str, stamp: dict[str, Any]) -> bool:
+    """A model trained beside the pulled ones (`<name>.yaml`, `.onnx`) from exactly this recipe: the stamp
+    `<name>.recipe.json` written after training says which."""
+    path = models_dir / f"{name}.recipe.json"
+    return (
+        (models_dir / f"{name}.yaml").is_file()
+        and (models_dir / f"{name}.onnx").is_file()
+        and path.is_file()
+        and json.loads(path.read_text()) == stamp
+    )
+
+
+def write_stamp(models_dir: Path, name: str, stamp: dict[str, Any]) -> None:
+    (models_dir / f"{name}.recipe.json").write_text(json.dumps(stamp, indent=2) + "\n")
 
 
 def recipe(base: ModelSpec) -> dict[str, Any]:
@@ -303,8 +319,7 @@ def finetune(
         pick = np.sort(rng.choice(len(crops), min(CALIBRATION_CROPS, len(crops)), replace=False))
         quantize_int8(fp32_path, onnx_path, crops[pick])
     spec = spec.model_copy(update={"file": onnx_path.name})
-    # JSON is valid YAML; `resolve_spec(name)` finds it beside the manifest.
-    (models_dir / f"{name}.yaml").write_text(json.dumps(spec.model_dump(mode="json"), indent=2) + "\n")
+    save_spec(spec, models_dir / f"{name}.yaml")
     log.info("wrote %s and %s.yaml", onnx_path, name)
     return spec.model_copy(update={"file": str(onnx_path)})
 
@@ -324,18 +339,11 @@ def finetune_command(dataset: Path, base: str, name: str | None, force: bool) ->
     base_spec = get_spec(base)
     # Training takes minutes on a CPU: once built, the cached result is what `bin/dev` and the flow use,
     # unless it was built from another base or recipe (the stamp beside it says which).
-    stamp = models_dir / f"{name}.recipe.json"
-    if (
-        not force
-        and (models_dir / f"{name}.yaml").is_file()
-        and (models_dir / f"{name}.onnx").is_file()
-        and stamp.is_file()
-        and json.loads(stamp.read_text()) == recipe(base_spec)
-    ):
+    if not force and is_built(models_dir, name, recipe(base_spec)):
         click.echo(f"{name}: cached in {models_dir} (--force to re-train)")
         return
     spec = finetune(dataset, base_spec, name, models_dir)
-    stamp.write_text(json.dumps(recipe(base_spec), indent=2) + "\n")
+    write_stamp(models_dir, name, recipe(base_spec))
     click.echo(f"{spec.name}: {spec.file}")
 
 

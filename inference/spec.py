@@ -6,6 +6,7 @@ a user plugs their own model by writing the same fields in YAML (see ``load_spec
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Literal
 
@@ -70,6 +71,12 @@ class ModelSpec(BaseModel):
     def path(self, base: Path) -> Path:
         p = Path(self.file)
         return p if p.is_absolute() else base / p
+
+
+def save_spec(spec: ModelSpec, path: Path) -> None:
+    """Write a spec as `load_spec` reads it (JSON is valid YAML); `resolve_spec(name)` finds
+    `<models_dir>/<name>.yaml` beside the pulled models."""
+    path.write_text(json.dumps(spec.model_dump(mode="json"), indent=2) + "\n")
 
 
 def load_spec(path: Path) -> ModelSpec:

@@ -23,12 +23,12 @@ from inference.detector_finetune import (
     GraphLayout,
     augment,
     finetune_detector,
-    is_current,
     match_priors,
     recipe,
 )
 from inference.engine import FINETUNED_SUFFIX, InferenceEngine, default_models, resolve_spec
 from inference.evaluate import average_precision, match
+from inference.finetune import is_built
 from inference.models.manifest import DEFAULT_DETECTOR, ModelNotPulledError
 from inference.preprocess import decode_image
 from inference.session import OrtModel
@@ -104,7 +104,7 @@ def test_short_training_writes_back_into_the_same_graph(tmp_path: Path) -> None:
     (boxes, scores), _ = engine.detect([frame, frame])
     assert boxes.shape[1] == 4 and len(scores) == len(boxes)
     assert OrtModel(Path(spec.file)).run(np.zeros((3, 3, 480, 640), np.float32))[0].shape[0] == 3
-    assert not is_current(tmp_path, "tiny-ft", base)  # no stamp: the CLI would build it again
+    assert not is_built(tmp_path, "tiny-ft", recipe(base))  # no stamp: the CLI would build it again
 
 
 def _face_ap(engine: InferenceEngine, samples: list[Sample]) -> float:
