@@ -1,4 +1,4 @@
-"""``maskwatch models pull|list`` and ``maskwatch eval``."""
+"""``maskwatch models pull|list|tune`` and ``maskwatch eval``."""
 
 from __future__ import annotations
 
@@ -101,6 +101,16 @@ def _register_tuning() -> None:
     models.add_command(finetune_command, name="finetune")
     models.add_command(finetune_detector_command, name="finetune-detector")
     models.add_command(calibrate_command, name="calibrate")
+
+    @models.command("tune")
+    @click.argument("dataset", type=click.Path(exists=True, file_okay=False, path_type=Path))
+    @click.pass_context
+    def tune_command(ctx: click.Context, dataset: Path) -> None:
+        """Build every model the default pair is tuned into from DATASET's train split, each cached: the
+        fine-tuned classifier and detector, and the calibrated detector the evaluation compares with."""
+        # One list for bin/dev and the image build (docker/Dockerfile), so both serve the same defaults.
+        for command in (finetune_command, finetune_detector_command, calibrate_command):
+            ctx.invoke(command, dataset=dataset)
 
 
 _register_tuning()

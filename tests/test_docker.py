@@ -130,13 +130,23 @@ def test_compose_images_and_dockerfile_targets(compose: dict[str, Any]) -> None:
         assert Path(build["context"]) == REPO_ROOT and build["dockerfile"] == "docker/Dockerfile", name
         assert build["target"] in stages
         assert service["image"] == f"maskwatch:{build['target']}", f"{name}: image name follows the target"
+        # The Dockerfile's `dataset` stage: empty unless MASKWATCH_DATASET names the labelled set.
+        assert build["additional_contexts"] == {"dataset": "docker-image://scratch"}, name
     # Every COPY source of the build exists and is let through Dockerfile.dockerignore.
     ignore = (DOCKER / "Dockerfile.dockerignore").read_text()
     for source in re.findall(r"^COPY\s+(?!--from)(\S+)\s", dockerfile, re.MULTILINE):
         assert (REPO_ROOT / source).exists(), source
         assert f"!{source}" in ignore or f"!{source}/**" in ignore, f"{source} is excluded from the context"
     # Models are baked in at build time, and the GPU image keeps only the CUDA build of onnxruntime.
-    assert "maskwatch models pull --models-dir /opt/maskwatch/models" in dockerfile
+    models = dockerfile.split("AS models", 1)[1].split("\nFROM ", 1)[0]
+    assert "MASKWATCH_MODELS_DIR=/opt/maskwatch/models" in models and "maskwatch models pull" in models
+    assert dockerfile.count("COPY --from=models /opt/maskwatch/models /opt/maskwatch/models") == 2
+    # Given the dataset as a named build context, the image serves the tuned defaults, as bin/dev does
+    # (the wheels they are tuned from are removed only after); without it, `dataset` is an empty stage.
+    assert re.search(r"^FROM scratch AS dataset$", dockerfile, re.MULTILINE)
+    assert "--mount=type=bind,from=dataset,target=/dataset" in models
+    assert models.index("models tune /dataset") < models.index("rm -rf /opt/maskwatch/models/wheels")
+    assert "maskwatch models tune" in (REPO_ROOT / "bin" / "dev").read_text()
     assert re.search(r"pip uninstall -y onnxruntime\b", dockerfile)
     assert "onnxruntime-gpu" in dockerfile and re.search(r"FROM \$\{CUDA_IMAGE\} AS gpu", dockerfile)
     # PyPI's onnxruntime-gpu 1.31 links libcudart.so.13 and libcublas.so.13: the base must be CUDA 13.

@@ -117,3 +117,18 @@ def test_global_pool_head_is_the_shipped_head_at_224_and_runs_smaller() -> None:
         small = pooled(torch.nn.functional.interpolate(x, size=(INPUT, INPUT), mode="bilinear"))
     assert small.shape == (2, 2)
     torch.testing.assert_close(small.sum(dim=1), torch.ones(2))
+
+
+def test_models_tune_builds_every_tuned_model_the_defaults_use() -> None:
+    """`maskwatch models tune` is what `bin/dev` and the image build run: after it, every tuned model is
+    cached from its current recipe (a second run re-trains nothing) and the default pair uses them."""
+    from click.testing import CliRunner
+
+    from inference.cli import models
+    from inference.engine import default_models
+
+    result = CliRunner().invoke(models, ["tune", str(DATASET)])
+    assert result.exit_code == 0, result.output
+    built = {line.split(":")[0] for line in result.output.splitlines() if ": cached in " in line}
+    assert built == {TUNED, "rfb640-ft", "rfb640-cal"}, result.output
+    assert set(default_models()) == {TUNED, "rfb640-ft"}
