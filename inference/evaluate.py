@@ -82,6 +82,13 @@ def average_precision(scores: np.ndarray, tp: np.ndarray, n_gt: int) -> tuple[fl
     return ap, precision, recall
 
 
+def face_ap50(samples: Sequence[Sample], found: Sequence[tuple[np.ndarray, np.ndarray]]) -> float:
+    """Face AP50 (any class) of per-image detections (boxes, scores) against the samples' faces."""
+    scores = np.concatenate([sc for _, sc in found])
+    tp = np.concatenate([match(b, sc, s.boxes) for (b, sc), s in zip(found, samples, strict=True)])
+    return average_precision(scores, tp, sum(len(s.boxes) for s in samples))[0]
+
+
 def detection_metrics(
     samples: Sequence[Sample], det: Detections, score_threshold: float, nomask_threshold: float
 ) -> tuple[dict[str, Any], dict[str, tuple[np.ndarray, np.ndarray]]]:

@@ -12,7 +12,7 @@ import pytest
 from inference.calibrate import CALIBRATED_SUFFIX, calibrate, fit_box_adjust, is_current
 from inference.datasets import Sample, load_dataset
 from inference.engine import InferenceEngine, default_models, resolve_spec
-from inference.evaluate import average_precision, match
+from inference.evaluate import face_ap50
 from inference.postprocess import adjust_boxes, iou_matrix, mirror_boxes
 from inference.preprocess import Transform, decode_image
 from inference.spec import ModelSpec
@@ -51,9 +51,7 @@ def test_mirror_boxes_undo_a_mirrored_letterboxed_frame() -> None:
 def _ap_and_iou(engine: InferenceEngine, samples: list[Sample]) -> tuple[float, float]:
     frames = [decode_image(s.image.read_bytes()) for s in samples]
     found = engine.detect(frames)
-    scores = np.concatenate([sc for _, sc in found])
-    tp = np.concatenate([match(b, sc, s.boxes) for (b, sc), s in zip(found, samples, strict=True)])
-    ap = average_precision(scores, tp, sum(len(s.boxes) for s in samples))[0]
+    ap = face_ap50(samples, found)
     # Mean IoU of each ground-truth face with its best detection, over faces some detection touches.
     pairs = zip(found, samples, strict=True)
     best = np.concatenate([iou_matrix(s.boxes, b).max(axis=1) for (b, _), s in pairs if len(b)])

@@ -27,7 +27,7 @@ from inference.detector_finetune import (
     recipe,
 )
 from inference.engine import FINETUNED_SUFFIX, InferenceEngine, default_models, resolve_spec
-from inference.evaluate import average_precision, match
+from inference.evaluate import face_ap50
 from inference.finetune import is_built
 from inference.models.manifest import DEFAULT_DETECTOR, ModelNotPulledError
 from inference.preprocess import decode_image
@@ -111,9 +111,7 @@ def _face_ap(engine: InferenceEngine, samples: list[Sample]) -> float:
     found = []
     for i in range(0, len(samples), 16):
         found += engine.detect([decode_image(s.image.read_bytes()) for s in samples[i : i + 16]])
-    scores = np.concatenate([sc for _, sc in found])
-    tp = np.concatenate([match(b, sc, s.boxes) for (b, sc), s in zip(found, samples, strict=True)])
-    return average_precision(scores, tp, sum(len(s.boxes) for s in samples))[0]
+    return face_ap50(samples, found)
 
 
 def test_default_detector_is_the_tuned_one_and_beats_calibration_held_out() -> None:

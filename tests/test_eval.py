@@ -9,8 +9,8 @@ import cv2
 import numpy as np
 import pytest
 
-from inference.datasets import DatasetError, load_dataset, split_of
-from inference.evaluate import average_precision, main, match
+from inference.datasets import DatasetError, Sample, load_dataset, split_of
+from inference.evaluate import average_precision, face_ap50, main, match
 from inference.preprocess import decode_image
 
 DATASET = Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "kaggle-face-mask"
@@ -29,6 +29,11 @@ def test_ap_and_matching_on_known_cases() -> None:
     assert ap == pytest.approx(0.75)
     assert recall[-1] == 1.0 and precision[0] == 1.0
     assert average_precision(scores[:1], tp[:1], 2)[0] == pytest.approx(0.5)
+    # Over images: each image's detections match only its own faces.
+    a = Sample(Path("a.jpg"), gt[:1], ("mask",), ("con_mascarilla",))
+    b = Sample(Path("b.jpg"), gt[1:], ("no_mask",), ("sin_mascarilla",))
+    found = [(gt[1:], np.array([0.9], np.float32)), (gt[1:], np.array([0.8], np.float32))]
+    assert face_ap50([a, b], found) == pytest.approx(0.25)  # the first is a miss, the second finds b's face
 
 
 def test_split_is_deterministic_and_disjoint() -> None:
