@@ -420,17 +420,15 @@ def recipe(base: ModelSpec) -> dict[str, Any]:
 @click.option("--force", is_flag=True, help="re-train even when the result is already cached")
 def finetune_detector_command(dataset: Path, base: str, force: bool) -> None:
     """Re-train the face detector's later stages on DATASET's train split; cache it beside the models."""
-    from inference.finetune import is_built, write_stamp
+    from inference.finetune import build_once
     from inference.models.manifest import get_spec
     from maskwatch.config import Settings
 
     models_dir = Settings().models_dir
     name = f"{base}{FINETUNED_SUFFIX}"
     base_spec = get_spec(base)
-    # Minutes on a CPU: once built, the cached result is used unless the base or the recipe changed.
-    if not force and is_built(models_dir, name, recipe(base_spec)):
-        click.echo(f"{name}: cached in {models_dir} (--force to re-train)")
-        return
-    spec = finetune_detector(dataset, base_spec, name, models_dir)
-    write_stamp(models_dir, name, recipe(base_spec))
-    click.echo(f"{spec.name}: {spec.file}")
+
+    def train() -> ModelSpec:
+        return finetune_detector(dataset, base_spec, name, models_dir)
+
+    build_once(models_dir, name, recipe(base_spec), force, train)

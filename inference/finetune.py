@@ -26,6 +26,7 @@ import json
 import logging
 import tempfile
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -186,6 +187,19 @@ def write_stamp(models_dir: Path, name: str, stamp: dict[str, Any]) -> None:
     (models_dir / f"{name}.recipe.json").write_text(json.dumps(stamp, indent=2) + "\n")
 
 
+def build_once(
+    models_dir: Path, name: str, stamp: dict[str, Any], force: bool, train: Callable[[], ModelSpec]
+) -> None:
+    """Run `train` (minutes on a CPU) and stamp its result, unless `name` is already built from exactly
+    `stamp`: then the cached model is what `bin/dev` and the flow use. Says which on stdout."""
+    if not force and is_built(models_dir, name, stamp):
+        click.echo(f"{name}: cached in {models_dir} (--force to re-train)")
+        return
+    spec = train()
+    write_stamp(models_dir, name, stamp)
+    click.echo(f"{spec.name}: {spec.file}")
+
+
 def recipe(base: ModelSpec) -> dict[str, Any]:
     """What a cached fine-tuned model was built from; any change means it is rebuilt."""
     return RECIPE | {"base": base.name, "base_sha256": base.source.sha256 if base.source else None}
@@ -335,16 +349,11 @@ def finetune_command(dataset: Path, base: str, name: str | None, force: bool) ->
     from maskwatch.config import Settings
 
     models_dir = Settings().models_dir
-    name = name or f"{base}{FINETUNED_SUFFIX}"
+    out = name or f"{base}{FINETUNED_SUFFIX}"
     base_spec = get_spec(base)
-    # Training takes minutes on a CPU: once built, the cached result is what `bin/dev` and the flow use,
-    # unless it was built from another base or recipe (the stamp beside it says which).
-    if not force and is_built(models_dir, name, recipe(base_spec)):
-        click.echo(f"{name}: cached in {models_dir} (--force to re-train)")
-        return
-    spec = finetune(dataset, base_spec, name, models_dir)
-    write_stamp(models_dir, name, recipe(base_spec))
-    click.echo(f"{spec.name}: {spec.file}")
+    build_once(
+        models_dir, out, recipe(base_spec), force, lambda: finetune(dataset, base_spec, out, models_dir)
+    )
 
 
 if __name__ == "__main__":

@@ -132,3 +132,21 @@ def test_models_tune_builds_every_tuned_model_the_defaults_use() -> None:
     built = {line.split(":")[0] for line in result.output.splitlines() if ": cached in " in line}
     assert built == {TUNED, "rfb640-ft", "rfb640-cal"}, result.output
     assert set(default_models()) == {TUNED, "rfb640-ft"}
+
+
+def test_build_once_trains_only_without_a_current_stamp(tmp_path: Path, tuned: ModelSpec) -> None:
+    """What `models finetune[-detector]` do around the training: skip it when the stamp matches."""
+    from inference.finetune import build_once, is_built
+
+    runs: list[int] = []
+
+    def train() -> ModelSpec:
+        runs.append(1)
+        (tmp_path / "m.onnx").write_bytes(b"x")
+        (tmp_path / "m.yaml").write_text("{}")
+        return tuned
+
+    for stamp, force, trained in [({"a": 1}, False, 1), ({"a": 1}, False, 1), ({"a": 2}, False, 2),
+                                  ({"a": 2}, True, 3)]:
+        build_once(tmp_path, "m", stamp, force, train)
+        assert len(runs) == trained and is_built(tmp_path, "m", stamp)
