@@ -264,6 +264,22 @@ def wait_for(what: str, check: Callable[[], bool], timeout: float, proc: subproc
     raise AssertionError(f"timed out waiting for {what}:\n{log_path.read_text()[-4000:]}")
 
 
+def kill_at_first_frame(settings: Settings, proc: subprocess.Popen[bytes], log_path: Path,
+                        timeout: float = 120) -> int:
+    """kill -9 the flow as soon as its first frame row is stored; returns the frame rows stored by then.
+
+    The flow stores frames in bursts (a batch with the hanging camera waits out the fetch deadline), so a
+    kill right after the first one lands while the rest of what was produced is still being worked on."""
+    deadline = time.monotonic() + timeout
+    while not frame_counts(settings):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise AssertionError(f"no frame row before the kill:\n{log_path.read_text()[-4000:]}")
+        time.sleep(0.05)
+    proc.kill()
+    proc.wait(10)
+    return sum(frame_counts(settings).values())
+
+
 def has_frames(settings: Settings, expected: dict[str, int]) -> Callable[[], bool]:
     return lambda: frame_counts(settings) == expected
 
