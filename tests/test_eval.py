@@ -117,19 +117,31 @@ def test_finetune_split_reproduces_the_full_model_and_local_specs_resolve(tmp_pa
     import torch
 
     from inference.engine import resolve_spec
-    from inference.finetune import FIRST_TRAINED, _crops, _keras_graph, _Split
+    from inference.finetune import FIRST_TRAINED, _keras_graph, _Split, _TrainCrops
+    from inference.preprocess import BatchPreprocessor
     from maskwatch.config import Settings
 
     base = resolve_spec("mobilenetv2-mask")
     graph = _keras_graph(base, Settings().models_dir)
     split = _Split(graph, FIRST_TRAINED)
     assert split.carried  # the cut passes real tensors across
-    batches, labels, images = _crops(base, load_dataset(DATASET, limit=2))
-    assert len(labels) == 2 * sum(len(b) for b in batches[::2])  # crops plus their mirror images
-    # Each crop knows its image (mirror images as -1 - index), so folds can split by image.
-    assert set(images[images >= 0]) == {0, 1}
-    assert sorted(images[images >= 0]) == sorted(-1 - images[images < 0])
-    x = torch.from_numpy(batches[0])
+    samples = load_dataset(DATASET, limit=3)
+    faces = _TrainCrops(base, samples)
+    plain = faces.plain()
+    # Plain crops are the engine's crops of the annotated boxes; each face knows its label and image.
+    engine_crops = BatchPreprocessor(base.preprocess).crops(
+        [decode_image(s.image.read_bytes()) for s in samples], [s.boxes for s in samples], base.crop_margin
+    )
+    np.testing.assert_array_equal(plain, engine_crops)
+    assert list(faces.nomask) == [lab == "no_mask" for s in samples for lab in s.labels]
+    assert list(faces.image) == [i for i, s in enumerate(samples) for _ in s.labels]
+    # Augmented crops: drawn afresh (same draw from the same seed), within the pixel range, near the plain.
+    a1, a2 = faces.augmented(np.random.default_rng(1)), faces.augmented(np.random.default_rng(2))
+    np.testing.assert_array_equal(a1, faces.augmented(np.random.default_rng(1)))
+    assert a1.shape == a2.shape == plain.shape and not np.array_equal(a1, a2)
+    assert a1.min() >= -1.0 - 1e-6 and a1.max() <= 1.0 + 1e-6  # (x - 127.5) / 127.5 of pixels 0..255
+    assert np.abs(a1 - plain).mean() < np.abs(a1 - plain[::-1]).mean()  # still each face, not another
+    x = torch.from_numpy(plain[:4].copy())
     with torch.no_grad():
         full = graph(x)
         parts = split.run_suffix(split.run_prefix(x), train=False)
