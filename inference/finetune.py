@@ -7,7 +7,7 @@ faces closes that gap.
 
 How: the Keras model is rebuilt in PyTorch from the pinned wheel (`inference.models.convert_keras`); the
 train faces are cut as the engine cuts them, but afresh each epoch from shifted and rescaled boxes,
-mirrored and with varied contrast and brightness (so 2,800 faces do not get learnt by heart); everything
+mirrored and with varied contrast and brightness (so 3,000 faces are not learnt by heart); everything
 from FIRST_TRAINED on trains for a fixed number of epochs with a fixed seed, class-balanced, with label
 smoothing. The no-mask operating threshold is fitted out of fold on the train
 split (THRESHOLD_FOLDS) and written into the spec (`score_threshold`), so it travels with the model.
@@ -153,7 +153,9 @@ class _TrainCrops:
     def __init__(self, spec: ModelSpec, samples: list[Sample]) -> None:
         self._pre = BatchPreprocessor(spec.preprocess)
         self._margin = spec.crop_margin
-        shape = (1, 3, 1, 1) if spec.preprocess.layout == "NCHW" else (1, 1, 1, 3)
+        nchw = spec.preprocess.layout == "NCHW"
+        shape = (1, 3, 1, 1) if nchw else (1, 1, 1, 3)
+        self._width_axis = 3 if nchw else 2
         self._mean = np.asarray(spec.preprocess.mean, np.float32).reshape(shape)
         self._std = np.asarray(spec.preprocess.std, np.float32).reshape(shape)
         self._frames = [decode_image(s.image.read_bytes()) for s in samples]
@@ -183,7 +185,7 @@ class _TrainCrops:
             boxes.append(np.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], axis=1))
         x = self._cut(boxes)
         flip = rng.random(len(x)) < 0.5
-        x[flip] = x[flip][..., ::-1]
+        x[flip] = np.flip(x[flip], axis=self._width_axis)
         # Contrast about mid-grey and brightness, in pixel values, then back to the model's normalisation.
         gain = rng.uniform(1 - CONTRAST, 1 + CONTRAST, (len(x), 1, 1, 1)).astype(np.float32)
         offset = rng.uniform(-BRIGHTNESS, BRIGHTNESS, (len(x), 1, 1, 1)).astype(np.float32)
