@@ -144,6 +144,10 @@ class Scenario:
     expected_frames: dict[str, int]
     mixed_unmasked_from: datetime
 
+    def frames_for(self, ticks: list[Tick]) -> int:
+        """How many frame rows `ticks` make (ticks of unregistered or disabled cameras make none)."""
+        return sum(1 for t in ticks if t.camera_id in self.expected_frames)
+
 
 def scenario_base_ms() -> int:
     """Event time starts on a replay-cycle boundary (tick i shows image i of the directory) that is also a
@@ -253,14 +257,14 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
 
 
 def wait_for(what: str, check: Callable[[], bool], timeout: float, proc: subprocess.Popen[bytes],
-             log_path: Path) -> None:
+             log_path: Path, interval: float = 0.5) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise AssertionError(f"flow exited with {proc.returncode}:\n{log_path.read_text()[-4000:]}")
         if check():
             return
-        time.sleep(0.5)
+        time.sleep(interval)
     raise AssertionError(f"timed out waiting for {what}:\n{log_path.read_text()[-4000:]}")
 
 
@@ -270,11 +274,8 @@ def kill_at_first_frame(settings: Settings, proc: subprocess.Popen[bytes], log_p
 
     The flow stores frames in bursts (a batch with the hanging camera waits out the fetch deadline), so a
     kill right after the first one lands while the rest of what was produced is still being worked on."""
-    deadline = time.monotonic() + timeout
-    while not frame_counts(settings):
-        if proc.poll() is not None or time.monotonic() > deadline:
-            raise AssertionError(f"no frame row before the kill:\n{log_path.read_text()[-4000:]}")
-        time.sleep(0.05)
+    stored = lambda: bool(frame_counts(settings))  # noqa: E731
+    wait_for("a first frame row", stored, timeout, proc, log_path, interval=0.05)
     proc.kill()
     proc.wait(10)
     return sum(frame_counts(settings).values())
