@@ -63,7 +63,7 @@ def decode_image(data: bytes) -> np.ndarray:
     return check_frame(frame)
 
 
-def _fit(src_w: int, src_h: int, pre: Preprocess) -> tuple[int, int, Transform]:
+def fit(src_w: int, src_h: int, pre: Preprocess) -> tuple[int, int, Transform]:
     """Target size inside the input and the transform back, for `stretch` or `letterbox`."""
     if pre.resize == "stretch":
         sx, sy = pre.width / src_w, pre.height / src_h
@@ -86,6 +86,19 @@ def _place(frame: np.ndarray, slot: np.ndarray, tw: int, th: int, interp: int) -
         cv2.resize(frame, (tw, th), dst=slot[:th, :tw], interpolation=interp)
     else:
         slot[:th, :tw] = cv2.resize(frame, (tw, th), interpolation=interp)
+
+
+def crop_boxes(boxes: np.ndarray, width: int, height: int, margin: float) -> np.ndarray:
+    """Face boxes [K, 4] -> the crops cut for the classifier, [K, 4] int x1, y1, x2, y2 pixel edges: each
+    box grown by `margin` of its width/height per side (classifiers were trained on loose crops), rounded
+    outwards and clipped to the frame, at least one pixel wide."""
+    fb = np.asarray(boxes, np.float32).reshape(-1, 4)
+    bw, bh = fb[:, 2] - fb[:, 0], fb[:, 3] - fb[:, 1]
+    x1 = np.clip(np.floor(fb[:, 0] - margin * bw), 0, width - 1)
+    y1 = np.clip(np.floor(fb[:, 1] - margin * bh), 0, height - 1)
+    x2 = np.clip(np.ceil(fb[:, 2] + margin * bw), x1 + 1, width)
+    y2 = np.clip(np.ceil(fb[:, 3] + margin * bh), y1 + 1, height)
+    return np.stack([x1, y1, x2, y2], axis=1).astype(np.int64)
 
 
 class BatchPreprocessor:
@@ -127,7 +140,7 @@ class BatchPreprocessor:
         transforms = []
         for i, frame in enumerate(frames):
             h, w = frame.shape[:2]
-            tw, th, t = _fit(w, h, self.pre)
+            tw, th, t = fit(w, h, self.pre)
             # Bilinear even when shrinking: INTER_AREA costs ~4x more on a 1024x1024 frame and the
             # detector's held-out AP does not move (the README's Accuracy section).
             _place(frame, staging[i], tw, th, cv2.INTER_LINEAR)
@@ -135,11 +148,8 @@ class BatchPreprocessor:
         return self._normalise(staging, out), transforms
 
     def crops(self, frames: Sequence[np.ndarray], boxes: Sequence[np.ndarray], margin: float) -> np.ndarray:
-        """Face crops of all frames in one batch: boxes[i] is [N_i, 4] x1,y1,x2,y2 pixels of frames[i].
-
-        Each box grows by `margin` of its width/height per side (classifiers were trained on loose
-        crops), is clipped to the frame and resized to the classifier input.
-        """
+        """Face crops of all frames in one batch: boxes[i] is [N_i, 4] x1,y1,x2,y2 pixels of frames[i],
+        cut as `crop_boxes` says and resized to the classifier input."""
         n = sum(len(b) for b in boxes)
         staging, out = self._buffers(n)
         k = 0
@@ -147,25 +157,11 @@ class BatchPreprocessor:
             if len(fb) == 0:
                 continue
             h, w = frame.shape[:2]
-            fb = np.asarray(fb, np.float32)
-            bw, bh = fb[:, 2] - fb[:, 0], fb[:, 3] - fb[:, 1]
-            grown = np.stack(
-                [
-                    fb[:, 0] - margin * bw,
-                    fb[:, 1] - margin * bh,
-                    fb[:, 2] + margin * bw,
-                    fb[:, 3] + margin * bh,
-                ],
-                axis=1,
-            )
-            x1 = np.clip(np.floor(grown[:, 0]), 0, w - 1).astype(int)
-            y1 = np.clip(np.floor(grown[:, 1]), 0, h - 1).astype(int)
-            x2 = np.clip(np.ceil(grown[:, 2]), x1 + 1, w).astype(int)
-            y2 = np.clip(np.ceil(grown[:, 3]), y1 + 1, h).astype(int)
+            x1, y1, x2, y2 = crop_boxes(fb, w, h, margin).T
             for j in range(len(fb)):
                 crop = frame[y1[j] : y2[j], x1[j] : x2[j]]
                 ch, cw = crop.shape[:2]
-                tw, th, _ = _fit(cw, ch, self.pre)
+                tw, th, _ = fit(cw, ch, self.pre)
                 _place(crop, staging[k], tw, th, _interp(cw, tw))
                 k += 1
         return self._normalise(staging, out)

@@ -14,7 +14,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
+import onnx
 import onnxruntime as ort
+
+from inference.fp16 import to_fp16
 
 log = logging.getLogger(__name__)
 
@@ -83,16 +86,22 @@ def _provider_options(
             )
         return opts
     if name == "CUDAExecutionProvider":
-        return {"cudnn_conv_algo_search": "HEURISTIC", "do_copy_in_default_stream": True}
+        # EXHAUSTIVE times cuDNN's algorithms once per input shape; the device pipeline rounds batches up
+        # to a few sizes so that happens a few times per process, not per micro-batch.
+        return {"cudnn_conv_algo_search": "EXHAUSTIVE", "do_copy_in_default_stream": True}
     return {}
 
 
 class OrtModel:
-    """One ONNX model on one provider; `run(batch)` returns its outputs as numpy arrays."""
+    """One ONNX model on one provider; `run(batch)` returns its outputs as numpy arrays.
+
+    `source` is a model file or an in-memory model (the device pipeline's pre-processing graphs). On CUDA
+    with `fp16` the model runs as its float16 copy (`inference.fp16`); TensorRT builds its own fp16 engine.
+    """
 
     def __init__(
         self,
-        path: Path,
+        source: Path | onnx.ModelProto,
         *,
         device: Device = "auto",
         fp16: bool = True,
@@ -100,10 +109,10 @@ class OrtModel:
         threads: int | None = None,
         output_names: Sequence[str] = (),
     ) -> None:
-        if not path.is_file():
-            raise FileNotFoundError(f"ONNX model not found: {path} (run `maskwatch models pull`)")
-        self.path = path
-        self.session = self._create(path, device, fp16, max_batch, threads)
+        if isinstance(source, Path) and not source.is_file():
+            raise FileNotFoundError(f"ONNX model not found: {source} (run `maskwatch models pull`)")
+        self.name = source.name if isinstance(source, Path) else source.graph.name
+        self.session = self._create(source, device, fp16, max_batch, threads)
         self.provider: str = self.session.get_providers()[0]
         inp = self.session.get_inputs()[0]
         self.input_name: str = inp.name
@@ -115,13 +124,19 @@ class OrtModel:
         names = [o.name for o in self.session.get_outputs()]
         missing = [n for n in output_names if n not in names]
         if missing:
-            raise ValueError(f"{path.name}: outputs {missing} not in the model (it has {names})")
+            raise ValueError(f"{self.name}: outputs {missing} not in the model (it has {names})")
         self.output_names = list(output_names) or names
-        self.fp16 = fp16 and self.provider == "TensorrtExecutionProvider"
+        # TensorRT builds fp16 engines itself; on CUDA a model file runs as its fp16 copy (`_create`).
+        self.fp16 = fp16 and (
+            self.provider == "TensorrtExecutionProvider"
+            or (self.provider == "CUDAExecutionProvider" and isinstance(source, Path))
+        )
         self._gpu = self.provider in ("CUDAExecutionProvider", "TensorrtExecutionProvider")
+        # Where IO binding places values: the provider's device (ORT's device names).
+        self.device_type = "cuda" if self._gpu else "cpu"
         log.info(
             "model %s on %s (batch<=%d, fp16=%s, io_binding=%s)",
-            path.name,
+            self.name,
             self.provider,
             self.max_batch,
             self.fp16,
@@ -129,28 +144,49 @@ class OrtModel:
         )
 
     def _create(
-        self, path: Path, device: Device, fp16: bool, max_batch: int, threads: int | None
+        self, source: Path | onnx.ModelProto, device: Device, fp16: bool, max_batch: int, threads: int | None
     ) -> ort.InferenceSession:
         wanted = wanted_providers(device)
-        probe = ort.InferenceSession(str(path), _options(1), providers=["CPUExecutionProvider"])
-        inp = probe.get_inputs()[0]
-        shape = [d if isinstance(d, int) and d > 0 else max_batch for d in inp.shape]
-        del probe
-        cache = path.parent / "trt-cache"
+        model = onnx.load(str(source)) if isinstance(source, Path) else source
+        inp = next(i for i in model.graph.input if i.name not in {t.name for t in model.graph.initializer})
+        dims = inp.type.tensor_type.shape.dim
+        shape = [d.dim_value if d.dim_value > 0 else max_batch for d in dims]
+        cache = source.parent / "trt-cache" if isinstance(source, Path) else None
         for i, name in enumerate(wanted):
             providers: list[Any] = [
                 (n, _provider_options(n, inp.name, shape, max_batch, cache, fp16)) for n in wanted[i:]
             ]
+            half = fp16 and name == "CUDAExecutionProvider" and isinstance(source, Path)
             try:
-                sess = ort.InferenceSession(str(path), _options(threads), providers=providers)
+                data = (to_fp16(model) if half else model).SerializeToString()
+                sess = ort.InferenceSession(data, _options(threads), providers=providers)
             except Exception as exc:  # a broken CUDA/TensorRT install must not stop the camera flow
-                log.warning("provider %s failed for %s (%s); trying the next one", name, path.name, exc)
+                log.warning("provider %s failed for %s (%s); trying the next one", name, self.name, exc)
                 continue
             got = sess.get_providers()[0]
             if got != name:
-                log.warning("provider %s did not initialise for %s; using %s", name, path.name, got)
+                # ORT dropped it silently (e.g. TensorRT listed but libnvinfer missing): the next one is
+                # created explicitly, so CUDA still gets its fp16 copy.
+                log.warning("provider %s did not initialise for %s (got %s)", name, self.name, got)
+                continue
             return sess
-        raise RuntimeError(f"no ONNX Runtime provider could load {path}")
+        raise RuntimeError(f"no ONNX Runtime provider could load {self.name}")
+
+    def run_bound(self, feeds: dict[str, Any], *, outputs_on_device: bool = False) -> list[Any]:
+        """Run on inputs that are numpy arrays (host) or OrtValues (already on the device, e.g. another
+        session's output): outputs come back as OrtValues on the device, or as numpy arrays."""
+        binding = self.session.io_binding()
+        for name, value in feeds.items():
+            if isinstance(value, np.ndarray):
+                binding.bind_cpu_input(name, value)
+            else:
+                binding.bind_ortvalue_input(name, value)
+        for name in self.output_names:
+            binding.bind_output(name, self.device_type if outputs_on_device else "cpu", 0)
+        self.session.run_with_iobinding(binding)
+        if outputs_on_device:
+            return list(binding.get_outputs())
+        return [v.numpy() for v in binding.get_outputs()]
 
     def run(self, batch: np.ndarray) -> list[np.ndarray]:
         """Run the model on a batch, in chunks of at most `max_batch`."""

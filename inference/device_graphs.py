@@ -1,0 +1,131 @@
+"""Pre-processing as small ONNX graphs, run by the same provider as the models (on a GPU: on the GPU).
+
+Frames then cross PCIe once, as uint8 pixels (a quarter of the float32 input, and the full frame once for
+both stages): the detector's resize/normalise and the classifier's face crops are cut from that one
+device copy. The graphs do what `inference.preprocess.BatchPreprocessor` does on the host with OpenCV:
+
+- `frame_input_model`: uint8 BGR frames [N, H, W, 3] of one size -> the detector's float input. The host
+  passes the resized content size and the padding (`fit` computes both), so letterbox and stretch share
+  the graph and frames of any size share the session.
+- `crop_model`: the same frames + face boxes [K, 4] (integer pixel edges, from `crop_boxes`) + each box's
+  frame index [K] -> the classifier's input [K, ...], by RoiAlign with half-pixel centres, which samples
+  where OpenCV's bilinear resize does (several samples per output pixel when shrinking, like INTER_AREA).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper
+
+from inference.spec import Preprocess
+
+# Opset 16: RoiAlign's half_pixel mode. IR 8: ONNX Runtime releases older than this onnx refuse newer IRs.
+OPSET = 16
+IR_VERSION = 8
+
+
+def _normalise_nodes(
+    pre: Preprocess, src: str, out: str
+) -> tuple[list[onnx.NodeProto], list[onnx.TensorProto]]:
+    """[.., 3 (BGR), h, w] float pixels -> the spec's colour order, (x - mean) / std, spec layout."""
+    inv_std = 1.0 / np.asarray(pre.std, np.float32)
+    shift = -np.asarray(pre.mean, np.float32) * inv_std
+    consts = [
+        helper.make_tensor("order", TensorProto.INT64, [3], [2, 1, 0] if pre.color == "RGB" else [0, 1, 2]),
+        helper.make_tensor("scale", TensorProto.FLOAT, [1, 3, 1, 1], inv_std.tolist()),
+        helper.make_tensor("shift", TensorProto.FLOAT, [1, 3, 1, 1], shift.tolist()),
+    ]
+    last = "normalised" if pre.layout == "NHWC" else out
+    nodes = [
+        helper.make_node("Gather", [src, "order"], ["ordered"], axis=1),
+        helper.make_node("Mul", ["ordered", "scale"], ["scaled"]),
+        helper.make_node("Add", ["scaled", "shift"], [last]),
+    ]
+    if pre.layout == "NHWC":
+        nodes.append(helper.make_node("Transpose", [last], [out], perm=[0, 2, 3, 1]))
+    return nodes, consts
+
+
+def _model(
+    name: str,
+    nodes: list[onnx.NodeProto],
+    inputs: list[onnx.ValueInfoProto],
+    pre: Preprocess,
+    consts: list[onnx.TensorProto],
+    batch: str,
+) -> onnx.ModelProto:
+    shape: list[str | int] = (
+        [batch, 3, pre.height, pre.width] if pre.layout == "NCHW" else [batch, pre.height, pre.width, 3]
+    )
+    graph = helper.make_graph(
+        nodes, name, inputs, [helper.make_tensor_value_info("input", TensorProto.FLOAT, shape)], consts
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], ir_version=IR_VERSION)
+    onnx.checker.check_model(model)
+    return model
+
+
+def _frames_input() -> onnx.ValueInfoProto:
+    return helper.make_tensor_value_info("frames", TensorProto.UINT8, ["N", "H", "W", 3])
+
+
+def frame_input_model(pre: Preprocess) -> onnx.ModelProto:
+    """frames uint8 [N, H, W, 3], sizes int64 [4] (N, 3, content h, content w), pads int64 [8] -> input."""
+    norm, consts = _normalise_nodes(pre, "padded", "input")
+    consts += [
+        helper.make_tensor("no_roi", TensorProto.FLOAT, [0], []),
+        helper.make_tensor("no_scales", TensorProto.FLOAT, [0], []),
+    ]
+    nodes = [
+        helper.make_node("Transpose", ["frames"], ["nchw8"], perm=[0, 3, 1, 2]),
+        helper.make_node("Cast", ["nchw8"], ["nchw"], to=TensorProto.FLOAT),
+        # Bilinear, half-pixel centres, no antialias: OpenCV's INTER_LINEAR, which the host path uses.
+        helper.make_node(
+            "Resize",
+            ["nchw", "no_roi", "no_scales", "sizes"],
+            ["resized"],
+            mode="linear",
+            coordinate_transformation_mode="half_pixel",
+        ),
+        # Letterbox padding is black pixels (0) before normalising, as on the host.
+        helper.make_node("Pad", ["resized", "pads"], ["padded"], mode="constant"),
+        *norm,
+    ]
+    inputs = [
+        _frames_input(),
+        helper.make_tensor_value_info("sizes", TensorProto.INT64, [4]),
+        helper.make_tensor_value_info("pads", TensorProto.INT64, [8]),
+    ]
+    return _model("maskwatch_frame_input", nodes, inputs, pre, consts, "N")
+
+
+def crop_model(pre: Preprocess) -> onnx.ModelProto:
+    """frames uint8 [N, H, W, 3], rois float [K, 4] (x1, y1, x2, y2 pixel edges), index int64 [K] -> input
+    [K, ...]: each box stretched to the classifier's size (all shipped classifiers stretch)."""
+    if pre.resize != "stretch":
+        raise ValueError("crop_model: only `stretch` classifiers can be cropped on the device")
+    norm, consts = _normalise_nodes(pre, "crops", "input")
+    nodes = [
+        helper.make_node("Transpose", ["frames"], ["nchw8"], perm=[0, 3, 1, 2]),
+        helper.make_node("Cast", ["nchw8"], ["nchw"], to=TensorProto.FLOAT),
+        # sampling_ratio 0: ceil(box / output) samples per output pixel and axis, averaged.
+        helper.make_node(
+            "RoiAlign",
+            ["nchw", "rois", "index"],
+            ["crops"],
+            mode="avg",
+            output_height=pre.height,
+            output_width=pre.width,
+            sampling_ratio=0,
+            spatial_scale=1.0,
+            coordinate_transformation_mode="half_pixel",
+        ),
+        *norm,
+    ]
+    inputs = [
+        _frames_input(),
+        helper.make_tensor_value_info("rois", TensorProto.FLOAT, ["K", 4]),
+        helper.make_tensor_value_info("index", TensorProto.INT64, ["K"]),
+    ]
+    return _model("maskwatch_crops", nodes, inputs, pre, consts, "K")

@@ -1,0 +1,171 @@
+"""Both inference stages with each frame uploaded once, as uint8, and pre-processing on the device.
+
+What `InferenceEngine` runs when its models are on a GPU. Per group of same-size frames (cameras of one
+model share a size) and chunk of at most `max_batch`: frames -> a reused page-locked staging buffer -> one
+upload -> `frame_input_model` -> detector (input never leaves the device) -> boxes to the host for
+decode + NMS -> `crop_model` cuts every face from the frames still on the device -> classifier -> the
+no-mask probabilities back. Only uint8 pixels go up and only boxes, scores and probabilities come down.
+
+Classifier batches are rounded up to powers of two (padded with a dummy box) so cuDNN's exhaustive
+algorithm search runs for a handful of shapes per process instead of one per face count.
+
+Not thread-safe (the staging buffers are reused): one instance per flow worker, like the engine.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+
+from inference.device_graphs import crop_model, frame_input_model
+from inference.pinned import pinned_empty, unpin
+from inference.postprocess import decode_detector, nomask_probability, select_faces
+from inference.preprocess import crop_boxes, fit
+from inference.session import Device, OrtModel
+from inference.spec import ModelSpec
+
+Detection = tuple[np.ndarray, np.ndarray, np.ndarray]  # boxes [K, 4], detector scores [K], no-mask probs [K]
+_STAGING_SIZES = 4  # frame sizes whose staging buffer is kept (one per camera resolution in use)
+
+
+def supported(detector: ModelSpec, classifier: ModelSpec) -> bool:
+    """Whether these specs can run here: mirrored detection and letterboxed crops stay on the host path."""
+    return not detector.flip and classifier.preprocess.resize == "stretch"
+
+
+def bucket(n: int, limit: int) -> int:
+    """`n` rounded up to a power of two (at least 8), at most `limit`."""
+    return min(limit, max(8, 1 << (n - 1).bit_length()))
+
+
+class DevicePipeline:
+    def __init__(
+        self,
+        detector: OrtModel,
+        classifier: OrtModel,
+        detector_spec: ModelSpec,
+        classifier_spec: ModelSpec,
+        *,
+        max_batch: int,
+        max_faces: int,
+        score_threshold: float,
+        classify_batch: int,
+    ) -> None:
+        if not supported(detector_spec, classifier_spec):
+            raise ValueError(
+                f"{detector_spec.name} + {classifier_spec.name}: use the host pre-processing path"
+            )
+        self.detector, self.classifier = detector, classifier
+        self.detector_spec, self.classifier_spec = detector_spec, classifier_spec
+        self.max_batch, self.max_faces = max_batch, max_faces
+        self.score_threshold = score_threshold
+        self.classify_batch = classify_batch
+        self.device_type = detector.device_type
+        device: Device = "cuda" if self.device_type == "cuda" else "cpu"
+        self.frame_input = OrtModel(frame_input_model(detector_spec.preprocess), device=device, threads=1)
+        self.crops = OrtModel(crop_model(classifier_spec.preprocess), device=device, threads=1)
+        self._staging: dict[tuple[int, int], tuple[np.ndarray, bool]] = {}
+
+    @property
+    def pinned(self) -> bool:
+        """Whether every staging buffer in use is page-locked."""
+        return bool(self._staging) and all(p for _, p in self._staging.values())
+
+    def _upload(self, frames: Sequence[np.ndarray]) -> Any:
+        h, w = frames[0].shape[:2]
+        if (h, w) not in self._staging:
+            if len(self._staging) >= _STAGING_SIZES:
+                old, was_pinned = self._staging.pop(next(iter(self._staging)))
+                if was_pinned:
+                    unpin(old)
+            shape = (self.max_batch, h, w, 3)
+            self._staging[h, w] = (
+                pinned_empty(shape) if self.device_type == "cuda" else (np.empty(shape, np.uint8), False)
+            )
+        staging = self._staging[h, w][0][: len(frames)]
+        for slot, frame in zip(staging, frames, strict=True):
+            np.copyto(slot, frame)
+        return ort.OrtValue.ortvalue_from_numpy(staging, self.device_type, 0)
+
+    def _detect(self, frames: Any, n: int, h: int, w: int) -> list[tuple[np.ndarray, np.ndarray]]:
+        spec, pre = self.detector_spec, self.detector_spec.preprocess
+        tw, th, transform = fit(w, h, pre)
+        sizes = np.array([n, 3, th, tw], np.int64)
+        pads = np.array([0, 0, 0, 0, 0, 0, pre.height - th, pre.width - tw], np.int64)
+        (tensor,) = self.frame_input.run_bound(
+            {"frames": frames, "sizes": sizes, "pads": pads}, outputs_on_device=True
+        )
+        raw = self.detector.run_bound({self.detector.input_name: tensor})
+        return [
+            select_faces(
+                boxes,
+                scores,
+                transform,
+                score_threshold=self.score_threshold,
+                nms_iou=spec.nms_iou,
+                max_faces=self.max_faces,
+                box_adjust=spec.box_adjust,
+                box_vote=False,
+            )
+            for boxes, scores in decode_detector(raw, spec)
+        ]
+
+    def _classify(self, frames: Any, boxes: Sequence[np.ndarray], h: int, w: int) -> list[np.ndarray]:
+        counts = [len(b) for b in boxes]
+        total = sum(counts)
+        if total == 0:
+            return [np.zeros((0,), np.float32) for _ in boxes]
+        spec = self.classifier_spec
+        rois = np.concatenate([crop_boxes(b, w, h, spec.crop_margin) for b in boxes]).astype(np.float32)
+        index = np.repeat(np.arange(len(boxes), dtype=np.int64), counts)
+        probs = []
+        for start in range(0, total, self.classify_batch):
+            k = min(self.classify_batch, total - start)
+            size = bucket(k, self.classify_batch)
+            part_rois = np.zeros((size, 4), np.float32)
+            part_rois[:, 2:] = 1.0  # padding: a 1-pixel box on frame 0, its result dropped
+            part_rois[:k] = rois[start : start + k]
+            part_index = np.zeros((size,), np.int64)
+            part_index[:k] = index[start : start + k]
+            (crops,) = self.crops.run_bound(
+                {"frames": frames, "rois": part_rois, "index": part_index}, outputs_on_device=True
+            )
+            (out, *_) = self.classifier.run_bound({self.classifier.input_name: crops})
+            probs.append(nomask_probability(out[:k], spec))
+        return np.split(np.concatenate(probs), np.cumsum(counts)[:-1])
+
+    def run(self, frames: Sequence[np.ndarray]) -> tuple[list[Detection], dict[str, float]]:
+        """Per frame (BGR uint8, checked): boxes, detector scores and no-mask probabilities; and the
+        milliseconds spent uploading, detecting and classifying."""
+        out: list[Detection | None] = [None] * len(frames)
+        groups: dict[tuple[int, int], list[int]] = {}
+        for i, frame in enumerate(frames):
+            groups.setdefault(frame.shape[:2], []).append(i)
+        spent = {"upload_ms": 0.0, "detect_ms": 0.0, "classify_ms": 0.0}
+        for (h, w), members in groups.items():
+            for start in range(0, len(members), self.max_batch):
+                chunk = members[start : start + self.max_batch]
+                t0 = time.perf_counter()
+                value = self._upload([frames[i] for i in chunk])
+                t1 = time.perf_counter()
+                found = self._detect(value, len(chunk), h, w)
+                t2 = time.perf_counter()
+                probs = self._classify(value, [b for b, _ in found], h, w)
+                t3 = time.perf_counter()
+                spent["upload_ms"] += (t1 - t0) * 1e3
+                spent["detect_ms"] += (t2 - t1) * 1e3
+                spent["classify_ms"] += (t3 - t2) * 1e3
+                for i, (boxes, scores), p in zip(chunk, found, probs, strict=True):
+                    out[i] = (boxes, scores, p)
+        return [d for d in out if d is not None], spent
+
+    def close(self) -> None:
+        """Release the page-locked buffers."""
+        for array, was_pinned in self._staging.values():
+            if was_pinned:
+                unpin(array)
+        self._staging.clear()
