@@ -29,7 +29,7 @@ echo "python: $PY ($("$PY" -V 2>&1)); nproc $(nproc)"
 
 # Inference at 1024x1024, batch 1..128, CUDA fp16+fp32 / TensorRT / CPU, then accuracy; stops starting
 # new measurements after --budget-s so the whole script stays within 6 minutes.
-timeout 250 "$PY" -m bench.gpu_infer --out "$OUT" --budget-s 150 2>&1 | tee "$OUT/gpu_infer.log"
+timeout 230 "$PY" -m bench.gpu_infer --out "$OUT" --budget-s 120 2>&1 | tee "$OUT/gpu_infer.log"
 
 # The GPU-marked tests (skipped elsewhere); whatever time is left, at most 90 s.
 left=$(( 345 - ($(date +%s) - t0) ))

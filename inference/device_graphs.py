@@ -7,9 +7,9 @@ device copy. The graphs do what `inference.preprocess.BatchPreprocessor` does on
 - `frame_input_model`: uint8 BGR frames [N, H, W, 3] of one size -> the detector's float input. The host
   passes the resized content size and the padding (`fit` computes both), so letterbox and stretch share
   the graph and frames of any size share the session.
-- `crop_model`: the same frames + face boxes [K, 4] (integer pixel edges, from `crop_boxes`) + each box's
-  frame index [K] -> the classifier's input [K, ...], by RoiAlign with half-pixel centres, which samples
-  where OpenCV's bilinear resize does (several samples per output pixel when shrinking, like INTER_AREA).
+- `crop_model`: the same frames + face boxes [K, 4] (`crop_rois` of `crop_boxes`) + each box's frame
+  index [K] -> the classifier's input [K, ...], by RoiAlign: 4x4 bilinear samples per output pixel around
+  where OpenCV's resize samples, averaged (bilinear when enlarging, like INTER_AREA when shrinking).
 """
 
 from __future__ import annotations
@@ -20,9 +20,16 @@ from onnx import TensorProto, helper
 
 from inference.spec import Preprocess
 
-# Opset 16: RoiAlign's half_pixel mode. IR 8: ONNX Runtime releases older than this onnx refuse newer IRs.
+# IR 8: ONNX Runtime releases older than this onnx refuse newer IRs.
 OPSET = 16
 IR_VERSION = 8
+CROP_SAMPLES = 4
+
+
+def crop_rois(boxes: np.ndarray) -> np.ndarray:
+    """`crop_boxes` pixel edges [K, 4] -> `crop_model`'s rois: shifted by half a pixel so the legacy
+    RoiAlign mode samples where OpenCV's resize does (pixel centres at +0.5)."""
+    return np.asarray(boxes, np.float32) - 0.5
 
 
 def _normalise_nodes(
@@ -109,7 +116,10 @@ def crop_model(pre: Preprocess) -> onnx.ModelProto:
     nodes = [
         helper.make_node("Transpose", ["frames"], ["nchw8"], perm=[0, 3, 1, 2]),
         helper.make_node("Cast", ["nchw8"], ["nchw"], to=TensorProto.FLOAT),
-        # sampling_ratio 0: ceil(box / output) samples per output pixel and axis, averaged.
+        # A fixed 4x4 samples per output pixel, averaged: bilinear when enlarging a small face, an area
+        # average when shrinking one up to 4x. Adaptive sampling (0) and half_pixel are avoided: ONNX
+        # Runtime's CUDA kernel has rounded the adaptive count to 0 (NaN crops) and ignored the mode in
+        # some releases; the legacy mode with boxes shifted by -0.5 (`crop_rois`) samples the same points.
         helper.make_node(
             "RoiAlign",
             ["nchw", "rois", "index"],
@@ -117,9 +127,9 @@ def crop_model(pre: Preprocess) -> onnx.ModelProto:
             mode="avg",
             output_height=pre.height,
             output_width=pre.width,
-            sampling_ratio=0,
+            sampling_ratio=CROP_SAMPLES,
             spatial_scale=1.0,
-            coordinate_transformation_mode="half_pixel",
+            coordinate_transformation_mode="output_half_pixel",
         ),
         *norm,
     ]

@@ -12,7 +12,7 @@ import onnx
 import pytest
 
 from inference.datasets import Sample, load_dataset
-from inference.device_graphs import crop_model, frame_input_model
+from inference.device_graphs import crop_model, crop_rois, frame_input_model
 from inference.device_pipeline import DevicePipeline, bucket, supported
 from inference.engine import InferenceEngine
 from inference.fp16 import to_fp16
@@ -104,7 +104,7 @@ def test_crop_graph_matches_host_crops(samples: list[Sample], engine: InferenceE
         frames.append(cv2.resize(f, (w, h)))
         boxes.append(s.boxes * np.array([w / f.shape[1], h / f.shape[0]] * 2, np.float32))
     host = BatchPreprocessor(spec.preprocess).crops(frames, boxes, spec.crop_margin)
-    rois = np.concatenate([crop_boxes(b, w, h, spec.crop_margin) for b in boxes]).astype(np.float32)
+    rois = crop_rois(np.concatenate([crop_boxes(b, w, h, spec.crop_margin) for b in boxes]))
     index = np.repeat(np.arange(len(frames), dtype=np.int64), [len(b) for b in boxes])
     (got,) = OrtModel(crop_model(spec.preprocess), device="cpu").run_bound(
         {"frames": np.stack(frames), "rois": rois, "index": index}

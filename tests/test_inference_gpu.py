@@ -64,7 +64,9 @@ def _assert_close(a: list[FrameResult], b: list[FrameResult], box_px: float, pro
             for x in (f for f in x_faces if f.det_score > 0.85):
                 assert y_faces, f"face {x.box} missing from the other run"
                 twin = min(y_faces, key=partial(_gap, x))
-                np.testing.assert_allclose(x.box, twin.box, atol=box_px)
+                size = max(x.box[2] - x.box[0], x.box[3] - x.box[1])
+                # fp16 moves a box edge by up to ~3 % of the face (3.2 px on a 120 px face, seen on an H200).
+                assert _gap(x, twin) <= box_px + 0.03 * size, (x.box, twin.box)
                 assert abs(x.nomask_prob - twin.nomask_prob) <= prob
                 pairs += 1
     assert pairs >= 20
