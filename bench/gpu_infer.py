@@ -289,8 +289,11 @@ def bench_config(
     deadline: float,
     scratch: Path,
     engine_batches: Sequence[int],
+    rows: list[dict[str, Any]],
+    save: Callable[[], None],
     breakdown_batch: int = 64,
-) -> list[dict[str, Any]]:
+) -> None:
+    """Rows go straight into `rows`, saved after every batch: a run cut short keeps what it measured."""
     import onnx
 
     from inference.postprocess import decode_detector, select_faces
@@ -313,13 +316,13 @@ def bench_config(
         scratch,
     )
     setup_s = round(time.time() - t0, 1)
-    rows: list[dict[str, Any]] = []
     base = {"config": config, "provider": det.provider.replace("ExecutionProvider", ""), "setup_s": setup_s}
     wanted = _PROVIDER[config.split("_")[0]]
     if det.provider != wanted or cls.provider != wanted:
         # ORT falls back silently when a provider's libraries (TensorRT, cuDNN) are missing.
         note = f"{wanted} did not initialise (got {det.provider}, {cls.provider})"
-        return [{**base, "stage": "unavailable", "batch": 0, "note": note}]
+        rows.append({**base, "stage": "unavailable", "batch": 0, "note": note})
+        return
     det_pre, cls_pre = BatchPreprocessor(det_spec.preprocess), BatchPreprocessor(cls_spec.preprocess)
     for batch in batches:
         if time.time() > deadline:
@@ -407,9 +410,11 @@ def bench_config(
                 "ms_per_call": round(sec * 1e3, 2),
             }
         )
+        save()
     if engine_batches and config in ENGINE_DEVICE and time.time() < deadline:
-        rows += bench_engine_path(config, frames, engine_batches, specs, models_dir, min_s, base)
-    return rows
+        bench_engine_path(
+            config, frames, engine_batches, specs, models_dir, min_s, base, rows, save, deadline
+        )
 
 
 def _engine(config: str, specs: tuple[Any, Any], models_dir: Path, max_batch: int, **kw: Any) -> Any:
@@ -432,12 +437,14 @@ def bench_engine_path(
     models_dir: Path,
     min_s: float,
     base: dict[str, Any],
-) -> list[dict[str, Any]]:
+    rows: list[dict[str, Any]],
+    save: Callable[[], None],
+    deadline: float,
+) -> None:
     """The flow's own engine, detector + classifier, from decoded frames to faces with verdicts."""
     engine = _engine(config, specs, models_dir, max(batches))
     base = {**base, "provider": engine.detector.provider.replace("ExecutionProvider", "")}
     device = engine.device_pipeline
-    rows = []
 
     def measure(stage: str, batch: int, call: Callable[[], Any], calls_per_run: int = 1) -> None:
         sec, _ = rate(call, min_s)
@@ -450,8 +457,12 @@ def bench_engine_path(
                 "ms_per_call": round(sec * 1e3, 2),
             }
         )
+        save()
 
     for batch in batches:
+        if time.time() > deadline:
+            rows.append({**base, "stage": "skipped", "batch": batch, "note": "time budget"})
+            continue
         chunk = [frames[i % len(frames)] for i in range(batch)]
         measure("engine", batch, partial(engine.infer, chunk))
         results = engine.infer(chunk)  # warm: its timings are a steady call's
@@ -459,7 +470,7 @@ def bench_engine_path(
         # Where one call's time goes (upload, detect incl. NMS, crops + classify), from the engine's timings.
         rows[-1]["timings_ms"] = {k: round(v, 2) for k, v in results[0].timings.items()}
         rows[-1]["pinned"] = bool(device and device.pinned)
-    if device is not None:
+    if device is not None and time.time() < deadline:
         batch = 32 if 32 in batches else batches[0]
         chunk = [frames[i % len(frames)] for i in range(batch)]
         engine.device_pipeline = None  # the host path: OpenCV resize/crops, float tensors uploaded
@@ -476,7 +487,6 @@ def bench_engine_path(
                 list(pool.map(lambda e: e.infer(chunk), (engine, other)))
 
             measure("engine_x2", batch, pair, calls_per_run=2)
-    return rows
 
 
 def accuracy(dataset: Path, specs: tuple[Any, Any], models_dir: Path) -> dict[str, Any]:
@@ -645,7 +655,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             continue
         cfg_batches = [b for b in batches if b <= 32] if config == "cpu" else batches
         engine_batches = [1, 8] if config == "cpu" else [b for b in batches if b >= 8]
-        rows = step(
+        step(
             config,
             partial(
                 bench_config,
@@ -658,9 +668,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 deadline,
                 scratch,
                 engine_batches,
+                result["rows"],
+                save,
             ),
         )
-        result["rows"] += rows or []
         if config == "cuda_fp16":  # the served config: its accuracy before the comparisons run out of time
             if a.dataset is not None:
                 result["accuracy"] = step("accuracy", lambda: accuracy(a.dataset.resolve(), specs, a.models))

@@ -6,11 +6,13 @@ upload -> `frame_input_model` -> detector (input never leaves the device) -> box
 decode + NMS -> `crop_model` cuts every face from the frames still on the device -> classifier -> the
 no-mask probabilities back. Only uint8 pixels go up and only boxes, scores and probabilities come down.
 
-Classifier batches are rounded up to powers of two (padded with a dummy box) so cuDNN's exhaustive
-algorithm search runs for a handful of shapes per process instead of one per face count. Chunks are at
-most 64 frames and 256 faces: on an H200 64 frames per call gave the most frames/s, and 128 frames per
-call ran the crops + classifier step 400x slower (7 s; not yet explained), so larger engine batches are
-split.
+Each model session sees one input shape only: the detector's batch is padded to `max_batch` frames
+(black, inside the pre-processing graph, after the upload) and the classifier's to `classify_batch`
+crops. On an H200 every change of input shape between calls cost seconds (ONNX Runtime's cuDNN convolution
+set-up: 128 frames split into crops of 512 + 128 ran at 16 frames/s against 564 for 64 frames in one
+shape; the host path with free shapes and heuristic search fell to 33). Padding costs GPU time only on
+part-full micro-batches, when the GPU has time to spare. Calls are at most 64 frames and 128 crops: the
+best frames/s measured there.
 
 Not thread-safe (the staging buffers are reused): one instance per flow worker, like the engine.
 """
@@ -34,18 +36,13 @@ from inference.spec import ModelSpec
 
 Detection = tuple[np.ndarray, np.ndarray, np.ndarray]  # boxes [K, 4], detector scores [K], no-mask probs [K]
 _STAGING_SIZES = 4  # frame sizes whose staging buffer is kept (one per camera resolution in use)
-MAX_FRAMES, MAX_CROPS = 64, 256  # per device call (module docstring)
+MAX_FRAMES, MAX_CROPS = 64, 128  # per device call (module docstring)
 _COPY_THREADS = 8  # one thread copies ~4 GB/s: 1024x1024 frames into the staging buffer need several
 
 
 def supported(detector: ModelSpec, classifier: ModelSpec) -> bool:
     """Whether these specs can run here: mirrored detection and letterboxed crops stay on the host path."""
     return not detector.flip and classifier.preprocess.resize == "stretch"
-
-
-def bucket(n: int, limit: int) -> int:
-    """`n` rounded up to a power of two (at least 8), at most `limit`."""
-    return min(limit, max(8, 1 << (n - 1).bit_length()))
 
 
 def _above(raw: list[np.ndarray], threshold: float) -> list[np.ndarray]:
@@ -118,11 +115,12 @@ class DevicePipeline:
         spec, pre = self.detector_spec, self.detector_spec.preprocess
         tw, th, transform = fit(w, h, pre)
         sizes = np.array([n, 3, th, tw], np.int64)
-        pads = np.array([0, 0, 0, 0, 0, 0, pre.height - th, pre.width - tw], np.int64)
+        # Black frames pad the batch to its one shape; their results are dropped below.
+        pads = np.array([0, 0, 0, 0, self.max_batch - n, 0, pre.height - th, pre.width - tw], np.int64)
         (tensor,) = self.frame_input.run_bound(
             {"frames": frames, "sizes": sizes, "pads": pads}, outputs_on_device=True
         )
-        raw = self.detector.run_bound({self.detector.input_name: tensor})
+        raw = [out[:n] for out in self.detector.run_bound({self.detector.input_name: tensor})]
         if spec.decoder == "boxes_scores":
             raw = _above(raw, self.score_threshold)
         return [
@@ -150,7 +148,7 @@ class DevicePipeline:
         probs = []
         for start in range(0, total, self.classify_batch):
             k = min(self.classify_batch, total - start)
-            size = bucket(k, self.classify_batch)
+            size = self.classify_batch
             part_rois = np.zeros((size, 4), np.float32)
             part_rois[:, 2:] = 1.0  # padding: a 1-pixel box on frame 0, its result dropped
             part_rois[:k] = rois[start : start + k]

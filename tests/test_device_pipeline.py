@@ -5,6 +5,7 @@ tests/test_inference_gpu.py checks the engine picks it, pinned and in fp16, and 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -13,7 +14,7 @@ import pytest
 
 from inference.datasets import Sample, load_dataset
 from inference.device_graphs import crop_model, crop_rois, frame_input_model
-from inference.device_pipeline import DevicePipeline, bucket, supported
+from inference.device_pipeline import DevicePipeline, supported
 from inference.engine import InferenceEngine
 from inference.fp16 import to_fp16
 from inference.postprocess import iou_matrix
@@ -166,9 +167,24 @@ def test_classifier_chunks_are_padded_and_trimmed(samples: list[Sample], engine:
         np.testing.assert_allclose(p1, p2, atol=1e-5)
 
 
-def test_batches_round_up_to_few_shapes() -> None:
-    assert [bucket(n, 256) for n in (1, 8, 9, 16, 17, 100, 256)] == [8, 8, 16, 16, 32, 128, 256]
-    assert bucket(100, 96) == 96
+def test_each_model_sees_one_input_shape(samples: list[Sample], engine: InferenceEngine) -> None:
+    pipeline = _pipeline(engine, classify_batch=16)
+    shapes: dict[str, set[tuple[int, ...]]] = {"detector": set(), "classifier": set()}
+    for name in shapes:
+        model = getattr(pipeline, name)
+        run = model.run_bound
+
+        def record(feeds: dict[str, Any], run: Any = run, name: str = name, **kw: Any) -> list[Any]:
+            shapes[name].add(tuple(next(iter(feeds.values())).shape()))
+            return run(feeds, **kw)
+
+        model.run_bound = record
+    frames = _frames(samples)
+    # Calls of 1, 3 and 8+ frames of several sizes, with 0 to dozens of faces each.
+    for part in (frames[:1], frames[1:4], frames):
+        pipeline.run(part)
+    assert shapes["detector"] == {(engine.max_batch, 3, 480, 640)}
+    assert shapes["classifier"] == {(16, 3, 128, 128)}
 
 
 def test_engine_uses_the_device_pipeline_only_on_a_gpu(engine: InferenceEngine) -> None:
