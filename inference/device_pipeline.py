@@ -71,7 +71,6 @@ class DevicePipeline:
         *,
         max_batch: int,
         max_faces: int,
-        score_threshold: float,
         classify_batch: int,
     ) -> None:
         if not supported(detector_spec, classifier_spec):
@@ -81,7 +80,6 @@ class DevicePipeline:
         self.detector, self.classifier = detector, classifier
         self.detector_spec, self.classifier_spec = detector_spec, classifier_spec
         self.max_batch, self.max_faces = min(max_batch, MAX_FRAMES), max_faces
-        self.score_threshold = score_threshold
         self.classify_batch = min(classify_batch, MAX_CROPS)
         self._copier = ThreadPoolExecutor(min(_COPY_THREADS, cpu_count()), thread_name_prefix="mw-staging")
         self.device_type = detector.device_type
@@ -111,7 +109,9 @@ class DevicePipeline:
         list(self._copier.map(np.copyto, staging, frames))
         return ort.OrtValue.ortvalue_from_numpy(staging, self.device_type, 0)
 
-    def _detect(self, frames: Any, n: int, h: int, w: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    def _detect(
+        self, frames: Any, n: int, h: int, w: int, threshold: float
+    ) -> list[tuple[np.ndarray, np.ndarray]]:
         spec, pre = self.detector_spec, self.detector_spec.preprocess
         tw, th, transform = fit(w, h, pre)
         sizes = np.array([n, 3, th, tw], np.int64)
@@ -122,13 +122,13 @@ class DevicePipeline:
         )
         raw = [out[:n] for out in self.detector.run_bound({self.detector.input_name: tensor})]
         if spec.decoder == "boxes_scores":
-            raw = _above(raw, self.score_threshold)
+            raw = _above(raw, threshold)
         return [
             select_faces(
                 boxes,
                 scores,
                 transform,
-                score_threshold=self.score_threshold,
+                score_threshold=threshold,
                 nms_iou=spec.nms_iou,
                 max_faces=self.max_faces,
                 box_adjust=spec.box_adjust,
@@ -161,9 +161,11 @@ class DevicePipeline:
             probs.append(nomask_probability(out[:k], spec))
         return np.split(np.concatenate(probs), np.cumsum(counts)[:-1])
 
-    def run(self, frames: Sequence[np.ndarray]) -> tuple[list[Detection], dict[str, float]]:
-        """Per frame (BGR uint8, checked): boxes, detector scores and no-mask probabilities; and the
-        milliseconds spent uploading, detecting and classifying."""
+    def run(
+        self, frames: Sequence[np.ndarray], score_threshold: float
+    ) -> tuple[list[Detection], dict[str, float]]:
+        """Per frame (BGR uint8, checked): boxes, detector scores (at least `score_threshold`) and no-mask
+        probabilities; and the milliseconds spent uploading, detecting and classifying."""
         out: list[Detection | None] = [None] * len(frames)
         groups: dict[tuple[int, int], list[int]] = {}
         for i, frame in enumerate(frames):
@@ -175,7 +177,7 @@ class DevicePipeline:
                 t0 = time.perf_counter()
                 value = self._upload([frames[i] for i in chunk])
                 t1 = time.perf_counter()
-                found = self._detect(value, len(chunk), h, w)
+                found = self._detect(value, len(chunk), h, w, score_threshold)
                 t2 = time.perf_counter()
                 probs = self._classify(value, [b for b, _ in found], h, w)
                 t3 = time.perf_counter()

@@ -144,7 +144,6 @@ class InferenceEngine:
                 classifier,
                 max_batch=max_batch,
                 max_faces=max_faces,
-                score_threshold=self.score_threshold,
                 classify_batch=self.classifier.max_batch,
             )
             if self.detector._gpu and self.classifier._gpu and supported(detector, classifier)
@@ -216,7 +215,7 @@ class InferenceEngine:
         frames = [check_frame(f, i) for i, f in enumerate(frames)]
         t0 = time.perf_counter()
         if self.device_pipeline is not None:
-            found, timings = self.device_pipeline.run(frames)
+            found, timings = self.device_pipeline.run(frames, self.score_threshold)
         else:
             detections = self.detect(frames)
             t1 = time.perf_counter()

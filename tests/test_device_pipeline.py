@@ -44,7 +44,6 @@ def _pipeline(engine: InferenceEngine, classify_batch: int = 64) -> DevicePipeli
         engine.classifier_spec,
         max_batch=engine.max_batch,
         max_faces=engine.max_faces,
-        score_threshold=engine.score_threshold,
         classify_batch=classify_batch,
     )
 
@@ -127,7 +126,7 @@ def test_pipeline_agrees_with_host_path(samples: list[Sample], engine: Inference
     frames = _frames(samples)
     assert len({f.shape for f in frames}) >= 4  # several sizes: grouped on the device, order kept
     host = engine.infer(frames)
-    device, spent = _pipeline(engine).run(frames)
+    device, spent = _pipeline(engine).run(frames, engine.score_threshold)
     assert len(device) == len(frames) and set(spent) == {"upload_ms", "detect_ms", "classify_ms"}
     assert len(device[3][0]) == 0  # the blank frame
     faces = matched = agree = 0
@@ -159,8 +158,9 @@ def test_pipeline_agrees_with_host_path(samples: list[Sample], engine: Inference
 
 def test_classifier_chunks_are_padded_and_trimmed(samples: list[Sample], engine: InferenceEngine) -> None:
     frames = [decode_image(s.image.read_bytes()) for s in samples[:8]]
-    one, _ = _pipeline(engine, classify_batch=256).run(frames)
-    many, _ = _pipeline(engine, classify_batch=8).run(frames)  # chunks of 8 faces, the last one padded
+    one, _ = _pipeline(engine, classify_batch=128).run(frames, engine.score_threshold)
+    # Chunks of 8 faces; the last one is padded with dummy boxes whose results are dropped.
+    many, _ = _pipeline(engine, classify_batch=8).run(frames, engine.score_threshold)
     assert sum(len(p) for _, _, p in one) > 8
     for (b1, _, p1), (b2, _, p2) in zip(one, many, strict=True):
         np.testing.assert_allclose(b1, b2)
@@ -182,7 +182,7 @@ def test_each_model_sees_one_input_shape(samples: list[Sample], engine: Inferenc
     frames = _frames(samples)
     # Calls of 1, 3 and 8+ frames of several sizes, with 0 to dozens of faces each.
     for part in (frames[:1], frames[1:4], frames):
-        pipeline.run(part)
+        pipeline.run(part, engine.score_threshold)
     assert shapes["detector"] == {(engine.max_batch, 3, 480, 640)}
     assert shapes["classifier"] == {(16, 3, 128, 128)}
 
