@@ -86,8 +86,8 @@ def _provider_options(
             )
         return opts
     if name == "CUDAExecutionProvider":
-        # EXHAUSTIVE times cuDNN's algorithms once per input shape; the device pipeline rounds batches up
-        # to a few sizes so that happens a few times per process, not per micro-batch.
+        # EXHAUSTIVE times cuDNN's algorithms once per input shape; the device pipeline gives each session
+        # one shape, so that happens once per session, not per micro-batch.
         return {"cudnn_conv_algo_search": "EXHAUSTIVE", "do_copy_in_default_stream": True}
     return {}
 
