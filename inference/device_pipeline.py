@@ -20,9 +20,9 @@ Not thread-safe (the staging buffers are reused): one instance per flow worker, 
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import onnxruntime as ort
@@ -35,6 +35,7 @@ from inference.session import Device, OrtModel, cpu_count
 from inference.spec import ModelSpec
 
 Detection = tuple[np.ndarray, np.ndarray, np.ndarray]  # boxes [K, 4], detector scores [K], no-mask probs [K]
+T = TypeVar("T")
 _STAGING_SIZES = 4  # frame sizes whose staging buffer is kept (one per camera resolution in use)
 MAX_FRAMES, MAX_CROPS = 64, 128  # per device call (module docstring)
 _COPY_THREADS = 8  # one thread copies ~4 GB/s: 1024x1024 frames into the staging buffer need several
@@ -161,32 +162,59 @@ class DevicePipeline:
             probs.append(nomask_probability(out[:k], spec))
         return np.split(np.concatenate(probs), np.cumsum(counts)[:-1])
 
-    def run(
-        self, frames: Sequence[np.ndarray], score_threshold: float
-    ) -> tuple[list[Detection], dict[str, float]]:
-        """Per frame (BGR uint8, checked): boxes, detector scores (at least `score_threshold`) and no-mask
-        probabilities; and the milliseconds spent uploading, detecting and classifying."""
-        out: list[Detection | None] = [None] * len(frames)
+    def _by_chunk(
+        self,
+        frames: Sequence[np.ndarray],
+        work: Callable[[Any, list[int], int, int], list[T]],
+        spent: dict[str, float],
+    ) -> list[T]:
+        """`work(uploaded, indices, h, w)` on each chunk of same-size frames, results back in frame order."""
+        out: list[T | None] = [None] * len(frames)
         groups: dict[tuple[int, int], list[int]] = {}
         for i, frame in enumerate(frames):
             groups.setdefault(frame.shape[:2], []).append(i)
-        spent = {"upload_ms": 0.0, "detect_ms": 0.0, "classify_ms": 0.0}
         for (h, w), members in groups.items():
             for start in range(0, len(members), self.max_batch):
                 chunk = members[start : start + self.max_batch]
                 t0 = time.perf_counter()
                 value = self._upload([frames[i] for i in chunk])
-                t1 = time.perf_counter()
-                found = self._detect(value, len(chunk), h, w, score_threshold)
-                t2 = time.perf_counter()
-                probs = self._classify(value, [b for b, _ in found], h, w)
-                t3 = time.perf_counter()
-                spent["upload_ms"] += (t1 - t0) * 1e3
-                spent["detect_ms"] += (t2 - t1) * 1e3
-                spent["classify_ms"] += (t3 - t2) * 1e3
-                for i, (boxes, scores), p in zip(chunk, found, probs, strict=True):
-                    out[i] = (boxes, scores, p)
-        return [d for d in out if d is not None], spent
+                spent["upload_ms"] = spent.get("upload_ms", 0.0) + (time.perf_counter() - t0) * 1e3
+                for i, result in zip(chunk, work(value, chunk, h, w), strict=True):
+                    out[i] = result
+        return [r for r in out if r is not None]
+
+    def run(
+        self, frames: Sequence[np.ndarray], score_threshold: float
+    ) -> tuple[list[Detection], dict[str, float]]:
+        """Per frame (BGR uint8, checked): boxes, detector scores (at least `score_threshold`) and no-mask
+        probabilities, both stages on one upload; and the milliseconds spent uploading, detecting and
+        classifying."""
+        spent = {"upload_ms": 0.0, "detect_ms": 0.0, "classify_ms": 0.0}
+
+        def both(value: Any, chunk: list[int], h: int, w: int) -> list[Detection]:
+            t0 = time.perf_counter()
+            found = self._detect(value, len(chunk), h, w, score_threshold)
+            t1 = time.perf_counter()
+            probs = self._classify(value, [b for b, _ in found], h, w)
+            spent["detect_ms"] += (t1 - t0) * 1e3
+            spent["classify_ms"] += (time.perf_counter() - t1) * 1e3
+            return [(b, s, p) for (b, s), p in zip(found, probs, strict=True)]
+
+        return self._by_chunk(frames, both, spent), spent
+
+    def detect(
+        self, frames: Sequence[np.ndarray], score_threshold: float
+    ) -> list[tuple[np.ndarray, np.ndarray]]:
+        """The detector stage alone (`InferenceEngine.detect` on a GPU)."""
+        return self._by_chunk(
+            frames, lambda v, chunk, h, w: self._detect(v, len(chunk), h, w, score_threshold), {}
+        )
+
+    def classify(self, frames: Sequence[np.ndarray], boxes: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """No-mask probabilities of given boxes (`InferenceEngine.classify` on a GPU, e.g. ground truth)."""
+        return self._by_chunk(
+            frames, lambda v, chunk, h, w: self._classify(v, [boxes[i] for i in chunk], h, w), {}
+        )
 
     def close(self) -> None:
         """Release the page-locked buffers and the copy threads."""

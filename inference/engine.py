@@ -168,6 +168,8 @@ class InferenceEngine:
 
     def detect(self, frames: Sequence[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray]]:
         """Per frame: face boxes [K, 4] (x1,y1,x2,y2 original pixels) and detector scores [K]."""
+        if self.device_pipeline is not None:
+            return self.device_pipeline.detect(frames, self.score_threshold)
         spec = self.detector_spec
         result: list[tuple[np.ndarray, np.ndarray]] = []
         step = max(1, self.max_batch // 2) if spec.flip else self.max_batch
@@ -203,6 +205,8 @@ class InferenceEngine:
         counts = [len(b) for b in boxes]
         if sum(counts) == 0:
             return [np.zeros((0,), np.float32) for _ in boxes]
+        if self.device_pipeline is not None:
+            return self.device_pipeline.classify(frames, boxes)
         batch = self._cls_pre.crops(frames, boxes, self.classifier_spec.crop_margin)
         (out, *_) = self.classifier.run(batch)
         probs = nomask_probability(out, self.classifier_spec)

@@ -156,6 +156,29 @@ def test_pipeline_agrees_with_host_path(samples: list[Sample], engine: Inference
     assert agree >= 0.97 * matched
 
 
+def test_engine_stages_take_the_device_pipeline_when_it_has_one(samples: list[Sample]) -> None:
+    # What `InferenceEngine.detect/classify` (eval's calls) do on a GPU, here on the CPU provider.
+    engine = InferenceEngine.default(device="cpu", max_batch=8)
+    pipeline = engine.device_pipeline = _pipeline(engine)
+    frames = _frames(samples)
+    both, _ = pipeline.run(frames, engine.score_threshold)
+    found = engine.detect(frames)
+    probs = engine.classify(frames, [b for b, _ in found])
+    for (b, s, p), (fb, fs), q in zip(both, found, probs, strict=True):
+        np.testing.assert_array_equal(b, fb)
+        np.testing.assert_array_equal(s, fs)
+        np.testing.assert_allclose(p, q, atol=1e-6)
+    # Ground-truth boxes (what eval classifies) go through the same crops.
+    gt = [s.boxes for s in samples[:6]]
+    photos = [decode_image(s.image.read_bytes()) for s in samples[:6]]
+    on_device = engine.classify(photos, gt)
+    engine.device_pipeline = None
+    on_host = engine.classify(photos, gt)
+    assert [len(x) for x in on_device] == [len(b) for b in gt]
+    gaps = np.abs(np.concatenate(on_device) - np.concatenate(on_host))
+    assert np.quantile(gaps, 0.95) <= 0.03 and gaps.max() <= 0.1
+
+
 def test_classifier_chunks_are_padded_and_trimmed(samples: list[Sample], engine: InferenceEngine) -> None:
     frames = [decode_image(s.image.read_bytes()) for s in samples[:8]]
     one, _ = _pipeline(engine, classify_batch=128).run(frames, engine.score_threshold)
