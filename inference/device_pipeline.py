@@ -11,8 +11,8 @@ Each model session sees one input shape only: the detector's batch is padded to 
 crops. On an H200 every change of input shape between calls cost seconds (ONNX Runtime's cuDNN convolution
 set-up: 128 frames split into crops of 512 + 128 ran at 16 frames/s against 564 for 64 frames in one
 shape; the host path with free shapes and heuristic search fell to 33). Padding costs GPU time only on
-part-full micro-batches, when the GPU has time to spare. Calls are at most 64 frames and 128 crops: the
-best frames/s measured there.
+part-full micro-batches, when the GPU has time to spare. Calls are at most 64 frames (the engine's best
+frames/s there) and 128 crops (the classifier at 90 % of its best rate, with less padding than 256).
 
 Not thread-safe (the staging buffers are reused): one instance per flow worker, like the engine.
 """
