@@ -36,6 +36,7 @@ import numpy as np
 
 from bench.images import folder_images, load_frames
 from bench.timing import machine, rate
+from inference.device_graphs import frame_input_feeds, frame_input_model
 from inference.fp16 import to_fp16
 
 CONFIGS = ("cuda_fp16", "cuda_fp32", "trt_fp16", "cpu")
@@ -94,46 +95,6 @@ def gpu_name() -> str:
 # --- model rewriting -----------------------------------------------------------------------------------
 
 
-def preprocess_model(src_h: int, src_w: int, pre: Any, opset: int = 13) -> Any:
-    """ONNX graph: uint8 BGR frames [N, src_h, src_w, 3] -> the detector's float input [N, 3, H, W]
-    (bilinear resize, colour order, (x - mean) / std), so only uint8 pixels cross PCIe."""
-    from onnx import TensorProto, helper
-
-    h, w = pre.height, pre.width
-    mean = np.asarray(pre.mean, np.float32).reshape(1, 3, 1, 1)
-    inv_std = (1.0 / np.asarray(pre.std, np.float32)).reshape(1, 3, 1, 1)
-    consts = [
-        helper.make_tensor("order", TensorProto.INT64, [3], [2, 1, 0] if pre.color == "RGB" else [0, 1, 2]),
-        helper.make_tensor("roi", TensorProto.FLOAT, [0], []),
-        helper.make_tensor("scales", TensorProto.FLOAT, [0], []),
-        helper.make_tensor("chw", TensorProto.INT64, [3], [3, h, w]),
-        helper.make_tensor("mean", TensorProto.FLOAT, [1, 3, 1, 1], mean.ravel().tolist()),
-        helper.make_tensor("inv_std", TensorProto.FLOAT, [1, 3, 1, 1], inv_std.ravel().tolist()),
-        helper.make_tensor("zero", TensorProto.INT64, [1], [0]),
-        helper.make_tensor("one", TensorProto.INT64, [1], [1]),
-    ]
-    nodes = [
-        helper.make_node("Cast", ["frames"], ["f"], to=TensorProto.FLOAT),
-        helper.make_node("Transpose", ["f"], ["nchw"], perm=[0, 3, 1, 2]),
-        helper.make_node("Gather", ["nchw", "order"], ["ordered"], axis=1),
-        helper.make_node("Shape", ["frames"], ["shape"]),
-        helper.make_node("Slice", ["shape", "zero", "one"], ["n"]),
-        helper.make_node("Concat", ["n", "chw"], ["sizes"], axis=0),
-        helper.make_node("Resize", ["ordered", "roi", "scales", "sizes"], ["resized"], mode="linear"),
-        helper.make_node("Sub", ["resized", "mean"], ["centred"]),
-        helper.make_node("Mul", ["centred", "inv_std"], ["input"]),
-    ]
-    graph = helper.make_graph(
-        nodes,
-        "maskwatch_preprocess",
-        [helper.make_tensor_value_info("frames", TensorProto.UINT8, ["N", src_h, src_w, 3])],
-        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 3, h, w])],
-        initializer=consts,
-    )
-    # IR 8 (not this onnx release's newest): older ONNX Runtime builds refuse newer IR versions.
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=8)
-
-
 # --- sessions ------------------------------------------------------------------------------------------
 
 
@@ -178,9 +139,13 @@ class Session:
         """A host array as an OrtValue on this session's device (one copy)."""
         return self.ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(array), self.device, 0)
 
-    def bind(self, value: Any, outputs_on_host: bool = False) -> Any:
+    def bind(
+        self, value: Any, outputs_on_host: bool = False, host_inputs: dict[str, np.ndarray] | None = None
+    ) -> Any:
         b = self.sess.io_binding()
         b.bind_ortvalue_input(self.input, value)
+        for name, array in (host_inputs or {}).items():
+            b.bind_cpu_input(name, array)
         for o in self.outputs:
             b.bind_output(o, "cpu" if outputs_on_host else self.device, 0)
         return b
@@ -190,6 +155,18 @@ class Session:
 
 
 # --- measurements --------------------------------------------------------------------------------------
+
+
+def _row(
+    base: dict[str, Any], stage: str, batch: int, sec: float, frames: int = 0, faces: int = 0, **extra: Any
+) -> dict[str, Any]:
+    """One timed measurement: `frames` and/or `faces` handled per call of `sec` seconds."""
+    row = {**base, "stage": stage, "batch": batch}
+    if frames:
+        row["frames_per_s"] = round(frames / sec, 1)
+    if faces:
+        row["faces_per_s"] = round(faces / sec, 1)
+    return row | extra | {"ms_per_call": round(sec * 1e3, 2)}
 
 
 def cpu_ceilings(frames: Sequence[np.ndarray], pre: Any, min_s: float) -> list[dict[str, Any]]:
@@ -225,19 +202,26 @@ def cpu_ceilings(frames: Sequence[np.ndarray], pre: Any, min_s: float) -> list[d
     return rows
 
 
-def _pageable_upload(pre: Session, host: np.ndarray) -> Any:
-    return pre.bind(pre.value(host))
+def _pageable_upload(pre: Session, host: np.ndarray, feeds: dict[str, np.ndarray]) -> Any:
+    return pre.bind(pre.value(host), host_inputs=feeds)
 
 
 def pipeline_breakdown(
-    pre: Session, det: Session, host: np.ndarray, t: Any, det_spec: Any, min_s: float, base: dict[str, Any]
+    pre: Session,
+    det: Session,
+    host: np.ndarray,
+    feeds: dict[str, np.ndarray],
+    t: Any,
+    det_spec: Any,
+    min_s: float,
+    base: dict[str, Any],
 ) -> list[dict[str, Any]]:
     """Where a gpu_pipeline call spends its time, step by step (each timed alone, synchronously)."""
     from inference.postprocess import decode_detector, select_faces
 
     batch = host.shape[0]
     up = pre.value(host)
-    pb = pre.bind(up)
+    pb = pre.bind(up, host_inputs=feeds)
     pre.run(pb)
     on_dev = pb.get_outputs()[0]
     db_dev = det.bind(on_dev)
@@ -267,15 +251,7 @@ def pipeline_breakdown(
     rows = []
     for name, fn in steps:
         sec, _ = rate(fn, min_s)
-        rows.append(
-            {
-                **base,
-                "stage": f"step:{name}",
-                "batch": batch,
-                "frames_per_s": round(batch / sec, 1),
-                "ms_per_call": round(sec * 1e3, 2),
-            }
-        )
+        rows.append(_row(base, f"step:{name}", batch, sec, frames=batch))
     return rows
 
 
@@ -310,7 +286,7 @@ def bench_config(
     det = Session(det_model, config, max_batch, scratch / "trt-cache")
     cls = Session(cls_model, config, max_batch * 4, scratch / "trt-cache")
     pre = Session(
-        preprocess_model(h, w, det_spec.preprocess),
+        frame_input_model(det_spec.preprocess),
         "cpu" if config == "cpu" else "cuda_fp32",
         max_batch,
         scratch,
@@ -332,18 +308,11 @@ def bench_config(
         # det_model: ready input on the device.
         binding = det.bind(det.value(det_pre.frames(chunk)[0]))
         sec, _ = rate(partial(det.run, binding), min_s)
-        rows.append(
-            {
-                **base,
-                "stage": "det_model",
-                "batch": batch,
-                "frames_per_s": round(batch / sec, 1),
-                "ms_per_call": round(sec * 1e3, 2),
-            }
-        )
+        rows.append(_row(base, "det_model", batch, sec, frames=batch))
         # gpu_pipeline: uint8 host frames -> device preprocess -> detector -> host boxes.
         host = np.stack(chunk)
-        t = det_pre.frames(chunk[:1])[1][0]  # all frames share one size, so one transform back
+        # The engine's pre-processing graph; all frames share one size, so one transform back.
+        feeds, t = frame_input_feeds(det_spec.preprocess, batch, h, w, batch)
 
         def pipeline(upload: Callable[[], Any], t: Any = t) -> int:
             pb = upload()
@@ -365,51 +334,26 @@ def bench_config(
                 for b, s in decode_detector(outs, det_spec)
             )
 
-        upload = partial(_pageable_upload, pre, host)
+        upload = partial(_pageable_upload, pre, host, feeds)
         faces = pipeline(upload)
         sec, _ = rate(partial(pipeline, upload), min_s)
-        rows.append(
-            {
-                **base,
-                "stage": "gpu_pipeline",
-                "batch": batch,
-                "frames_per_s": round(batch / sec, 1),
-                "faces_per_frame": round(faces / batch, 2),
-                "ms_per_call": round(sec * 1e3, 2),
-            }
-        )
+        per_frame = round(faces / batch, 2)
+        rows.append(_row(base, "gpu_pipeline", batch, sec, frames=batch, faces_per_frame=per_frame))
         if batch == breakdown_batch:
-            rows += pipeline_breakdown(pre, det, host, t, det_spec, min_s, base)
+            rows += pipeline_breakdown(pre, det, host, feeds, t, det_spec, min_s, base)
         # cls_model: as many face crops as the detector found, ready on the device.
         n_crops = max(1, faces)
         crops = cls_pre.frames([chunk[i % batch] for i in range(n_crops)])[0]
         cls_binding = cls.bind(cls.value(crops))
         sec, _ = rate(partial(cls.run, cls_binding), min_s)
-        rows.append(
-            {
-                **base,
-                "stage": "cls_model",
-                "batch": n_crops,
-                "faces_per_s": round(n_crops / sec, 1),
-                "ms_per_call": round(sec * 1e3, 2),
-            }
-        )
+        rows.append(_row(base, "cls_model", n_crops, sec, faces=n_crops))
 
         def both(det_binding: Any = binding, cls_binding: Any = cls_binding) -> None:
             det.run(det_binding)
             cls.run(cls_binding)
 
         sec, _ = rate(both, min_s)
-        rows.append(
-            {
-                **base,
-                "stage": "det+cls_model",
-                "batch": batch,
-                "frames_per_s": round(batch / sec, 1),
-                "faces_per_s": round(n_crops / sec, 1),
-                "ms_per_call": round(sec * 1e3, 2),
-            }
-        )
+        rows.append(_row(base, "det+cls_model", batch, sec, frames=batch, faces=n_crops))
         save()
     if engine_batches and config in ENGINE_DEVICE and time.time() < deadline:
         bench_engine_path(
@@ -448,15 +392,7 @@ def bench_engine_path(
 
     def measure(stage: str, batch: int, call: Callable[[], Any], calls_per_run: int = 1) -> None:
         sec, _ = rate(call, min_s)
-        rows.append(
-            {
-                **base,
-                "stage": stage,
-                "batch": batch,
-                "frames_per_s": round(calls_per_run * batch / sec, 1),
-                "ms_per_call": round(sec * 1e3, 2),
-            }
-        )
+        rows.append(_row(base, stage, batch, sec, frames=calls_per_run * batch))
         save()
 
     for batch in batches:

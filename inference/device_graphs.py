@@ -18,6 +18,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
+from inference.preprocess import Transform, fit
 from inference.spec import Preprocess
 
 # IR 8: ONNX Runtime releases older than this onnx refuse newer IRs.
@@ -105,6 +106,17 @@ def frame_input_model(pre: Preprocess) -> onnx.ModelProto:
         helper.make_tensor_value_info("pads", TensorProto.INT64, [8]),
     ]
     return _model("maskwatch_frame_input", nodes, inputs, pre, consts, "N")
+
+
+def frame_input_feeds(
+    pre: Preprocess, n: int, height: int, width: int, batch: int
+) -> tuple[dict[str, np.ndarray], Transform]:
+    """`frame_input_model`'s host inputs for `n` frames of `width`x`height`, the batch padded with black
+    frames to `batch`; and the transform from input pixels back to frame pixels."""
+    tw, th, transform = fit(width, height, pre)
+    sizes = np.array([n, 3, th, tw], np.int64)
+    pads = np.array([0, 0, 0, 0, batch - n, 0, pre.height - th, pre.width - tw], np.int64)
+    return {"sizes": sizes, "pads": pads}, transform
 
 
 def crop_model(pre: Preprocess) -> onnx.ModelProto:

@@ -27,10 +27,10 @@ from typing import Any, TypeVar
 import numpy as np
 import onnxruntime as ort
 
-from inference.device_graphs import crop_model, crop_rois, frame_input_model
+from inference.device_graphs import crop_model, crop_rois, frame_input_feeds, frame_input_model
 from inference.pinned import pinned_empty, unpin
 from inference.postprocess import decode_detector, nomask_probability, select_faces
-from inference.preprocess import crop_boxes, fit
+from inference.preprocess import crop_boxes
 from inference.session import Device, OrtModel, cpu_count
 from inference.spec import ModelSpec
 
@@ -113,14 +113,10 @@ class DevicePipeline:
     def _detect(
         self, frames: Any, n: int, h: int, w: int, threshold: float
     ) -> list[tuple[np.ndarray, np.ndarray]]:
-        spec, pre = self.detector_spec, self.detector_spec.preprocess
-        tw, th, transform = fit(w, h, pre)
-        sizes = np.array([n, 3, th, tw], np.int64)
+        spec = self.detector_spec
         # Black frames pad the batch to its one shape; their results are dropped below.
-        pads = np.array([0, 0, 0, 0, self.max_batch - n, 0, pre.height - th, pre.width - tw], np.int64)
-        (tensor,) = self.frame_input.run_bound(
-            {"frames": frames, "sizes": sizes, "pads": pads}, outputs_on_device=True
-        )
+        feeds, transform = frame_input_feeds(spec.preprocess, n, h, w, self.max_batch)
+        (tensor,) = self.frame_input.run_bound({"frames": frames, **feeds}, outputs_on_device=True)
         raw = [out[:n] for out in self.detector.run_bound({self.detector.input_name: tensor})]
         if spec.decoder == "boxes_scores":
             raw = _above(raw, threshold)
