@@ -152,13 +152,14 @@ class OrtModel:
         dims = inp.type.tensor_type.shape.dim
         shape = [d.dim_value if d.dim_value > 0 else max_batch for d in dims]
         cache = source.parent / "trt-cache" if isinstance(source, Path) else None
+        plain = str(source) if isinstance(source, Path) else model.SerializeToString()
         for i, name in enumerate(wanted):
             providers: list[Any] = [
                 (n, _provider_options(n, inp.name, shape, max_batch, cache, fp16)) for n in wanted[i:]
             ]
             half = fp16 and name == "CUDAExecutionProvider" and isinstance(source, Path)
             try:
-                data = (to_fp16(model) if half else model).SerializeToString()
+                data = to_fp16(model).SerializeToString() if half else plain
                 sess = ort.InferenceSession(data, _options(threads), providers=providers)
             except Exception as exc:  # a broken CUDA/TensorRT install must not stop the camera flow
                 log.warning("provider %s failed for %s (%s); trying the next one", name, self.name, exc)
