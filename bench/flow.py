@@ -266,6 +266,14 @@ def backlog_rates(settings: Settings, since_ms: int, until_ms: int) -> dict[str,
     detections = _scalar(f"SELECT count() FROM detections FINAL WHERE {rng}", settings) or 0
     health = _scalar(f"SELECT count() FROM camera_health FINAL WHERE {rng}", settings) or 0
     rows_per_tick = (r["n"] + detections + health) / max(r["n"], 1)
+    # Frames of one micro-batch share processed_at and carry the batch's inference time: summed once per
+    # batch (the first left out, as for the rate), that is the workers' inference time in the steady span.
+    batch_ms = _scalar(
+        f"SELECT sum(ms) FROM (SELECT processed_at, any(inference_ms) AS ms FROM frames FINAL "
+        f"WHERE {rng} AND processed_at > (SELECT min(processed_at) FROM frames FINAL WHERE {rng}) "
+        f"GROUP BY processed_at)",
+        settings,
+    ) or 0.0
     statuses = store.query_rows(
         f"SELECT status, count() AS n, any(error) AS error FROM frames FINAL WHERE {rng} GROUP BY status",
         settings=settings,
@@ -284,6 +292,7 @@ def backlog_rates(settings: Settings, since_ms: int, until_ms: int) -> dict[str,
         "rows_per_tick": round(rows_per_tick, 2),
         "avg_fetch_ms": round(r["fetch_ms"] or 0, 1),
         "avg_inference_ms_per_batch": round(r["inference_ms"] or 0, 1),
+        "inference_ms_per_tick": round(batch_ms / max(r["n"] - first, 1), 2),
     }
 
 
@@ -482,6 +491,11 @@ def run_layout(
                 ticks_per_s=round(result["ticks"] / wall, 2),
                 rows_per_s=round(result["ticks"] * result["rows_per_tick"] / wall, 1),
             )
+        # Worker time per tick outside inference (fetch wait, events, sinks, rules, snapshots), with every
+        # worker busy through the backlog: what caps one process's ticks/s when inference is on a GPU.
+        worker_ms = processes * workers * 1000 / result["ticks_per_s"] if result["ticks_per_s"] else 0.0
+        outside = max(0.0, worker_ms - result["inference_ms_per_tick"])
+        result["outside_inference_ms_per_tick"] = round(outside, 2)
         if live and result["ticks_per_s"] > 0:
             rate = cfg.live_fraction * result["ticks_per_s"]
             live_start = (int(time.time()) + 2) * 1000

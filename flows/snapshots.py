@@ -29,9 +29,11 @@ class BoxedFace:
 def annotate(frame: np.ndarray, faces: Sequence[BoxedFace], max_width: int, blur_faces: bool) -> np.ndarray:
     """A copy of ``frame`` no wider than ``max_width`` with a box (red = no mask) around each face."""
     scale = min(1.0, max_width / frame.shape[1])
+    # Bilinear down to half size still reads every source pixel and costs a sixth of INTER_AREA (0.65 vs
+    # 3.8 ms for 1024 -> 640 px, the flow's worker thread pays it per no-mask frame); below half, area.
     out = frame.copy() if scale == 1.0 else cv2.resize(
         frame, (max(1, round(frame.shape[1] * scale)), max(1, round(frame.shape[0] * scale))),
-        interpolation=cv2.INTER_AREA,
+        interpolation=cv2.INTER_LINEAR if scale >= 0.5 else cv2.INTER_AREA,
     )
     h, w = out.shape[:2]
     for face in faces:

@@ -56,6 +56,9 @@ def test_flow_section(tmp_path: Path, dataset_dir: Path) -> None:
     assert run["ticks"] == 8 and run["ok"] == 8 and run["nomask_faces"] > 0
     assert run["statuses"] == {"ok": 8} and run["errors"] == []
     assert run["ticks_per_s"] > 0 and run["rows_per_s"] >= run["ticks_per_s"]
+    # Per tick, the worker's time splits into inference (from the frame rows) and the rest.
+    assert 0 < run["inference_ms_per_tick"] <= 1000 / run["ticks_per_s"]
+    assert 0 <= run["outside_inference_ms_per_tick"] < 1000 / run["ticks_per_s"]
     live = run["live"]
     assert live["frames"] == live["ticks"] >= 1 and live["tick_to_frame_ms_p50"] > 0
     assert live["tick_to_frame_ms_p99"] >= live["tick_to_frame_ms_p50"]

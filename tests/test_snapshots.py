@@ -59,3 +59,13 @@ def test_blurring_hides_the_face(dataset_dir: Path) -> None:
     soft = cv2.Laplacian(cv2.cvtColor(blurred[inner], cv2.COLOR_BGR2GRAY), cv2.CV_64F).var()
     assert soft < sharp / 3
     assert np.array_equal(plain[:5, :5], frame[:5, :5])  # outside the faces nothing changes
+
+
+def test_downscaled_snapshot_keeps_the_picture(dataset_dir: Path) -> None:
+    """Bilinear down to half size, area below: both stay close to an area-averaged reference."""
+    frame = cv2.resize(_image(dataset_dir / "images" / "maksssksksss0.jpg"), (1024, 1024))
+    for width in (640, 512, 300):
+        out = annotate(frame, [], width, blur_faces=False)
+        ref = cv2.resize(frame, out.shape[1::-1], interpolation=cv2.INTER_AREA)
+        assert out.shape == ref.shape and out.shape[1] == width
+        assert np.abs(out.astype(np.int16) - ref).mean() < 1.0, width  # nearest: 2.4-7.9
