@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# GPU inference benchmark, run ONCE on a lent NVIDIA H100/H200 host; self-contained, < 6 minutes.
+# GPU inference benchmark, run ONCE on a lent NVIDIA H100/H200 host; self-contained, < 7 minutes.
 #
 #   MASKWATCH_MODELS_DIR=<folder with manifest.json + ONNX models>  (required)
 #   MW_GPU_IMAGES=<folder with ~32 dataset JPEGs>                    (required; the dataset is not there)
@@ -27,18 +27,20 @@ t0=$(date +%s)
 cat "$OUT/nvidia-smi.txt"
 echo "python: $PY ($("$PY" -V 2>&1)); nproc $(nproc)"
 
-# Inference at 1024x1024, batch 1..128, CUDA fp16+fp32 / TensorRT / CPU, then accuracy; stops starting
-# new measurements after --budget-s so the whole script stays within 6 minutes.
-timeout 230 "$PY" -m bench.gpu_infer --out "$OUT" --budget-s 120 2>&1 | tee "$OUT/gpu_infer.log"
-
-# The GPU-marked tests (skipped elsewhere); whatever time is left, at most 90 s.
-left=$(( 345 - ($(date +%s) - t0) ))
-if [ -f tests/test_inference_gpu.py ] && [ "$left" -gt 15 ]; then
-  timeout $(( left < 90 ? left : 90 )) "$PY" -m pytest -q -m gpu -p no:cacheprovider \
-    tests/test_inference_gpu.py 2>&1 | tee "$OUT/pytest_gpu.log"
+# The GPU-marked tests first (skipped elsewhere), at most 90 s: what the GPU path does right is worth more
+# than one more figure if the bench runs out of time.
+if [ -f tests/test_inference_gpu.py ]; then
+  timeout 90 "$PY" -m pytest -q -m gpu -p no:cacheprovider tests/test_inference_gpu.py 2>&1 \
+    | tee "$OUT/pytest_gpu.log"
 else
-  echo "gpu tests not run (tests/test_inference_gpu.py missing or no time left)" | tee "$OUT/pytest_gpu.log"
+  echo "gpu tests not run (tests/test_inference_gpu.py missing)" | tee "$OUT/pytest_gpu.log"
 fi
+
+# Inference at 1024x1024, batch 1..128, CUDA fp16 (then the flow's decode+engine loop in 1 and 4
+# processes, and accuracy) / CUDA fp32 / TensorRT / CPU; stops starting new measurements after --budget-s
+# so the whole script ends within 7 minutes.
+left=$(( 410 - ($(date +%s) - t0) ))
+timeout "$left" "$PY" -m bench.gpu_infer --out "$OUT" --budget-s $(( left - 110 )) 2>&1 | tee "$OUT/gpu_infer.log"
 
 echo
 if [ -f "$OUT/gpu.json" ]; then

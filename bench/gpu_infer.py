@@ -14,6 +14,8 @@ Needs numpy, OpenCV, onnx, pydantic, PyYAML, Pillow and onnxruntime(-gpu) only (
 - ``engine``: our ``InferenceEngine`` as the flow runs it: on a GPU its device pipeline (frames up once
   through a pinned buffer, pre-processing and crops on the device, fp16 models); ``engine_host`` the same
   engine with host (OpenCV) pre-processing, the path before; ``engine_x2`` two engines in two threads;
+- ``decode+engine`` (``bench.decode_infer``): the flow's inner loop, JPEG decode on a thread pool then the
+  engine, in 1 and 4 processes, against the JPEG-decode ceiling of all cores;
 and the CPU's ceilings on this host: JPEG decode and CPU preprocessing, serial and threaded. With
 ``--dataset`` (a folder of held-out photos + VOC annotations) the served engine's accuracy on the GPU is
 compared with the CPU engine's on the same photos.
@@ -34,6 +36,7 @@ from typing import Any
 import cv2
 import numpy as np
 
+from bench import decode_infer
 from bench.images import folder_images, load_frames
 from bench.timing import machine, rate
 from inference.device_graphs import frame_input_feeds, frame_input_model
@@ -508,6 +511,14 @@ def table(result: dict[str, Any]) -> str:
                 f"face AP50 {acc['face_ap50']:.4f} mask {acc['mask_ap50']:.4f} "
                 f"no-mask {acc['no_mask_ap50']:.4f} recall/precision {at['recall']:.4f}/{at['precision']:.4f}"
             )
+    flow = result.get("decode_engine") or {}
+    for r in flow.get("rows", []):
+        lines.append(
+            f"decode+engine x{r['processes']} processes, batch {r.get('batch', '-')}: "
+            f"{r.get('frames_per_s', '-')} frames/s = {r.get('share_of_decode_ceiling', '-')} of the "
+            f"{flow['decode_ceiling_frames_per_s']} frames/s JPEG-decode ceiling {r.get('note', '')}"
+            f"{' errors: ' + '; '.join(r['errors']) if r.get('errors') else ''}"
+        )
     if result.get("fp16_max_abs_diff"):
         lines.append(f"fp16 vs fp32 max |diff|: {result['fp16_max_abs_diff']}")
     for e in result.get("errors", []):
@@ -527,6 +538,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--batches", default="1,8,32,64,128")
     p.add_argument("--configs", default=",".join(CONFIGS))
     p.add_argument("--min-seconds", type=float, default=0.5)
+    p.add_argument("--processes", default="1,4", help="decode+engine: process counts (flow processes)")
     p.add_argument("--budget-s", type=float, default=170.0, help="stop starting new measurements after this")
     p.add_argument("--table", type=Path, help="only print the table of an earlier JSON result")
     a = p.parse_args(argv)
@@ -608,7 +620,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 save,
             ),
         )
-        if config == "cuda_fp16":  # the served config: its accuracy before the comparisons run out of time
+        if config == "cuda_fp16":  # the served config: the flow's loop and accuracy before the comparisons
+            loop = partial(decode_infer.bench, specs, a.models, frames, batch=64, device="cuda", seconds=4.0,
+                           processes=[int(p) for p in a.processes.split(",")], deadline=deadline)
+            result["decode_engine"] = step("decode+engine", loop)
             if a.dataset is not None:
                 result["accuracy"] = step("accuracy", lambda: accuracy(a.dataset.resolve(), specs, a.models))
             agreement = partial(fp16_agreement, specs, a.models, frames)

@@ -65,3 +65,29 @@ def test_flow_section(tmp_path: Path, dataset_dir: Path) -> None:
     assert run["peak_rss_mb"]["flow-0"] > 100
     assert result["flow"]["services_peak_rss_mb"]["broker"] > 0
     assert "Whole flow" in result["_stdout"]
+
+
+
+def test_decode_infer_loop_in_processes(dataset_dir: Path) -> None:
+    """The GPU bench's decode+engine stage on the CPU: processes start together, each decodes and infers
+    real photos, and a process that cannot load its models reports why instead of hanging the run."""
+    from bench import decode_infer
+    from bench.images import dataset_images, load_frames
+    from inference.engine import default_models, resolve_spec
+    from maskwatch.config import Settings
+
+    models = Settings().models_dir
+    det, cls = (resolve_spec(name, models) for name in default_models(models))
+    frames = load_frames(dataset_images(dataset_dir, count=4), 320, 240)
+    result = decode_infer.bench((det, cls), models, frames, processes=[2], batch=2, device="cpu", seconds=1.0)
+    ceiling = result["decode_ceiling_frames_per_s"]
+    (row,) = result["rows"]
+    assert ceiling > 0 and row["errors"] == [] and len(row["per_process"]) == 2
+    assert all(r["frames"] > 0 and r["frames"] % 2 == 0 for r in row["per_process"])
+    assert row["faces_per_frame"] > 0
+    assert abs(row["share_of_decode_ceiling"] - row["frames_per_s"] / ceiling) < 0.01
+
+    missing = det.model_copy(update={"file": "no-such-model.onnx"})
+    bad = decode_infer.run_processes((missing, cls), models, decode_infer.encode_jpegs(frames), processes=1,
+                                     batch=2, device="cpu", seconds=1.0)
+    assert "frames_per_s" not in bad and len(bad["errors"]) == 1 and "no-such-model" in bad["errors"][0]
