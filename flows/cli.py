@@ -12,6 +12,14 @@ import click
 log = logging.getLogger(__name__)
 
 
+def processes_on_host(addresses: list[str] | None, process_id: int | None) -> int:
+    """Processes of the cluster listed with the same host as this one (1 without a cluster)."""
+    if not addresses or process_id is None:
+        return 1
+    host = addresses[process_id].rsplit(":", 1)[0]
+    return sum(1 for a in addresses if a.rsplit(":", 1)[0] == host)
+
+
 @click.group()
 def flow() -> None:
     """The Bytewax detection dataflow: ticks -> frames -> inference -> rules -> store and alerts."""
@@ -54,9 +62,13 @@ def run(workers: int, process_id: int | None, addresses: str | None, recovery_di
     if (process_id is None) != (addresses is None):
         raise click.UsageError("-i/--process-id and -a/--addresses go together")
     hosts = addresses.split(";") if addresses else None
+    if hosts and process_id is not None and process_id >= len(hosts):
+        raise click.UsageError(f"-i {process_id}: only {len(hosts)} addresses in -a")
     # Micro-batch shards default to one per worker of the whole cluster.
     os.environ.setdefault("MASKWATCH_FLOW_SHARDS", str(workers * (len(hosts) if hosts else 1)))
-    os.environ["MASKWATCH_FLOW_WORKERS"] = str(workers)
+    # Engines that share this host's cores: several processes of one cluster on one host (a big GPU host,
+    # the bench) would otherwise each start a thread per core in every ONNX Runtime session.
+    os.environ["MASKWATCH_FLOW_WORKERS"] = str(workers * processes_on_host(hosts, process_id))
     recovery = None
     if not no_recovery:
         recovery_dir = recovery_dir or Settings().home / "recovery"

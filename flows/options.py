@@ -43,8 +43,9 @@ class FlowOptions:
     batch_max: int = 16
     batch_timeout_s: float = 0.5
     shards: int = 1
-    # Worker threads of this process (`flow run -w`): each runs its own engine, so the cores are split
-    # between them instead of every ONNX Runtime session spinning a thread per core.
+    # Engines sharing this host's cores: `flow run -w` worker threads x the cluster's processes on this
+    # host. Each worker runs its own engine, so the cores are split between them instead of every ONNX
+    # Runtime session spinning a thread per core.
     workers: int = 1
     fetch: FetchOptions = field(default_factory=FetchOptions)
     # Rules: event-time buckets; a bucket closes when a tick `lateness_s` past its end arrives.

@@ -37,3 +37,15 @@ def test_worker_engines_split_the_cores(workers: int, monkeypatch: pytest.Monkey
         for model in (engine.detector, engine.classifier):
             options = model.session.get_session_options()
             assert (options.intra_op_num_threads, options.inter_op_num_threads) == (want, 1)
+
+
+def test_cluster_processes_on_one_host_share_its_cores() -> None:
+    from flows.cli import processes_on_host
+
+    assert processes_on_host(None, None) == 1
+    local = ["127.0.0.1:2101", "127.0.0.1:2102", "127.0.0.1:2103"]
+    assert processes_on_host(local, 1) == 3
+    pods = ["flow-0.flow:2101", "flow-1.flow:2101", "flow-2.flow:2101"]  # one process per pod (Kubernetes)
+    assert processes_on_host(pods, 2) == 1
+    mixed = ["gpu-a:2101", "gpu-a:2102", "gpu-b:2101"]
+    assert (processes_on_host(mixed, 0), processes_on_host(mixed, 2)) == (2, 1)
