@@ -56,7 +56,10 @@ def bench_engine(
         boxes = [[b for b, _ in engine.detect(c)] for c in chunks]
         counts = [sum(len(b) for b in bs) for bs in boxes]
         faces = sum(counts) / len(chunks)  # per call
-        det_tensors = [(engine._det_pre.frames(c)[0].copy(),) for c in chunks]
+        # The session the engine picks for this frame size (on the CPU, the input fitted to its aspect).
+        h, w = frames[0].shape[:2]
+        det_model, det_pre, _ = engine._sizes.at(engine._sizes.size_for(w, h))
+        det_tensors = [(det_pre.frames(c)[0].copy(),) for c in chunks]
         crops = [
             (engine._cls_pre.crops(c, b, margin).copy(),)
             for c, b, n in zip(chunks, boxes, counts, strict=True)
@@ -64,7 +67,7 @@ def bench_engine(
         ]
         calls: dict[str, Callable[[], object]] = {
             "detector": Cycle(engine.detect, [(c,) for c in chunks]),
-            "detector_model": Cycle(engine.detector.run, det_tensors),
+            "detector_model": Cycle(det_model.run, det_tensors),
             "classifier": Cycle(engine.classify, list(zip(chunks, boxes, strict=True))),
             "together": Cycle(engine.infer, [(c,) for c in chunks]),
         }

@@ -13,6 +13,7 @@ from typing import Any, Literal
 import cv2
 import numpy as np
 
+from inference.detector_sizes import DetectorSizes
 from inference.device_pipeline import DevicePipeline, supported
 from inference.postprocess import decode_detector, mirror_boxes, nomask_probability, select_faces
 from inference.preprocess import BatchPreprocessor, InvalidImageError, check_frame, decode_image
@@ -28,6 +29,7 @@ __all__ = [
 ]
 
 Label = Literal["mask", "no_mask"]
+Detection = tuple[np.ndarray, np.ndarray]  # boxes [K, 4] in frame pixels, detector scores [K]
 FINETUNED_SUFFIX = "-ft"  # what inference/finetune.py and detector_finetune.py append to the base name
 log = logging.getLogger(__name__)
 
@@ -127,7 +129,7 @@ class InferenceEngine:
             threads=threads,
             output_names=classifier.outputs,
         )
-        self._det_pre = BatchPreprocessor(detector.preprocess)
+        self._sizes = DetectorSizes(self.detector, detector, detector.path(base), threads)
         self._cls_pre = BatchPreprocessor(classifier.preprocess)
         self.max_batch = max_batch
         self.max_faces = max_faces
@@ -170,15 +172,25 @@ class InferenceEngine:
         """Per frame: face boxes [K, 4] (x1,y1,x2,y2 original pixels) and detector scores [K]."""
         if self.device_pipeline is not None:
             return self.device_pipeline.detect(frames, self.score_threshold)
-        spec = self.detector_spec
+        # Frames go to the detector grouped by the input size that fits their aspect (one size on a GPU).
+        groups: dict[tuple[int, int], list[int]] = {}
+        for i, f in enumerate(frames):
+            groups.setdefault(self._sizes.size_for(f.shape[1], f.shape[0]), []).append(i)
+        found: dict[int, Detection] = {}
+        for size, idx in groups.items():
+            found.update(zip(idx, self._detect_at(size, [frames[i] for i in idx]), strict=True))
+        return [found[i] for i in range(len(frames))]
+
+    def _detect_at(self, size: tuple[int, int], frames: Sequence[np.ndarray]) -> list[Detection]:
+        model, pre, spec = self._sizes.at(size)
         result: list[tuple[np.ndarray, np.ndarray]] = []
         step = max(1, self.max_batch // 2) if spec.flip else self.max_batch
         for i in range(0, len(frames), step):
             chunk = list(frames[i : i + step])
             if spec.flip:  # mirrored copies ride in the same batch, second half
                 chunk += [cv2.flip(f, 1) for f in chunk]
-            batch, transforms = self._det_pre.frames(chunk)
-            raw = decode_detector(self.detector.run(batch), spec)
+            batch, transforms = pre.frames(chunk)
+            raw = decode_detector(model.run(batch), spec)
             if spec.flip:
                 n = len(chunk) // 2
                 raw = [

