@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import threading
 
+import numpy as np
 import pytest
 
 from flows.detect import _Runtime
 from flows.options import FlowOptions
 from inference.engine import InferenceEngine
-from inference.session import cpu_count
+from inference.session import OrtModel, cpu_count
 from maskwatch.config import Settings
 
 
@@ -49,3 +50,22 @@ def test_cluster_processes_on_one_host_share_its_cores() -> None:
     assert processes_on_host(pods, 2) == 1
     mixed = ["gpu-a:2101", "gpu-a:2102", "gpu-b:2101"]
     assert (processes_on_host(mixed, 0), processes_on_host(mixed, 2)) == (2, 1)
+
+
+def test_cpu_batches_run_split_across_single_threaded_runs() -> None:
+    """On the CPU a batch is cut into one part per thread, each run on a single-threaded session in
+    parallel; the answers are those of the whole batch through the multi-threaded session."""
+    from inference.engine import resolve_spec
+    from inference.models.manifest import DEFAULT_CLASSIFIER
+
+    spec = resolve_spec(DEFAULT_CLASSIFIER)
+    model = OrtModel(spec.path(Settings().models_dir), device="cpu", threads=2, output_names=spec.outputs)
+    assert model._solo is not None and model._pool is not None
+    assert model._solo.get_session_options().intra_op_num_threads == 1
+    assert model.session.get_session_options().intra_op_num_threads == 2
+    rng = np.random.default_rng(0)
+    batch = rng.uniform(-1, 1, (5, 3, spec.preprocess.height, spec.preprocess.width)).astype(np.float32)
+    (split,) = model.run(batch)
+    (whole,) = model.session.run(model.output_names, {model.input_name: batch})
+    assert split.shape == whole.shape and np.allclose(split, whole, atol=1e-5)
+    assert OrtModel(spec.path(Settings().models_dir), device="cpu", threads=1)._pool is None
