@@ -196,3 +196,19 @@ def test_yolov8_and_classifier_decoders() -> None:
     )
     sig = soft.model_copy(update={"decoder": "sigmoid"})
     np.testing.assert_allclose(nomask_probability(np.array([[0.0], [100.0]]), sig), [0.5, 1.0])
+
+
+def test_crops_shrink_bilinear_to_half_and_by_area_below(samples: list[Sample]) -> None:
+    """A face crop down to half its size is resized bilinear (a ninth of INTER_AREA's cost, same pixels
+    read); smaller than half, by area, where bilinear would skip pixels."""
+    pre = Preprocess(width=128, height=128, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0), color="BGR",
+                     layout="NHWC")
+    frame = cv2.resize(_frame(samples[0]), (1024, 1024))
+    for side, interp in ((200, cv2.INTER_LINEAR), (240, cv2.INTER_LINEAR), (400, cv2.INTER_AREA)):
+        box = np.array([[100, 100, 100 + side, 100 + side]], np.float32)
+        got = BatchPreprocessor(pre).crops([frame], [box], margin=0.0)[0]
+        want = cv2.resize(frame[100 : 100 + side, 100 : 100 + side], (128, 128), interpolation=interp)
+        other = cv2.resize(frame[100 : 100 + side, 100 : 100 + side], (128, 128),
+                           interpolation=cv2.INTER_AREA if interp == cv2.INTER_LINEAR else cv2.INTER_LINEAR)
+        assert np.array_equal(got, want.astype(np.float32)), side
+        assert not np.array_equal(got, other.astype(np.float32)), side
