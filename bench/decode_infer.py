@@ -36,7 +36,7 @@ def encode_jpegs(frames: Sequence[np.ndarray], quality: int = 90) -> list[bytes]
     return [cv2.imencode(".jpg", f, [cv2.IMWRITE_JPEG_QUALITY, quality])[1].tobytes() for f in frames]
 
 
-def _decode(data: bytes) -> np.ndarray:
+def decode(data: bytes) -> np.ndarray:
     frame = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
     if frame is None:
         raise ValueError("not a decodable JPEG")
@@ -47,10 +47,10 @@ def decode_ceiling(jpegs: Sequence[bytes], threads: int, min_s: float) -> float:
     """JPEG decode alone with `threads` threads, frames/s."""
     work = [jpegs[i % len(jpegs)] for i in range(max(len(jpegs), threads * 8))]
     with ThreadPoolExecutor(threads) as pool:
-        list(pool.map(_decode, work))  # warm
+        list(pool.map(decode, work))  # warm
         n, t0 = 0, time.perf_counter()
         while n == 0 or time.perf_counter() - t0 < min_s:
-            list(pool.map(_decode, work))
+            list(pool.map(decode, work))
             n += len(work)
         return n / (time.perf_counter() - t0)
 
@@ -67,7 +67,7 @@ def _loop(args: dict[str, Any], start_at: Any, ready: Any, go: Any, results: Any
         jpegs, batch = args["jpegs"], args["batch"]
         chunks = [[jpegs[(k * batch + i) % len(jpegs)] for i in range(batch)] for k in range(len(jpegs))]
         with ThreadPoolExecutor(args["threads"]) as pool:
-            engine.infer(list(pool.map(_decode, chunks[0])))  # warm: shapes set, sessions planned
+            engine.infer(list(pool.map(decode, chunks[0])))  # warm: shapes set, sessions planned
             ready.put(os.getpid())
             if not go.wait(READY_TIMEOUT_S):
                 return
@@ -77,7 +77,7 @@ def _loop(args: dict[str, Any], start_at: Any, ready: Any, go: Any, results: Any
             frames = faces = calls = 0
             t0 = time.time()
             while time.time() < end:
-                out = engine.infer(list(pool.map(_decode, chunks[calls % len(chunks)])))
+                out = engine.infer(list(pool.map(decode, chunks[calls % len(chunks)])))
                 frames += len(out)
                 faces += sum(len(r.faces) for r in out)
                 calls += 1

@@ -33,7 +33,6 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 
 from bench import decode_infer
@@ -176,11 +175,8 @@ def cpu_ceilings(frames: Sequence[np.ndarray], pre: Any, min_s: float) -> list[d
     """JPEG decode and CPU resize+normalise of 1024x1024 frames, one thread and all cores."""
     from inference.preprocess import BatchPreprocessor
 
-    jpegs = [cv2.imencode(".jpg", f, [cv2.IMWRITE_JPEG_QUALITY, 90])[1].tobytes() for f in frames]
+    jpegs = decode_infer.encode_jpegs(frames)
     threads = os.cpu_count() or 1
-
-    def decode(data: bytes) -> Any:
-        return cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
 
     def prep(frame: np.ndarray) -> np.ndarray:
         return BatchPreprocessor(pre).frames([frame])[0]
@@ -191,7 +187,7 @@ def cpu_ceilings(frames: Sequence[np.ndarray], pre: Any, min_s: float) -> list[d
 
     rows = []
     stages: list[tuple[str, Callable[[Any], Any], list[Any]]] = [
-        ("jpeg_decode", decode, jpegs),
+        ("jpeg_decode", decode_infer.decode, jpegs),
         ("cpu_preprocess", prep, list(frames)),
     ]
     with ThreadPoolExecutor(threads) as pool:
