@@ -36,7 +36,7 @@ else
   echo "gpu tests not run (tests/test_inference_gpu.py missing)" | tee "$OUT/pytest_gpu.log"
 fi
 
-# Inference at 1024x1024, batch 1..128, CUDA fp16 (then the flow's decode+engine loop in 1 and 4
+# Inference at 1024x1024, batch 1..64, CUDA fp16 (then the flow's decode+engine loop in 1 and 4
 # processes, and accuracy) / CUDA fp32 / TensorRT / CPU; stops starting new measurements after --budget-s
 # so the whole script ends within 7 minutes.
 left=$(( 410 - ($(date +%s) - t0) ))

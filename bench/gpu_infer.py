@@ -1,5 +1,5 @@
 """GPU inference benchmark (``bench/gpu.sh`` runs it on a lent H100/H200): 1024x1024 frames, batch
-1..128, on CUDA (fp16 and fp32) / TensorRT / CPU, with the served models (``engine.default_models``).
+1..64, on CUDA (fp16 and fp32) / TensorRT / CPU, with the served models (``engine.default_models``).
 
 Needs numpy, OpenCV, onnx, pydantic, PyYAML, Pillow and onnxruntime(-gpu) only (plus this repo's
 ``inference`` package), never polars, bytewax or Kafka. What is timed, per provider config and batch:
@@ -23,6 +23,7 @@ compared with the CPU engine's on the same photos.
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import sys
@@ -94,6 +95,24 @@ def gpu_name() -> str:
         return "nvidia-smi not available"
 
 
+def gpu_memory_used() -> str:
+    import subprocess
+
+    try:
+        return (
+            subprocess.run(
+                ["nvidia-smi", "--query-gpu=memory.used", "--format=csv,noheader"],
+                capture_output=True,
+                text=True,
+                timeout=20,
+                check=False,
+            ).stdout.strip()
+            or "?"
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return "?"
+
+
 # --- model rewriting -----------------------------------------------------------------------------------
 
 
@@ -125,7 +144,11 @@ class Session:
                 "trt_profile_max_shapes": f"{inp.name}:{max_batch}x{dims}",
             }
         elif kind == "cuda":
-            opts = {"cudnn_conv_algo_search": "EXHAUSTIVE", "do_copy_in_default_stream": True}
+            opts = {
+                "cudnn_conv_algo_search": "EXHAUSTIVE",
+                "do_copy_in_default_stream": True,
+                "arena_extend_strategy": "kSameAsRequested",  # as the engine's sessions (inference.session)
+            }
         so = ort.SessionOptions()
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         so.log_severity_level = 3
@@ -531,7 +554,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--dataset", type=Path, default=os.environ.get("MW_GPU_DATASET"), help="photos + VOC")
     p.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", "bench/results/gpu")))
     p.add_argument("--size", type=int, default=1024)
-    p.add_argument("--batches", default="1,8,32,64,128")
+    p.add_argument("--batches", default="1,8,32,64")
     p.add_argument("--configs", default=",".join(CONFIGS))
     p.add_argument("--min-seconds", type=float, default=0.5)
     p.add_argument("--processes", default="1,4", help="decode+engine: process counts (flow processes)")
@@ -575,7 +598,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(result["errors"][-1], flush=True)
             return None
         finally:
-            print(f"{what}: {time.time() - t:.1f} s", flush=True)
+            gc.collect()  # the step's sessions go, and their device arenas with them
+            used = result.setdefault("gpu_memory_used_after", {})[what] = gpu_memory_used()
+            print(f"{what}: {time.time() - t:.1f} s; GPU memory used after it: {used}", flush=True)
             save()
 
     result["cpu_ceilings"] = (
@@ -618,11 +643,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         if config == "cuda_fp16":  # the served config: the flow's loop and accuracy before the comparisons
             # The all-core JPEG-decode ceiling is the one measured above, not measured twice.
-            ceiling = max((r["frames_per_s"] for r in result["cpu_ceilings"] if r["stage"] == "jpeg_decode"),
-                          default=None)
-            loop = partial(decode_infer.bench, specs, a.models, frames, batch=64, device="cuda", seconds=4.0,
-                           processes=[int(p) for p in a.processes.split(",")], deadline=deadline,
-                           ceiling=ceiling)
+            ceiling = max(
+                (r["frames_per_s"] for r in result["cpu_ceilings"] if r["stage"] == "jpeg_decode"),
+                default=None,
+            )
+            loop = partial(
+                decode_infer.bench,
+                specs,
+                a.models,
+                frames,
+                batch=64,
+                device="cuda",
+                seconds=4.0,
+                processes=[int(p) for p in a.processes.split(",")],
+                deadline=deadline,
+                ceiling=ceiling,
+            )
             result["decode_engine"] = step("decode+engine", loop)
             if a.dataset is not None:
                 result["accuracy"] = step("accuracy", lambda: accuracy(a.dataset.resolve(), specs, a.models))

@@ -110,8 +110,14 @@ def _provider_options(
         return opts
     if name == "CUDAExecutionProvider":
         # EXHAUSTIVE times cuDNN's algorithms once per input shape; the device pipeline gives each session
-        # one shape, so that happens once per session, not per micro-batch.
-        return {"cudnn_conv_algo_search": "EXHAUSTIVE", "do_copy_in_default_stream": True}
+        # one shape, so that happens once per session, not per micro-batch. Each session's arena keeps what
+        # it reserved; grown by powers of two (ORT's default) the bench's sessions held all of an H100's
+        # 80 GB, so it grows by what is asked for.
+        return {
+            "cudnn_conv_algo_search": "EXHAUSTIVE",
+            "do_copy_in_default_stream": True,
+            "arena_extend_strategy": "kSameAsRequested",
+        }
     return {}
 
 
