@@ -146,6 +146,7 @@ class Session:
         elif kind == "cuda":
             opts = {
                 "cudnn_conv_algo_search": "EXHAUSTIVE",
+                "cudnn_conv_use_max_workspace": "0",
                 "do_copy_in_default_stream": True,
                 "arena_extend_strategy": "kSameAsRequested",  # as the engine's sessions (inference.session)
             }

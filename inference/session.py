@@ -111,10 +111,12 @@ def _provider_options(
     if name == "CUDAExecutionProvider":
         # EXHAUSTIVE times cuDNN's algorithms once per input shape; the device pipeline gives each session
         # one shape, so that happens once per session, not per micro-batch. Each session's arena keeps what
-        # it reserved; grown by powers of two (ORT's default) the bench's sessions held all of an H100's
-        # 80 GB, so it grows by what is asked for.
+        # it reserved, and the search asks for the largest workspace any algorithm wants (up to all free
+        # memory): a few sessions then held all of an H100's 80 GB and the next one failed to allocate. So
+        # the search keeps to ORT's small workspace and the arena grows by what is asked for.
         return {
             "cudnn_conv_algo_search": "EXHAUSTIVE",
+            "cudnn_conv_use_max_workspace": "0",
             "do_copy_in_default_stream": True,
             "arena_extend_strategy": "kSameAsRequested",
         }
