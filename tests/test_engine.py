@@ -65,6 +65,30 @@ def test_missing_model_says_how_to_pull_it(tmp_path: Path) -> None:
         OrtModel(tmp_path / "nope.onnx")
 
 
+def test_fixed_batch_pads_each_call_to_one_shape_and_keeps_the_results(
+    samples: list[Sample], engine: InferenceEngine
+) -> None:
+    # On CUDA every call is padded to max_batch (one input shape, no cuDNN re-planning); checked here on
+    # the CPU session with the same switch on: the padding must change neither the count nor the values.
+    spec = engine.classifier_spec
+    model = OrtModel(Path(spec.file), device="cpu", max_batch=16, threads=1, output_names=spec.outputs)
+    assert not model.fixed_batch  # the CPU runs each batch as it comes
+    crops, _ = BatchPreprocessor(spec.preprocess).frames([_frame(s) for s in samples[:3]])
+    (plain,) = model.run(crops)
+    shapes: list[int] = []
+    once = model._run_once
+
+    def spy(batch: np.ndarray) -> list[np.ndarray]:
+        shapes.append(len(batch))
+        return once(batch)
+
+    model._run_once = spy  # type: ignore[method-assign]
+    model.fixed_batch = True
+    (padded,) = model.run(crops)
+    assert shapes == [16] and padded.shape == plain.shape
+    np.testing.assert_allclose(padded, plain, atol=1e-5)
+
+
 # --- detector ------------------------------------------------------------------------------------
 
 

@@ -95,6 +95,7 @@ def test_cuda_runs_the_device_pipeline_in_fp16_and_matches_cpu(frames: list[np.n
 def test_cuda_host_path_still_matches_cpu(frames: list[np.ndarray]) -> None:
     gpu = _engine("cuda")
     gpu.device_pipeline = None  # the path for specs the device pipeline does not take (mirrored detection)
+    assert gpu.detector.fixed_batch and gpu.classifier.fixed_batch  # one input shape per session
     _assert_close(gpu.infer(frames), _engine("cpu").infer(frames), box_px=3.0, prob=0.1)
 
 
