@@ -138,3 +138,40 @@ def test_throughput_1024_batch_32(frames: list[np.ndarray]) -> None:
     # A figure for the note, not a pass mark: speed is judged by bench/, not by timed assertions.
     print(f"\n{engine.providers}: {fps:.0f} frames/s at 1024x1024, batch 32, {faces} faces per batch")
     assert engine.providers["detector"] != "CPUExecutionProvider" and faces > 0
+
+
+def _device_memory_mib() -> int | None:
+    """This process's GPU memory as nvidia-smi reports it (None where it cannot say)."""
+    import subprocess
+
+    try:
+        out = subprocess.run(
+            ["nvidia-smi", "--query-compute-apps=pid,used_memory", "--format=csv,noheader,nounits"],
+            capture_output=True,
+            text=True,
+            timeout=20,
+            check=False,
+        ).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    for line in out.splitlines():
+        pid, _, used = line.partition(",")
+        if pid.strip() == str(os.getpid()):
+            return int(used.strip())
+    return None
+
+
+def test_engine_device_memory_stays_flat_over_many_calls(frames: list[np.ndarray]) -> None:
+    # A flow worker calls the engine for days: once warm, its device memory must not grow per call (the
+    # GPU bench's raw sessions once filled an 80 GB H100 within a minute).
+    big = [cv2.resize(f, (1024, 1024)) for f in (frames * 2)[:32]]
+    engine = _engine("cuda")
+    for n in (32, 5, 32, 1):  # every chunk shape the flow sends, warm
+        engine.infer(big[:n])
+    before = _device_memory_mib()
+    if before is None:
+        pytest.skip("nvidia-smi does not report this process's GPU memory here")
+    for i in range(40):
+        engine.infer(big[: (32, 7, 1)[i % 3]])
+    after = _device_memory_mib()
+    assert after is not None and after - before <= 256, (before, after)
