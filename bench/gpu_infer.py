@@ -79,38 +79,29 @@ def ort_info() -> dict[str, Any]:
     }
 
 
-def gpu_name() -> str:
+def _nvidia_smi(query: str, empty: str) -> str:
+    """One `nvidia-smi --query-gpu` answer; `empty` when it says nothing, or why it could not run."""
     import subprocess
 
     try:
         out = subprocess.run(
-            ["nvidia-smi", "--query-gpu=name,memory.total", "--format=csv,noheader"],
+            ["nvidia-smi", f"--query-gpu={query}", "--format=csv,noheader"],
             capture_output=True,
             text=True,
             timeout=20,
             check=False,
         ).stdout
-        return out.strip() or "no GPU reported"
+        return out.strip() or empty
     except (OSError, subprocess.TimeoutExpired):
         return "nvidia-smi not available"
 
 
-def gpu_memory_used() -> str:
-    import subprocess
+def gpu_name() -> str:
+    return _nvidia_smi("name,memory.total", "no GPU reported")
 
-    try:
-        return (
-            subprocess.run(
-                ["nvidia-smi", "--query-gpu=memory.used", "--format=csv,noheader"],
-                capture_output=True,
-                text=True,
-                timeout=20,
-                check=False,
-            ).stdout.strip()
-            or "?"
-        )
-    except (OSError, subprocess.TimeoutExpired):
-        return "?"
+
+def gpu_memory_used() -> str:
+    return _nvidia_smi("memory.used", "?")
 
 
 # --- model rewriting -----------------------------------------------------------------------------------
