@@ -28,19 +28,14 @@ from typing import Any
 import cv2
 import numpy as np
 
+from inference.preprocess import decode_image as decode  # the flow's own decode (flows/fetch.py)
+
 READY_TIMEOUT_S = 90.0  # model load + the first call (on CUDA: cuDNN's exhaustive search per shape)
 
 
 def encode_jpegs(frames: Sequence[np.ndarray], quality: int = 90) -> list[bytes]:
     """What cameras send: the bench frames as JPEG."""
     return [cv2.imencode(".jpg", f, [cv2.IMWRITE_JPEG_QUALITY, quality])[1].tobytes() for f in frames]
-
-
-def decode(data: bytes) -> np.ndarray:
-    frame = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
-    if frame is None:
-        raise ValueError("not a decodable JPEG")
-    return frame
 
 
 def decode_ceiling(jpegs: Sequence[bytes], threads: int, min_s: float) -> float:

@@ -41,6 +41,7 @@ from bench.images import folder_images, load_frames
 from bench.timing import machine, rate
 from inference.device_graphs import frame_input_feeds, frame_input_model
 from inference.fp16 import to_fp16
+from inference.session import cuda_options
 
 CONFIGS = ("cuda_fp16", "cuda_fp32", "trt_fp16", "cpu")
 # The engine runs as served: on CUDA its models are fp16 copies, so it is timed under cuda_fp16.
@@ -135,12 +136,7 @@ class Session:
                 "trt_profile_max_shapes": f"{inp.name}:{max_batch}x{dims}",
             }
         elif kind == "cuda":
-            opts = {
-                "cudnn_conv_algo_search": "EXHAUSTIVE",
-                "cudnn_conv_use_max_workspace": "0",
-                "do_copy_in_default_stream": True,
-                "arena_extend_strategy": "kSameAsRequested",  # as the engine's sessions (inference.session)
-            }
+            opts = cuda_options()  # the engine's own (inference.session)
         so = ort.SessionOptions()
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         so.log_severity_level = 3

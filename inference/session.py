@@ -109,18 +109,24 @@ def _provider_options(
             )
         return opts
     if name == "CUDAExecutionProvider":
-        # EXHAUSTIVE times cuDNN's algorithms once per input shape; the device pipeline gives each session
-        # one shape, so that happens once per session, not per micro-batch. Each session's arena keeps what
-        # it reserved, and the search asks for the largest workspace any algorithm wants (up to all free
-        # memory): a few sessions then held all of an H100's 80 GB and the next one failed to allocate. So
-        # the search keeps to ORT's small workspace and the arena grows by what is asked for.
-        return {
-            "cudnn_conv_algo_search": "EXHAUSTIVE",
-            "cudnn_conv_use_max_workspace": "0",
-            "do_copy_in_default_stream": True,
-            "arena_extend_strategy": "kSameAsRequested",
-        }
+        return cuda_options()
     return {}
+
+
+def cuda_options() -> dict[str, Any]:
+    """CUDA execution provider options of every CUDA session (the GPU bench's raw sessions too)."""
+    # EXHAUSTIVE times cuDNN's algorithms once per input shape; each session sees one shape (the device
+    # pipeline's padding, `OrtModel.fixed_batch`), so that happens once per session, not per micro-batch.
+    # Each session's arena keeps what it reserved, and the search asks for the largest workspace any
+    # algorithm wants (up to all free memory): a few sessions then held all of an H100's 80 GB and the next
+    # one failed to allocate. So the search keeps to ORT's small workspace and the arena grows by what is
+    # asked for.
+    return {
+        "cudnn_conv_algo_search": "EXHAUSTIVE",
+        "cudnn_conv_use_max_workspace": "0",
+        "do_copy_in_default_stream": True,
+        "arena_extend_strategy": "kSameAsRequested",
+    }
 
 
 class OrtModel:
@@ -203,7 +209,7 @@ class OrtModel:
             half = fp16 and name == "CUDAExecutionProvider" and isinstance(source, Path)
             try:
                 data = to_fp16(model).SerializeToString() if half else plain
-                # GPU sessions keep ORT's defaults (their memory is the device's, measured there).
+                # CPU sessions share one arena; GPU sessions keep their own device arenas (`cuda_options`).
                 options = _options(threads, shared_arena=name == "CPUExecutionProvider")
                 sess = ort.InferenceSession(data, options, providers=providers)
             except Exception as exc:  # a broken CUDA/TensorRT install must not stop the camera flow
