@@ -91,3 +91,53 @@ def test_decode_infer_loop_in_processes(dataset_dir: Path) -> None:
     bad = decode_infer.run_processes((missing, cls), models, decode_infer.encode_jpegs(frames), processes=1,
                                      batch=2, device="cpu", seconds=1.0)
     assert "frames_per_s" not in bad and len(bad["errors"]) == 1 and "no-such-model" in bad["errors"][0]
+
+
+def test_frontier_scales_the_detector_and_scores_it_as_eval_does(tmp_path: Path, dataset_dir: Path) -> None:
+    """``python -m bench.frontier`` on a tiny configuration: each scale runs the detector at that fraction
+    of its input, its accuracy column is ``maskwatch eval``'s on the same held-out images, and the ratios
+    are over the baseline measured in the same run."""
+    from inference import evaluate
+
+    proc = subprocess.run([sys.executable, "-m", "bench.frontier", "--scales", "0.5,1", "--images", "2",
+                           "--batch", "2", "--min-seconds", "0.05", "--limit", "6", "--out", str(tmp_path)],
+                          cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    (path,) = tmp_path.glob("frontier-*.json")
+    result = json.loads(path.read_text())
+    full, half = result["rows"]
+    assert (full["scale"], full["detector_input"], full["input_for_frame"]) == (1.0, "640x480", "512x480")
+    assert (half["scale"], half["detector_input"], half["input_for_frame"]) == (0.5, "320x240", "256x240")
+    lo, hi = result["baseline"]["frames_per_s_range"]
+    for row in (full, half):
+        assert row["heldout_images"] == 6 and row["detector_fps"] > 0 and row["together_fps"] > 0
+        # Each row's ratio is over the baseline timed just before it.
+        assert 0 < lo <= row["baseline_fps"] <= hi
+        assert row["together_ratio"] == pytest.approx(row["together_fps"] / row["baseline_fps"], abs=0.01)
+    report = evaluate.main(dataset_dir, tmp_path / "eval", limit=6, split="test", device="cpu")
+    assert full["face_ap50"] == pytest.approx(report["detection"]["face_ap50"], abs=1e-4)
+    assert full["no_mask_ap50"] == pytest.approx(report["detection"]["no_mask_ap50"], abs=1e-4)
+    assert "det+cls / base" in proc.stdout and f"JSON: {path}" in proc.stdout
+
+
+def test_scaled_detector_graph_has_priors_for_its_new_input(tmp_path: Path) -> None:
+    import numpy as np
+    import onnx
+    import onnxruntime as ort
+
+    from bench.frontier import scaled_detector
+    from inference.engine import default_models, resolve_spec
+    from inference.prior_grid import prior_grid
+    from maskwatch.config import Settings
+
+    models = Settings().models_dir
+    spec = resolve_spec(default_models(models)[0], models)
+    assert scaled_detector(spec, models, 1.0, tmp_path) is spec
+    small = scaled_detector(spec, models, 0.5, tmp_path)
+    assert (small.preprocess.width, small.preprocess.height) == (320, 240) and small.name != spec.name
+    grid = prior_grid(onnx.load(spec.path(models)))
+    assert grid is not None
+    session = ort.InferenceSession(str(small.path(models)), providers=["CPUExecutionProvider"])
+    zeros = np.zeros((1, 3, 240, 320), np.float32)
+    boxes = session.run([spec.outputs[0]], {session.get_inputs()[0].name: zeros})[0]
+    assert boxes.shape[1] == len(grid.priors(320, 240)) < len(grid.priors(640, 480))
