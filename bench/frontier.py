@@ -15,18 +15,24 @@ import json
 import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from bench.report import table
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from inference.datasets import Sample
+    from inference.spec import ModelSpec
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 FACE_AP50_TARGET = 0.85  # issue #3's target on the held-out split
 TARGET_RATIO = 10.0  # issue #6's CPU target: ours / baseline, frames/s
 
 
-def scaled_detector(spec: Any, models_dir: Path, scale: float, out_dir: Path) -> Any:
+def scaled_detector(spec: ModelSpec, models_dir: Path, scale: float, out_dir: Path) -> ModelSpec:
     """The detector `spec` at `scale` times its input sides: a spec whose graph (written to `out_dir`)
     carries priors regenerated for that size. Scale 1 is the served spec itself."""
     import onnx
@@ -57,11 +63,11 @@ def scaled_detector(spec: Any, models_dir: Path, scale: float, out_dir: Path) ->
 
 
 def measure(
-    det_spec: Any,
-    cls_spec: Any,
+    det_spec: ModelSpec,
+    cls_spec: ModelSpec,
     models_dir: Path,
-    frames: list[Any],
-    samples: list[Any],
+    frames: list[np.ndarray],
+    samples: list[Sample],
     batch: int,
     min_s: float,
     scale: float,
