@@ -370,6 +370,13 @@ def login_env(store_server: Any, tmp_path_factory: pytest.TempPathFactory) -> It
         settings = Settings()
         store.migrate(settings)
         seed.seed(settings, n_cameras=2, days=0.5, interval_s=120)
+        # The seed's crowd is quiet at night, so half a day before a night-time run can hold no alert: one
+        # open alert a minute old gives the alert-page tests one at any hour and in any order.
+        now = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=1)
+        store.insert_models("alerts", [Alert(
+            alert_id=f"cam-001:open:{uuid.uuid4().hex}", camera_id="cam-001", rule="test", triggered_at=now,
+            window_start=now - timedelta(minutes=1), window_end=now, faces=4, nomask_faces=3,
+            nomask_ratio=0.5, message="3 people without a mask at the lobby (cam-001)")], settings)
         store.close_clients()
         yield users
 
