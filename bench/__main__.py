@@ -11,20 +11,10 @@ from typing import Any
 
 import click
 
+from bench.options import out_option, parse_sizes
 from bench.report import baseline_ratios, print_report
 
-RESULTS_DIR = Path(__file__).resolve().parent / "results"
 SECTIONS = ("infer", "baseline", "flow")
-
-
-def _sizes(text: str) -> list[tuple[int, int]]:
-    try:
-        sizes = [(int(w), int(h)) for w, h in (s.lower().split("x") for s in text.split(",") if s)]
-    except ValueError:
-        raise click.BadParameter(f"{text!r}: expected WxH[,WxH...], e.g. 640x480,1024x1024") from None
-    if not sizes or any(w < 16 or h < 16 for w, h in sizes):
-        raise click.BadParameter(f"{text!r}: sizes must be at least 16x16")
-    return sizes
 
 
 def _ints(text: str, what: str) -> list[int]:
@@ -106,14 +96,7 @@ def _layouts(text: str) -> tuple[tuple[int, int], ...]:
     is_flag=True,
     help="cProfile the engine at the largest size, py-spy the flow's first layout (if installed).",
 )
-@click.option(
-    "--out",
-    "out_dir",
-    default=RESULTS_DIR,
-    type=click.Path(file_okay=False, path_type=Path),
-    show_default=True,
-    help="Where the JSON (and profiles) go.",
-)
+@out_option("Where the JSON (and profiles) go.")
 @click.option("-v", "--verbose", is_flag=True)
 def main(
     quick: bool,
@@ -144,7 +127,7 @@ def main(
     if gpu:
         device = "auto" if device == "cpu" else device
     batch_list = _ints(batches or ("1,8,32,64,128" if gpu else "1,8" if quick else "1,8,32"), "batch sizes")
-    size_list = _sizes(sizes)
+    size_list = parse_sizes(sizes)
     n_images = images or (8 if quick else 32)
     min_s = min_seconds or (0.5 if quick else 3.0)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -177,7 +160,7 @@ def main(
     if "flow" in sections:
         from bench.flow import FlowBenchConfig, bench_flow
 
-        ((fw, fh),) = _sizes(flow_size)[:1]
+        ((fw, fh),) = parse_sizes(flow_size)[:1]
         cfg = FlowBenchConfig(
             cameras=cameras or (4 if quick else 8),
             ticks_per_camera=ticks_per_camera or (8 if quick else 12),

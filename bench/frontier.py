@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from bench.options import out_option, parse_sizes
 from bench.report import table
 
 if TYPE_CHECKING:
@@ -27,7 +28,6 @@ if TYPE_CHECKING:
     from inference.datasets import Sample
     from inference.spec import ModelSpec
 
-RESULTS_DIR = Path(__file__).resolve().parent / "results"
 FACE_AP50_TARGET = 0.85  # issue #3's target on the held-out split
 TARGET_RATIO = 10.0  # issue #6's CPU target: ours / baseline, frames/s
 
@@ -116,14 +116,7 @@ def measure(
 )
 @click.option("--min-seconds", default=3.0, show_default=True, type=click.FloatRange(0.05))
 @click.option("--limit", default=None, type=click.IntRange(1), help="Held-out images scored (default all).")
-@click.option(
-    "--out",
-    "out_dir",
-    default=RESULTS_DIR,
-    type=click.Path(file_okay=False, path_type=Path),
-    show_default=True,
-    help="Where the JSON goes.",
-)
+@out_option("Where the JSON goes.")
 def main(
     scales: str, size: str, batch: int, images: int, min_seconds: float, limit: int | None, out_dir: Path
 ) -> None:
@@ -135,13 +128,11 @@ def main(
     from inference.datasets import load_dataset
     from inference.engine import _models_dir, default_models, resolve_spec
 
+    ((width, height),) = parse_sizes(size)[:1]
     try:
         scale_list = sorted({float(s) for s in scales.split(",") if s}, reverse=True)
-        width, height = (int(v) for v in size.lower().split("x"))
     except ValueError:
-        raise click.BadParameter(
-            f"{scales!r} / {size!r}: expected scales like 1,0.8 and a size like 1024x1024"
-        ) from None
+        raise click.BadParameter(f"{scales!r}: expected scales like 1,0.8") from None
     if not scale_list or not all(0.1 <= s <= 1.0 for s in scale_list):
         raise click.BadParameter(f"{scales!r}: scales must lie in 0.1..1")
     models_dir = _models_dir()
