@@ -120,7 +120,7 @@ def main(
 ) -> None:
     """Benchmark maskwatch: inference only, the chandrikadeb7 baseline on the same frames, and the whole
     flow through the real broker and store. Prints a table; writes bench/results/bench-<time>.json."""
-    from maskwatch.redact import setup_logging
+    from maskwatch.logs import setup_logging
 
     setup_logging("INFO" if verbose else "WARNING")
     sections = set(only or SECTIONS)

@@ -24,11 +24,11 @@ from typing import Any
 
 import click
 
-from dashboards import queries
-from dashboards.queries import Scope
-from dashboards.seed import seed
 from maskwatch import store
 from maskwatch.config import Settings
+from maskwatch.dashboards import queries
+from maskwatch.dashboards.queries import Scope
+from maskwatch.dashboards.seed import seed
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
@@ -92,8 +92,8 @@ def main(store_url: str | None, target: int, n_cameras: int, days: int, repeat: 
     with tempfile.TemporaryDirectory(prefix="mw-bench-") as tmp:
         server = None
         if store_url is None:
-            from maskwatch.services.process import free_port
-            from maskwatch.services.store_service import StoreService
+            from maskwatch.devservices.store import StoreService
+            from maskwatch.ports import free_port
 
             server = StoreService(home=Path(tmp), port=free_port(), data_dir=Path(tmp) / "chdb")
             server.start()

@@ -28,7 +28,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from inference.preprocess import decode_image as decode  # the flow's own decode (flows/fetch.py)
+from maskwatch.inference.preprocess import decode_image as decode  # the flow's own decode (flows/fetch.py)
 
 READY_TIMEOUT_S = 90.0  # model load + the first call (on CUDA: cuDNN's exhaustive search per shape)
 
@@ -53,7 +53,7 @@ def decode_ceiling(jpegs: Sequence[bytes], threads: int, min_s: float) -> float:
 def _loop(args: dict[str, Any], start_at: Any, ready: Any, go: Any, results: Any) -> None:
     """One process: engine up and warm, then decode + infer batches until the shared end time."""
     try:
-        from inference.engine import InferenceEngine
+        from maskwatch.inference.serving.engine import InferenceEngine
 
         engine = InferenceEngine(
             *args["specs"], models_dir=args["models_dir"], device=args["device"],
@@ -165,8 +165,9 @@ def bench(
 def main(argv: Sequence[str] | None = None) -> int:
     import argparse
 
+    from maskwatch.inference.serving.engine import default_models, resolve_spec
+
     from bench.images import folder_images, load_frames
-    from inference.engine import default_models, resolve_spec
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--images", type=Path, required=True, help="folder of dataset JPEGs")

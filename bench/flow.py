@@ -1,4 +1,4 @@
-"""Whole-flow benchmark: the real broker and store (started by ``maskwatch.services.manager`` on free
+"""Whole-flow benchmark: the real broker and store (started by ``maskwatch.devservices.manager`` on free
 ports in a temporary MASKWATCH_HOME), ``maskwatch flow run`` as its own process(es), N cameras replaying
 upscaled dataset photos from ``file://`` directories.
 
@@ -34,14 +34,16 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
+from maskwatch import store
+from maskwatch.cameras import registry
+from maskwatch.config import Settings
+from maskwatch.devservices import manager
+from maskwatch.ports import free_port
+from maskwatch.schemas.events import Camera, Tick
+from maskwatch.topics import ensure_topics
+
 from bench.images import dataset_images, load_frames, write_jpegs
 from bench.timing import children_peak_rss_mb, peak_rss_mb, percentile
-from maskwatch import registry, store
-from maskwatch.config import Settings
-from maskwatch.services import manager
-from maskwatch.services.process import free_port
-from maskwatch.services.topics import ensure_topics
-from schemas.events import Camera, Tick
 
 log = logging.getLogger(__name__)
 REPO_ROOT = Path(__file__).resolve().parents[1]

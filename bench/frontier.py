@@ -4,7 +4,8 @@ the baseline measured in the same run.
 Why: issue #6's CPU target (10x the baseline's frames/s) and issue #3's accuracy target (held-out face
 AP50 >= 0.85) pull against each other, and the detector's input size is the cost that accuracy pins. Each
 row runs the served detector at a fraction of its input (RFB's priors regenerated for the smaller size, as
-`inference.prior_grid` does per frame aspect), times it alone and with the served classifier on upscaled
+`maskwatch.inference.serving.prior_grid` does per frame aspect), times it alone and with the served
+classifier on upscaled
 dataset frames, and scores it on the held-out split (`maskwatch eval`'s metrics). The scaled graphs are
 written to a temporary folder and never served.
 """
@@ -25,8 +26,8 @@ from bench.report import table
 if TYPE_CHECKING:
     import numpy as np
 
-    from inference.datasets import Sample
-    from inference.spec import ModelSpec
+    from maskwatch.inference.datasets import Sample
+    from maskwatch.inference.spec import ModelSpec
 
 FACE_AP50_TARGET = 0.85  # issue #3's target on the held-out split
 TARGET_RATIO = 10.0  # issue #6's CPU target: ours / baseline, frames/s
@@ -37,7 +38,7 @@ def scaled_detector(spec: ModelSpec, models_dir: Path, scale: float, out_dir: Pa
     carries priors regenerated for that size. Scale 1 is the served spec itself."""
     import onnx
 
-    from inference.prior_grid import prior_grid
+    from maskwatch.inference.serving.prior_grid import prior_grid
 
     if scale == 1.0:
         return spec
@@ -73,10 +74,12 @@ def measure(
     scale: float,
 ) -> dict[str, Any]:
     """Speed on `frames` (detector alone, detector + classifier) and held-out accuracy on `samples`."""
+    from maskwatch.inference.evaluation.evaluate import AP_SCORE_FLOOR, run_engine
+    from maskwatch.inference.evaluation.metrics import detection_metrics
+    from maskwatch.inference.serving.engine import InferenceEngine
+
     from bench.infer import Cycle, tile
     from bench.timing import rate
-    from inference.engine import InferenceEngine
-    from inference.evaluate import AP_SCORE_FLOOR, detection_metrics, run_engine
 
     engine = InferenceEngine(det_spec, cls_spec, models_dir=models_dir, device="cpu", max_batch=batch)
     pool = tile(frames, max(batch, len(frames) // batch * batch))
@@ -122,11 +125,12 @@ def main(
 ) -> None:
     """Detector input scale vs frames/s and held-out accuracy on this machine's CPU, with the baseline's
     frames/s on the same frames; prints a table and writes bench/results/frontier-<time>.json."""
+    from maskwatch.inference.datasets import load_dataset
+    from maskwatch.inference.serving.engine import _models_dir, default_models, resolve_spec
+
     from bench.images import DATASET_DIR, dataset_images, load_frames
     from bench.infer import bench_baseline
     from bench.timing import machine
-    from inference.datasets import load_dataset
-    from inference.engine import _models_dir, default_models, resolve_spec
 
     ((width, height),) = parse_sizes(size)[:1]
     try:

@@ -36,12 +36,13 @@ from typing import Any
 
 import numpy as np
 
+from maskwatch.inference.fp16 import to_fp16
+from maskwatch.inference.gpu.device_graphs import frame_input_feeds, frame_input_model
+from maskwatch.inference.session import cuda_options
+
 from bench import decode_infer
 from bench.images import folder_images, load_frames
 from bench.timing import machine, rate
-from inference.device_graphs import frame_input_feeds, frame_input_model
-from inference.fp16 import to_fp16
-from inference.session import cuda_options
 
 CONFIGS = ("cuda_fp16", "cuda_fp32", "trt_fp16", "cpu")
 # The engine runs as served: on CUDA its models are fp16 copies, so it is timed under cuda_fp16.
@@ -136,7 +137,7 @@ class Session:
                 "trt_profile_max_shapes": f"{inp.name}:{max_batch}x{dims}",
             }
         elif kind == "cuda":
-            opts = cuda_options()  # the engine's own (inference.session)
+            opts = cuda_options()  # the engine's own (maskwatch.inference.session)
         so = ort.SessionOptions()
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         so.log_severity_level = 3
@@ -184,7 +185,7 @@ def _row(
 
 def cpu_ceilings(frames: Sequence[np.ndarray], pre: Any, min_s: float) -> list[dict[str, Any]]:
     """JPEG decode and CPU resize+normalise of 1024x1024 frames, one thread and all cores."""
-    from inference.preprocess import BatchPreprocessor
+    from maskwatch.inference.preprocess import BatchPreprocessor
 
     jpegs = decode_infer.encode_jpegs(frames)
     threads = os.cpu_count() or 1
@@ -227,7 +228,7 @@ def pipeline_breakdown(
     base: dict[str, Any],
 ) -> list[dict[str, Any]]:
     """Where a gpu_pipeline call spends its time, step by step (each timed alone, synchronously)."""
-    from inference.postprocess import decode_detector, select_faces
+    from maskwatch.inference.postprocess import decode_detector, select_faces
 
     batch = host.shape[0]
     up = pre.value(host)
@@ -245,7 +246,7 @@ def pipeline_breakdown(
                 b, sc, t, score_threshold=det_spec.score_threshold, nms_iou=det_spec.nms_iou, max_faces=64
             )
 
-    from inference.pinned import pinned_empty
+    from maskwatch.inference.gpu.pinned import pinned_empty
 
     staging, pinned = pinned_empty(host.shape)
     np.copyto(staging, host)
@@ -281,8 +282,8 @@ def bench_config(
     """Rows go straight into `rows`, saved after every batch: a run cut short keeps what it measured."""
     import onnx
 
-    from inference.postprocess import decode_detector, select_faces
-    from inference.preprocess import BatchPreprocessor
+    from maskwatch.inference.postprocess import decode_detector, select_faces
+    from maskwatch.inference.preprocess import BatchPreprocessor
 
     det_spec, cls_spec = specs
     det_model = onnx.load(str(det_spec.path(models_dir)))
@@ -370,7 +371,7 @@ def bench_config(
 
 
 def _engine(config: str, specs: tuple[Any, Any], models_dir: Path, max_batch: int, **kw: Any) -> Any:
-    from inference.engine import InferenceEngine
+    from maskwatch.inference.serving.engine import InferenceEngine
 
     return InferenceEngine(
         *specs,
@@ -436,9 +437,10 @@ def bench_engine_path(
 def accuracy(dataset: Path, specs: tuple[Any, Any], models_dir: Path) -> dict[str, Any]:
     """The served engine on held-out photos, on the GPU (as the flow runs it) and on the CPU: face, mask and
     no-mask AP50 and recall/precision at the operating point, the same way `maskwatch eval` scores them."""
-    from inference.datasets import load_dataset
-    from inference.evaluate import AP_SCORE_FLOOR, Detections, detection_metrics
-    from inference.preprocess import decode_image
+    from maskwatch.inference.datasets import load_dataset
+    from maskwatch.inference.evaluation.evaluate import AP_SCORE_FLOOR
+    from maskwatch.inference.evaluation.metrics import Detections, detection_metrics
+    from maskwatch.inference.preprocess import decode_image
 
     samples = load_dataset(dataset)
     frames = [decode_image(s.image.read_bytes()) for s in samples]
@@ -465,7 +467,7 @@ def fp16_agreement(specs: tuple[Any, Any], models_dir: Path, frames: Sequence[np
     """Largest difference between fp32 and fp16 outputs on real frames (CUDA): does fp16 change answers?"""
     import onnx
 
-    from inference.preprocess import BatchPreprocessor
+    from maskwatch.inference.preprocess import BatchPreprocessor
 
     out: dict[str, Any] = {}
     for spec in specs:
@@ -563,7 +565,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"preload_dlls {info['preload_dlls']}",
         flush=True,
     )
-    from inference.engine import default_models, resolve_spec
+    from maskwatch.inference.serving.engine import default_models, resolve_spec
 
     names = default_models(a.models)
     specs = (resolve_spec(names[0], a.models), resolve_spec(names[1], a.models))

@@ -15,9 +15,10 @@ from typing import Any
 
 import numpy as np
 
+from maskwatch.inference.serving.engine import InferenceEngine
+from maskwatch.inference.session import Device
+
 from bench.timing import rate
-from inference.engine import InferenceEngine
-from inference.session import Device
 
 log = logging.getLogger(__name__)
 
@@ -113,13 +114,14 @@ def _provider(engine: InferenceEngine, stage: str) -> str:
 
 
 def baseline_pipeline(models_dir: Path) -> Any:
-    """D's ``inference.baseline.Baseline``. OpenCV 5 dropped cv2.dnn's Caffe importer, so where it is
+    """D's ``maskwatch.inference.evaluation.baseline.Baseline``. OpenCV 5 dropped cv2.dnn's Caffe importer,
+    so where it is
     missing the res10 detector runs from its ONNX conversion (same weights, ``models pull`` writes it)
     on ONNX Runtime, batch 1, with Caffe's DetectionOutput steps (confidence 0.5, NMS 0.45)."""
     import cv2
 
-    from inference.baseline import Baseline
-    from inference.models.manifest import DEFAULT_CLASSIFIER, get_spec
+    from maskwatch.inference.evaluation.baseline import Baseline
+    from maskwatch.inference.models.manifest import DEFAULT_CLASSIFIER, get_spec
 
     classifier = get_spec(DEFAULT_CLASSIFIER, models_dir)
     if hasattr(cv2.dnn, "readNetFromCaffe"):
@@ -128,14 +130,14 @@ def baseline_pipeline(models_dir: Path) -> Any:
 
 
 def _onnx_res10_class() -> type:
-    from inference.baseline import Baseline
-    from inference.postprocess import decode_detector, select_faces
-    from inference.preprocess import BatchPreprocessor
-    from inference.session import OrtModel
+    from maskwatch.inference.evaluation.baseline import Baseline
+    from maskwatch.inference.postprocess import decode_detector, select_faces
+    from maskwatch.inference.preprocess import BatchPreprocessor
+    from maskwatch.inference.session import OrtModel
 
     class OnnxRes10Baseline(Baseline):
         def __init__(self, classifier: Any, models_dir: Path, confidence: float = 0.5) -> None:
-            from inference.models.manifest import get_spec
+            from maskwatch.inference.models.manifest import get_spec
 
             self.det_spec = get_spec("res10-ssd", models_dir)
             self.det = OrtModel(
@@ -178,7 +180,7 @@ def bench_baseline(
     frames: Sequence[np.ndarray], size: str, min_s: float, models_dir: Path | None = None
 ) -> dict[str, Any]:
     """The chandrikadeb7 pipeline (res10 SSD via cv2.dnn, then one face at a time), one frame per call."""
-    from inference.engine import _models_dir
+    from maskwatch.inference.serving.engine import _models_dir
 
     baseline = baseline_pipeline(models_dir or _models_dir())
     faces = sum(len(b) for b in baseline.run(frames).boxes)

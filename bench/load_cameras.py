@@ -2,7 +2,8 @@
 
 One threaded HTTP server on 127.0.0.1 plays every camera (``/cam/<i>.jpg`` returns dataset photo
 ``i mod pool``); the cameras are registered with ``allow_private_network`` (they are on loopback). The
-real broker and store run on free ports under a temporary ``MASKWATCH_HOME``; ``maskwatch.ticker.Ticker``
+real broker and store run on free ports under a temporary ``MASKWATCH_HOME``;
+``maskwatch.cameras.ticker.Ticker``
 runs in this process, ``maskwatch flow run`` as its own process with its Prometheus endpoint.
 
 Every ``--sample-s`` it records: ticks produced (acknowledged by the broker), ticks the flow read
@@ -38,14 +39,16 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from maskwatch import store
+from maskwatch.cameras import registry
+from maskwatch.config import Settings
+from maskwatch.ports import free_port
+from maskwatch.schemas.events import Camera
+from maskwatch.topics import ensure_topics
+
 from bench.flow import service_pids, services
 from bench.images import DATASET_DIR, dataset_images
 from bench.timing import cpu_seconds, machine, peak_rss_mb, percentile
-from maskwatch import registry, store
-from maskwatch.config import Settings
-from maskwatch.services.process import free_port
-from maskwatch.services.topics import ensure_topics
-from schemas.events import Camera
 
 log = logging.getLogger("bench.load_cameras")
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -178,7 +181,7 @@ def cpu_per_tick(samples: list[dict[str, Any]]) -> dict[str, float]:
 
 
 def run(cfg: LoadConfig, results_dir: Path) -> dict[str, Any]:
-    from maskwatch.ticker import Ticker
+    from maskwatch.cameras.ticker import Ticker
 
     photos = [p.read_bytes() for p in dataset_images(DATASET_DIR, count=cfg.images)]
     samples: list[dict[str, Any]] = []

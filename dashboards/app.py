@@ -1,7 +1,7 @@
 """maskwatch analytics dashboard (Streamlit), served by ``maskwatch dashboard run``.
 
 Reads ClickHouse through the store layer at MASKWATCH_STORE_URL, the same URL the flow writes to.
-Sign-in (``dashboards.auth``) comes before anything else, store checks included.
+Sign-in (``maskwatch.dashboards.auth``) comes before anything else, store checks included.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from pathlib import Path
 
 import streamlit as st
 
-from dashboards import auth, ui
+from maskwatch.dashboards import auth, ui
 
 # Not "pages/": Streamlit treats a pages/ folder next to the entry script as a v1 multipage app and runs
 # a page file straight from its URL without this script, i.e. without the sign-in below.

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from dashboards.auth import ROLES
+from maskwatch.dashboards.auth import ROLES
 
 APP = Path(__file__).with_name("app.py")
 DEFAULT_PORT = 8501
@@ -41,7 +41,7 @@ def run(host: str, port: int) -> None:
     """Serve the dashboard on http://HOST:PORT until SIGINT/SIGTERM."""
     from streamlit.web import cli as streamlit_cli
 
-    from maskwatch.services.process import port_in_use
+    from maskwatch.ports import port_in_use
 
     if port_in_use(host, port):
         raise click.ClickException(f"dashboard: port {host}:{port} is already in use; pick another with "
@@ -61,9 +61,9 @@ def run(host: str, port: int) -> None:
               default=None, help="Face-mask dataset (images/ + annotations/) for annotated alert snapshots.")
 def seed_command(n_cameras: int, days: float, interval_s: float, dataset_dir: Path | None) -> None:
     """Fill the store with realistic demo data (cameras cam-001..., frames, detections, alerts, health)."""
-    from dashboards.seed import seed
     from maskwatch import store
     from maskwatch.config import Settings
+    from maskwatch.dashboards.seed import seed
 
     settings = Settings()
     store.migrate(settings)
@@ -85,7 +85,7 @@ def seed_command(n_cameras: int, days: float, interval_s: float, dataset_dir: Pa
               help="Read the password from the first line of stdin (for scripts).")
 def adduser_command(name: str, users_file: Path, role: str | None, password_stdin: bool) -> None:
     """Add user NAME to the dashboard login, or set a new password (asked for; never an argument)."""
-    from dashboards.auth import UsersFileError, add_user, load_users
+    from maskwatch.dashboards.auth import UsersFileError, add_user, load_users
 
     if password_stdin:
         password = sys.stdin.readline().rstrip("\r\n")

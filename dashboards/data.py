@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from dashboards import queries
+from maskwatch.dashboards import queries
 
 CACHE_TTL_S = 30
 LIVE_TTL_S = 5  # the live alert feed refreshes every few seconds

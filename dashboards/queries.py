@@ -2,7 +2,7 @@
 shapes the (small) results. Every read is bounded by a time range and a LIMIT.
 
 Functions take the ``Settings`` (which store) and a ``Scope`` (time range + site/zone/camera filters) and
-return polars DataFrames; ``dashboards.data`` wraps them in a short-TTL ``st.cache_data``.
+return polars DataFrames; ``maskwatch.dashboards.data`` wraps them in a short-TTL ``st.cache_data``.
 """
 
 from __future__ import annotations

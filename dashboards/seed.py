@@ -21,9 +21,10 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from maskwatch import registry, store
+from maskwatch import store
+from maskwatch.cameras import registry
 from maskwatch.config import Settings
-from schemas.events import Camera, RuleOverrides
+from maskwatch.schemas.events import Camera, RuleOverrides
 
 SITES = ("north-campus", "south-campus", "downtown")
 ZONES = ("entrance", "lobby", "cafeteria", "lab")
@@ -232,8 +233,8 @@ def _snapshots(settings: Settings, params: dict[str, Any], dataset_dir: Path, n_
     written where the flow writes them; the rows are re-inserted with the path, as a replay would."""
     import cv2
 
-    from flows.snapshots import BoxedFace, save_snapshot
-    from inference.datasets import load_dataset
+    from maskwatch.flows.snapshots import BoxedFace, save_snapshot
+    from maskwatch.inference.datasets import load_dataset
 
     samples = [s for s in load_dataset(dataset_dir, limit=80) if "no_mask" in s.labels][:12]
     newest = store.query_rows(

@@ -14,10 +14,10 @@ import streamlit as st
 from clickhouse_connect.driver.exceptions import ClickHouseError
 from clickhouse_connect.driver.exceptions import Error as DriverError
 
-from dashboards import data
-from dashboards.queries import Scope
 from maskwatch.config import Settings
-from maskwatch.redact import redact_text, redact_url
+from maskwatch.dashboards import data
+from maskwatch.dashboards.queries import Scope
+from maskwatch.schemas.redaction import redact_text, redact_url
 from maskwatch.store import StoreError
 
 RANGES: dict[str, timedelta | None] = {

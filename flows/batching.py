@@ -20,18 +20,20 @@ import numpy as np
 from bytewax.dataflow import Stream
 from bytewax.operators import KeyedStream
 
-from flows.fetch import Fetched, Fetcher, FetchRequest
-from flows.routing import shard_labels
-from flows.snapshots import BoxedFace, save_snapshot
 from maskwatch import metrics
-from maskwatch.redact import redact_text
-from schemas.events import Camera, CameraHealth, FaceDetection, FrameResult, Tick
+from maskwatch.cameras.sources import resolve_source_url
+from maskwatch.flows.fetch import Fetched, Fetcher, FetchRequest
+from maskwatch.flows.routing import shard_labels
+from maskwatch.flows.snapshots import BoxedFace, save_snapshot
+from maskwatch.schemas.events import Camera, CameraHealth, FaceDetection, FrameResult, Tick
+from maskwatch.schemas.redaction import redact_text
 
 log = logging.getLogger(__name__)
 
 
 class Engine(Protocol):
-    """What the flow needs of ``inference.engine.InferenceEngine``: per frame, an object with ``faces``
+    """What the flow needs of ``maskwatch.inference.serving.engine.InferenceEngine``: per frame, an object
+    with ``faces``
     (each with ``box`` in pixels, ``det_score``, ``nomask_prob``, ``label``), ``width``, ``height``,
     ``timings``."""
 
@@ -40,7 +42,7 @@ class Engine(Protocol):
 
 def shard_key(camera_id: str, shards: int) -> str:
     """Stable across processes (unlike ``hash``), so a camera's ticks always meet in the same shard; the
-    shard keys are picked so that each of ``shards`` workers gets one (see ``flows.routing``)."""
+    shard keys are picked so that each of ``shards`` workers gets one (see ``maskwatch.flows.routing``)."""
     return shard_labels(shards)[zlib.crc32(camera_id.encode()) % shards]
 
 
@@ -95,7 +97,7 @@ class BatchProcessor:
         unresolved: dict[int, str] = {}
         for i, (tick, cam) in enumerate(batch):
             try:
-                url = cam.resolved_source_url()
+                url = resolve_source_url(cam)
             except LookupError as exc:  # a ${SECRET} placeholder that this host does not define
                 unresolved[i], url = str(exc), "unresolved://"
             ms = round(tick.scheduled_at.timestamp() * 1000)

@@ -56,8 +56,8 @@ def run(workers: int, process_id: int | None, addresses: str | None, recovery_di
     from bytewax.recovery import RecoveryConfig, init_db_dir
     from bytewax.run import cli_main
 
-    from flows.detect import build_flow
     from maskwatch.config import Settings
+    from maskwatch.flows.dataflow import build_flow
 
     if (process_id is None) != (addresses is None):
         raise click.UsageError("-i/--process-id and -a/--addresses go together")
@@ -78,7 +78,12 @@ def run(workers: int, process_id: int | None, addresses: str | None, recovery_di
             log.info("created recovery directory %s with %d partition(s)", recovery_dir, recovery_parts)
         recovery = RecoveryConfig(recovery_dir, timedelta(seconds=backup_interval))
     # Fail now, not at the first tick, when the models were never pulled.
-    from inference.models.manifest import DEFAULT_CLASSIFIER, DEFAULT_DETECTOR, ModelNotPulledError, get_spec
+    from maskwatch.inference.models.manifest import (
+        DEFAULT_CLASSIFIER,
+        DEFAULT_DETECTOR,
+        ModelNotPulledError,
+        get_spec,
+    )
 
     try:
         get_spec(DEFAULT_DETECTOR)

@@ -29,10 +29,10 @@ from urllib.parse import unquote, urlsplit
 import cv2
 import numpy as np
 
-from inference.preprocess import InvalidImageError, decode_image
 from maskwatch.imagelimits import ImageLimitError, check_dimensions, check_image_header, image_size
+from maskwatch.inference.preprocess import InvalidImageError, decode_image
 from maskwatch.netpolicy import DEFAULT_PORTS, SourcePolicyError, resolve_and_check
-from maskwatch.redact import redact_text, redact_url
+from maskwatch.schemas.redaction import redact_text, redact_url
 
 log = logging.getLogger(__name__)
 

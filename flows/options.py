@@ -6,8 +6,8 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
-from flows.fetch import FetchOptions
-from flows.rules import SCOPES, RuleConfig
+from maskwatch.flows.fetch import FetchOptions
+from maskwatch.flows.rules import SCOPES, RuleConfig
 
 
 class OptionError(ValueError):

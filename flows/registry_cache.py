@@ -12,24 +12,21 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterable
 
-from prometheus_client import Counter as PromCounter
-
+from maskwatch import metrics
 from maskwatch.config import Settings
-from schemas.events import Camera
+from maskwatch.schemas.events import Camera
 
 log = logging.getLogger(__name__)
 
 Loader = Callable[[], Iterable[Camera]]
 
-DROPPED_TICKS = PromCounter("maskwatch_flow_ticks_dropped_total", "Ticks the flow did not process, by reason",
-                            ["reason"])
 
 
 def store_loader(settings: Settings | None = None) -> Loader:
     """All registered cameras, through the registry module (which reads the store)."""
 
     def load() -> Iterable[Camera]:
-        from maskwatch.registry import list_cameras
+        from maskwatch.cameras.registry import list_cameras
 
         return list_cameras(settings)
 
@@ -83,7 +80,7 @@ class RegistryCache:
             with self._lock:
                 self.dropped[reason] += 1
                 first = self.dropped[reason] == 1
-            DROPPED_TICKS.labels(reason).inc()
+            metrics.FLOW_DROPPED_TICKS.labels(reason).inc()
             (log.warning if first else log.debug)("dropping tick of camera %s: %s", camera_id, reason)
             return None, reason
         return camera, ""

@@ -3,7 +3,8 @@
 Both sinks are safe under Bytewax replay (after a crash the last epoch's items come again):
 
 * store rows carry deterministic keys (tick id, face index, alert id) in ReplacingMergeTree tables, so a
-  repeated row merges away; when the store is down, rows go to a :class:`~flows.buffer.DiskBuffer` and
+  repeated row merges away; when the store is down, rows go to a
+  :class:`~maskwatch.flows.buffer.DiskBuffer` and
   are retried with backoff, so nothing is lost and the flow keeps running;
 * the alert topic is read back on start-up (within a horizon) and an alert id already there is not
   published again, so each alert reaches the topic once.
@@ -25,11 +26,11 @@ from bytewax.outputs import DynamicSink, StatelessSinkPartition
 from confluent_kafka import Consumer, Producer, TopicPartition
 from pydantic import BaseModel
 
-from flows.buffer import BufferFullError, DiskBuffer, Row
 from maskwatch import metrics
 from maskwatch.config import Settings
-from maskwatch.redact import redact_text
-from schemas.events import Alert
+from maskwatch.flows.buffer import BufferFullError, DiskBuffer, Row
+from maskwatch.schemas.events import Alert
+from maskwatch.schemas.redaction import redact_text
 
 log = logging.getLogger(__name__)
 
@@ -232,7 +233,7 @@ class AlertPartition(StatelessSinkPartition[Alert]):
 
 
 class AlertTopicSink(DynamicSink[Alert]):
-    """JSON alerts (``schemas.events.Alert``) keyed by camera id; each alert id published once."""
+    """JSON alerts (``maskwatch.schemas.events.Alert``) keyed by camera id; each alert id published once."""
 
     def __init__(self, config: dict[str, str], topic: str, horizon_s: int):
         self._config = config

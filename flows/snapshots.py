@@ -15,7 +15,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from inference.preprocess import resize_interpolation
+from maskwatch.inference.preprocess import resize_interpolation
 
 NOMASK_COLOR = (0, 0, 255)  # BGR red
 MASK_COLOR = (0, 200, 0)

@@ -1,4 +1,4 @@
-"""The rules as Bytewax operators: event-time buckets per camera, then :func:`flows.rules.evaluate`.
+"""The rules as Bytewax operators: event-time buckets per camera, then :func:`maskwatch.flows.rules.evaluate`.
 
 Event time moves only with ticks: the clock's "now" is frozen, so the watermark is the newest tick's
 time minus the allowed lateness. A replay after a crash therefore closes the same buckets with the same
@@ -14,8 +14,8 @@ import bytewax.operators as op
 import bytewax.operators.windowing as win
 from bytewax.operators import KeyedStream
 
-from flows.rules import EPOCH, AlertDecision, Bucket, Observation, RuleConfig, RuleState, evaluate
 from maskwatch import metrics
+from maskwatch.flows.rules import EPOCH, AlertDecision, Bucket, Observation, RuleConfig, RuleState, evaluate
 
 _FROZEN_NOW = datetime(2000, 1, 1, tzinfo=UTC)
 

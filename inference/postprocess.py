@@ -6,8 +6,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from inference.preprocess import Transform
-from inference.spec import ModelSpec
+from maskwatch.inference.preprocess import Transform
+from maskwatch.inference.spec import ModelSpec
 
 
 def _scores_2d(scores: np.ndarray) -> np.ndarray:

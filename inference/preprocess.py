@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from inference.spec import Preprocess
+from maskwatch.inference.spec import Preprocess
 
 
 class InvalidImageError(ValueError):

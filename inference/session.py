@@ -19,7 +19,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from inference.fp16 import to_fp16
+from maskwatch.inference.fp16 import to_fp16
 
 log = logging.getLogger(__name__)
 
@@ -133,7 +133,8 @@ class OrtModel:
     """One ONNX model on one provider; `run(batch)` returns its outputs as numpy arrays.
 
     `source` is a model file or an in-memory model (the device pipeline's pre-processing graphs). On CUDA
-    with `fp16` the model runs as its float16 copy (`inference.fp16`); TensorRT builds its own fp16 engine.
+    with `fp16` the model runs as its float16 copy (`maskwatch.inference.fp16`); TensorRT builds its own
+    fp16 engine.
     """
 
     def __init__(

@@ -9,21 +9,21 @@ from typing import Any
 
 import click
 
-from maskwatch.redact import setup_logging
+from maskwatch.logs import setup_logging
 
 # name -> "module:attribute" of a click command or group.
 COMMANDS: dict[str, str] = {
-    "services": "maskwatch.services.cli:services",
-    "store": "maskwatch.store_cli:store",
-    "cameras": "maskwatch.registry_cli:cameras",
-    "ticker": "maskwatch.ticker:ticker_command",
-    "models": "inference.cli:models",
-    "eval": "inference.cli:eval_command",
-    "flow": "flows.cli:flow",
-    "dashboard": "dashboards.cli:dashboard",
-    "notify": "maskwatch.notify:notify_command",
-    "up": "maskwatch.demo:up_command",
-    "down": "maskwatch.demo:down_command",
+    "services": "maskwatch.devservices.cli:services",
+    "store": "maskwatch.store.cli:store",
+    "cameras": "maskwatch.cameras.cli:cameras",
+    "ticker": "maskwatch.cameras.cli:ticker_command",
+    "models": "maskwatch.inference.cli:models",
+    "eval": "maskwatch.inference.cli:eval_command",
+    "flow": "maskwatch.flows.cli:flow",
+    "dashboard": "maskwatch.dashboards.cli:dashboard",
+    "notify": "maskwatch.notify.cli:notify_command",
+    "up": "maskwatch.devservices.cli:up_command",
+    "down": "maskwatch.devservices.cli:down_command",
 }
 
 

@@ -38,6 +38,11 @@ ALERTS = Counter("maskwatch_alerts", "Alerts raised by the flow")
 SINK_LAG = Gauge("maskwatch_sink_lag_seconds",
                  "Seconds between a tick's scheduled time and its rows reaching the store (last write)")
 BUFFER_DEPTH = Gauge("maskwatch_buffer_depth", "Rows waiting in the store buffer (store slow or down)")
+FLOW_LATE_TICKS = Counter("maskwatch_flow_late_ticks", "Ticks that arrived after their bucket closed")
+FLOW_DEAD_LETTERS = Counter("maskwatch_flow_dead_letters", "Tick records sent to the dead-letter topic",
+                            ["stage"])
+FLOW_DROPPED_TICKS = Counter("maskwatch_flow_ticks_dropped", "Ticks the flow did not process, by reason",
+                             ["reason"])
 
 # --- ticker -----------------------------------------------------------------------------------------
 TICKER_TICKS = Counter("maskwatch_ticker_ticks", "Ticks the ticker handed to the producer")

@@ -16,7 +16,7 @@ Rules:
   default the repo's ``samples/``, the shared datasets next to the repo (``../shared/datasets``, which the
   sample cameras replay) and ``MASKWATCH_HOME``. Symlinks and ``..`` are resolved before the check.
 
-Two entry points: ``check_source_url`` at registration (``maskwatch.registry.parse_camera``), and
+Two entry points: ``check_source_url`` at registration (``maskwatch.cameras.registry.parse_camera``), and
 ``resolve_and_check`` at fetch time (the flow), which returns the addresses it checked so DNS that changes
 after registration (rebinding) cannot reach a refused address. Errors never quote credentials.
 """
@@ -29,7 +29,7 @@ import socket
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
-from maskwatch.redact import redact_url
+from maskwatch.schemas.redaction import redact_url
 
 ALLOWED_SCHEMES = ("rtsp", "rtsps", "http", "https", "file")
 DEFAULT_PORTS = {"rtsp": 554, "rtsps": 322, "http": 80, "https": 443}

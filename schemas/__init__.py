@@ -1,7 +1,8 @@
-"""Record schemas: pydantic models (``schemas.events``), their JSON Schemas (``schemas/json``) and the
+"""Record schemas: pydantic models (``maskwatch.schemas.events``), their JSON Schemas (``schemas/json``)
+and the
 ClickHouse DDL migrations (``schemas/sql``)."""
 
-from schemas.events import (
+from maskwatch.schemas.events import (
     SCHEMA_VERSION,
     Alert,
     Camera,
@@ -13,7 +14,7 @@ from schemas.events import (
     Tick,
     tick_id,
 )
-from schemas.parse import SchemaError, parse_event, validate_event
+from maskwatch.schemas.parse import SchemaError, parse_event, validate_event
 
 __all__ = [
     "SCHEMA_VERSION",

@@ -1,7 +1,8 @@
 """Event and registry models: the one definition of every record that crosses a process boundary.
 
 Kafka payloads are these models as JSON; ClickHouse tables (``schemas/sql``) have one column per field;
-``schemas/json`` holds the JSON Schemas generated from them (``python -m schemas.generate``). Every event
+``schemas/json`` holds the JSON Schemas generated from them (``python -m maskwatch.schemas.generate``).
+Every event
 carries ``schema_version`` so a consumer can refuse or upgrade a payload it does not understand.
 Timestamps are timezone-aware UTC.
 """
@@ -16,7 +17,7 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
-from maskwatch.redact import redact_text, redact_url
+from maskwatch.schemas.redaction import redact_text, redact_url
 
 SCHEMA_VERSION = 1
 
@@ -170,13 +171,15 @@ def _check_source(url: str) -> str:
     return url
 
 
-_PLACEHOLDER = re.compile(r"\$\{([A-Z_][A-Z0-9_]*)\}")
+# ``${NAME}`` in a camera URL: filled where the flow runs (maskwatch.cameras.sources), never stored.
+SOURCE_PLACEHOLDER = re.compile(r"\$\{([A-Z_][A-Z0-9_]*)\}")
 
 
 class Camera(BaseModel):
     """A registered camera. ``source_url`` may hold credentials: it is kept out of repr/str and shown only
     as ``display_url``. To keep a password out of the store too, write it as ``${ENV_NAME}`` in the URL;
-    ``resolved_source_url()`` fills it from the environment (or ``ENV_NAME_FILE``) where the flow runs."""
+    ``maskwatch.cameras.sources.resolve_source_url`` fills it from the environment (or ``ENV_NAME_FILE``)
+    where the flow runs."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
 
@@ -197,17 +200,6 @@ class Camera(BaseModel):
     @property
     def display_url(self) -> str:
         return redact_url(self.source_url)
-
-    def resolved_source_url(self) -> str:
-        from maskwatch.config import secret
-
-        def fill(match: re.Match[str]) -> str:
-            value = secret(match[1])
-            if value is None:
-                raise LookupError(f"camera {self.id}: source URL needs ${{{match[1]}}}, which is not set")
-            return value
-
-        return _PLACEHOLDER.sub(fill, self.source_url)
 
     def content_hash(self) -> str:
         """Identity of the camera's settings (not of when they were written): for idempotent imports."""

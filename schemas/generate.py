@@ -1,4 +1,4 @@
-"""Write the JSON Schemas of every event model to ``schemas/json`` (``python -m schemas.generate``).
+"""Write the JSON Schemas of every event model to ``schemas/json`` (``python -m maskwatch.schemas.generate``).
 
 Consumers in other languages validate against these files; a test fails when they drift from the models.
 """
@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from schemas.events import EVENT_MODELS, SCHEMA_VERSION
+from maskwatch.schemas.events import EVENT_MODELS, SCHEMA_VERSION
 
 JSON_DIR = Path(__file__).parent / "json"
 

@@ -7,7 +7,7 @@ from typing import TypeVar
 
 from pydantic import BaseModel, ValidationError
 
-from schemas.events import model_name
+from maskwatch.schemas.events import model_name
 
 M = TypeVar("M", bound=BaseModel)
 

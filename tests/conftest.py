@@ -24,9 +24,9 @@ from typing import TYPE_CHECKING
 import pytest
 
 from maskwatch.config import Settings
-from maskwatch.services.broker import Broker
-from maskwatch.services.process import free_port
-from maskwatch.services.store_service import StoreService
+from maskwatch.devservices.broker import Broker
+from maskwatch.devservices.store import StoreService
+from maskwatch.ports import free_port
 
 if TYPE_CHECKING:
     from tests.flowkit import DemoEnv, RecordingServer
@@ -37,7 +37,7 @@ DATASET_DIR = (REPO_ROOT / ".." / "shared" / "datasets" / "kaggle-face-mask").re
 
 def _start_with_retry(service: Broker | StoreService, attempts: int = 3) -> None:
     """Start on a fresh free port; retry when another process grabbed the port in between."""
-    from maskwatch.services.process import ServiceError
+    from maskwatch.devservices.process import ServiceError
 
     for attempt in range(attempts):
         try:

@@ -24,11 +24,12 @@ from typing import Any
 
 from confluent_kafka import Consumer, Producer
 
-from maskwatch import registry, store
+from maskwatch import store
+from maskwatch.cameras import registry
 from maskwatch.config import Settings
-from maskwatch.services.process import free_port
-from maskwatch.services.topics import ensure_topics
-from schemas.events import Camera, Tick
+from maskwatch.ports import free_port
+from maskwatch.schemas.events import Camera, Tick
+from maskwatch.topics import ensure_topics
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 

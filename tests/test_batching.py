@@ -14,10 +14,11 @@ import pytest
 from bytewax.dataflow import Dataflow
 from bytewax.testing import TestingSink, TestingSource, cluster_main, run_main
 
-from flows.batching import BatchProcessor, micro_batches, shard_key
-from flows.fetch import Fetcher, FetchOptions
-from flows.routing import shard_labels
-from schemas.events import Camera, Tick
+from maskwatch.flows.batching import BatchProcessor, micro_batches, shard_key
+from maskwatch.flows.fetch import Fetcher, FetchOptions
+from maskwatch.flows.routing import shard_labels
+from maskwatch.schemas.events import Camera, Tick
+
 from tests.flowkit import pick_images
 
 NOW = datetime.now(UTC).replace(microsecond=0)
@@ -77,7 +78,7 @@ def test_batches_mix_cameras_and_respect_max_size() -> None:
 
 @pytest.fixture(scope="module")
 def engine() -> object:
-    from inference.engine import InferenceEngine
+    from maskwatch.inference.serving.engine import InferenceEngine
 
     return InferenceEngine.default()
 

@@ -71,10 +71,11 @@ def test_flow_section(tmp_path: Path, dataset_dir: Path) -> None:
 def test_decode_infer_loop_in_processes(dataset_dir: Path) -> None:
     """The GPU bench's decode+engine stage on the CPU: processes start together, each decodes and infers
     real photos, and a process that cannot load its models reports why instead of hanging the run."""
+    from maskwatch.config import Settings
+    from maskwatch.inference.serving.engine import default_models, resolve_spec
+
     from bench import decode_infer
     from bench.images import dataset_images, load_frames
-    from inference.engine import default_models, resolve_spec
-    from maskwatch.config import Settings
 
     models = Settings().models_dir
     det, cls = (resolve_spec(name, models) for name in default_models(models))
@@ -97,7 +98,7 @@ def test_frontier_scales_the_detector_and_scores_it_as_eval_does(tmp_path: Path,
     """``python -m bench.frontier`` on a tiny configuration: each scale runs the detector at that fraction
     of its input, its accuracy column is ``maskwatch eval``'s on the same held-out images, and the ratios
     are over the baseline measured in the same run."""
-    from inference import evaluate
+    from maskwatch.inference.evaluation import evaluate
 
     proc = subprocess.run([sys.executable, "-m", "bench.frontier", "--scales", "0.5,1", "--images", "2",
                            "--batch", "2", "--min-seconds", "0.05", "--limit", "6", "--out", str(tmp_path)],
@@ -125,10 +126,11 @@ def test_scaled_detector_graph_has_priors_for_its_new_input(tmp_path: Path) -> N
     import onnx
     import onnxruntime as ort
 
-    from bench.frontier import scaled_detector
-    from inference.engine import default_models, resolve_spec
-    from inference.prior_grid import prior_grid
     from maskwatch.config import Settings
+    from maskwatch.inference.serving.engine import default_models, resolve_spec
+    from maskwatch.inference.serving.prior_grid import prior_grid
+
+    from bench.frontier import scaled_detector
 
     models = Settings().models_dir
     spec = resolve_spec(default_models(models)[0], models)

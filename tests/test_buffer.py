@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from flows.buffer import BufferFullError, DiskBuffer
-from flows.sinks import StorePartition
+from maskwatch.flows.buffer import BufferFullError, DiskBuffer
+from maskwatch.flows.sinks import StorePartition
 
 # Recent, millisecond precision: store tables expire rows by TTL, and keep DateTime64(3).
 WHEN = datetime.now(UTC).replace(microsecond=123000)
@@ -58,8 +58,8 @@ def test_store_partition_buffers_while_store_is_down_then_catches_up(tmp_path: P
     """The real store: while its URL refuses connections rows go to disk; then all land, once each."""
     from maskwatch import store
     from maskwatch.config import Settings
-    from maskwatch.services.process import free_port
-    from schemas.events import CameraHealth
+    from maskwatch.ports import free_port
+    from maskwatch.schemas.events import CameraHealth
 
     up = Settings(store_url=store_url)
     store.migrate(up)

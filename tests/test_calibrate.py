@@ -9,13 +9,13 @@ import cv2
 import numpy as np
 import pytest
 
-from inference.calibrate import CALIBRATED_SUFFIX, calibrate, fit_box_adjust, is_current
-from inference.datasets import Sample, load_dataset
-from inference.engine import InferenceEngine, default_models, resolve_spec
-from inference.evaluate import face_ap50
-from inference.postprocess import adjust_boxes, iou_matrix, mirror_boxes
-from inference.preprocess import Transform, decode_image
-from inference.spec import ModelSpec
+from maskwatch.inference.datasets import Sample, load_dataset
+from maskwatch.inference.evaluation.metrics import face_ap50
+from maskwatch.inference.postprocess import adjust_boxes, iou_matrix, mirror_boxes
+from maskwatch.inference.preprocess import Transform, decode_image
+from maskwatch.inference.serving.engine import InferenceEngine, default_models, resolve_spec
+from maskwatch.inference.spec import ModelSpec
+from maskwatch.inference.training.calibrate import CALIBRATED_SUFFIX, calibrate, fit_box_adjust, is_current
 
 DATASET = Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "kaggle-face-mask"
 TRAIN_IMAGES, TEST_IMAGES = 80, 40

@@ -16,11 +16,12 @@ import pytest
 from streamlit.proto.TextInput_pb2 import TextInput as TextInputProto
 from streamlit.testing.v1 import AppTest
 
-from dashboards import queries, seed, ui
-from dashboards.queries import Scope
-from maskwatch import registry, store
+from maskwatch import store
+from maskwatch.cameras import registry
 from maskwatch.config import Settings
-from maskwatch.services.process import free_port
+from maskwatch.dashboards import queries, seed, ui
+from maskwatch.dashboards.queries import Scope
+from maskwatch.ports import free_port
 
 APP = Path(__file__).resolve().parents[1] / "dashboards" / "app.py"
 SECRETS = ("s3cret-7-", "pw-7-")  # passwords in the seeded cameras' source URLs (seed=7)

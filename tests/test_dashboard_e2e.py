@@ -23,10 +23,10 @@ from typing import Any
 import pytest
 from websockets.sync.client import ClientConnection, connect
 
-from dashboards import seed
 from maskwatch import store
 from maskwatch.config import Settings
-from maskwatch.services.process import free_port
+from maskwatch.dashboards import seed
+from maskwatch.ports import free_port
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 

@@ -7,11 +7,13 @@ import time
 import uuid
 from pathlib import Path
 
-from maskwatch import kafka, registry
+from maskwatch import kafka
+from maskwatch.cameras import registry
 from maskwatch.config import Settings
-from maskwatch.services.process import pid_alive
-from schemas.events import Tick
-from schemas.parse import parse_event
+from maskwatch.devservices.process import pid_alive
+from maskwatch.schemas.events import Tick
+from maskwatch.schemas.parse import parse_event
+
 from tests.flowkit import DemoEnv, run_maskwatch
 
 SAMPLE_IDS = {"hq-lobby", "hq-cafeteria", "depot-gate"}

@@ -15,9 +15,20 @@ import onnx
 import pytest
 from onnx import numpy_helper
 
-from inference.calibrate import CALIBRATED_SUFFIX
-from inference.datasets import Sample, load_dataset
-from inference.detector_finetune import (
+from maskwatch.config import Settings
+from maskwatch.inference.datasets import Sample, load_dataset
+from maskwatch.inference.evaluation.metrics import face_ap50
+from maskwatch.inference.models.manifest import (
+    CALIBRATED_SUFFIX,
+    DEFAULT_DETECTOR,
+    FINETUNED_SUFFIX,
+    ModelNotPulledError,
+)
+from maskwatch.inference.preprocess import decode_image
+from maskwatch.inference.serving.engine import InferenceEngine, default_models, resolve_spec
+from maskwatch.inference.session import OrtModel
+from maskwatch.inference.training.classifier import is_built
+from maskwatch.inference.training.detector import (
     MATCH_IOU,
     NOMASK_WEIGHT,
     GraphLayout,
@@ -26,13 +37,6 @@ from inference.detector_finetune import (
     match_priors,
     recipe,
 )
-from inference.engine import FINETUNED_SUFFIX, InferenceEngine, default_models, resolve_spec
-from inference.evaluate import face_ap50
-from inference.finetune import is_built
-from inference.models.manifest import DEFAULT_DETECTOR, ModelNotPulledError
-from inference.preprocess import decode_image
-from inference.session import OrtModel
-from maskwatch.config import Settings
 
 DATASET = Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "kaggle-face-mask"
 TUNED = f"{DEFAULT_DETECTOR}{FINETUNED_SUFFIX}"

@@ -12,15 +12,15 @@ import numpy as np
 import onnx
 import pytest
 
-from inference.datasets import Sample, load_dataset
-from inference.device_graphs import crop_model, crop_rois, frame_input_model
-from inference.device_pipeline import DevicePipeline, supported
-from inference.engine import InferenceEngine
-from inference.fp16 import to_fp16
-from inference.postprocess import iou_matrix
-from inference.preprocess import BatchPreprocessor, crop_boxes, decode_image, fit
-from inference.session import OrtModel
-from inference.spec import Preprocess
+from maskwatch.inference.datasets import Sample, load_dataset
+from maskwatch.inference.fp16 import to_fp16
+from maskwatch.inference.gpu.device_graphs import crop_model, crop_rois, frame_input_model
+from maskwatch.inference.gpu.device_pipeline import DevicePipeline, supported
+from maskwatch.inference.postprocess import iou_matrix
+from maskwatch.inference.preprocess import BatchPreprocessor, crop_boxes, decode_image, fit
+from maskwatch.inference.serving.engine import InferenceEngine
+from maskwatch.inference.session import OrtModel
+from maskwatch.inference.spec import Preprocess
 
 DATASET = Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "kaggle-face-mask"
 

@@ -19,7 +19,7 @@ import yaml
 
 from maskwatch.cli import COMMANDS
 from maskwatch.config import Settings
-from maskwatch.notify_config import load_config
+from maskwatch.notify.config import load_config
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DOCKER = REPO_ROOT / "docker"
@@ -190,7 +190,7 @@ def test_compose_commands_env_and_secrets(compose: dict[str, Any], monkeypatch: 
 
 def test_dashboard_login_and_secrets_are_files_each_job_mounts_only_its_own(
         compose: dict[str, Any], k8s: list[dict[str, Any]], tmp_path: Path) -> None:
-    from dashboards import auth
+    from maskwatch.dashboards import auth
 
     services = compose["services"]
     dashboard = services["dashboard"]

@@ -8,14 +8,13 @@ import cv2
 import numpy as np
 import pytest
 
-from inference.datasets import Sample, load_dataset
-from inference.engine import InferenceEngine, resolve_spec
-from inference.evaluate import iou_matrix
-from inference.models.manifest import DEFAULT_CLASSIFIER, DEFAULT_DETECTOR, ModelNotPulledError
-from inference.postprocess import decode_detector, nms, nomask_probability
-from inference.preprocess import BatchPreprocessor, InvalidImageError, decode_image
-from inference.session import OrtModel
-from inference.spec import ModelSpec, Preprocess
+from maskwatch.inference.datasets import Sample, load_dataset
+from maskwatch.inference.models.manifest import DEFAULT_CLASSIFIER, DEFAULT_DETECTOR, ModelNotPulledError
+from maskwatch.inference.postprocess import decode_detector, iou_matrix, nms, nomask_probability
+from maskwatch.inference.preprocess import BatchPreprocessor, InvalidImageError, decode_image
+from maskwatch.inference.serving.engine import InferenceEngine, resolve_spec
+from maskwatch.inference.session import OrtModel
+from maskwatch.inference.spec import ModelSpec, Preprocess
 
 DATASET = Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "kaggle-face-mask"
 
@@ -164,7 +163,7 @@ def test_letterbox_maps_boxes_back_to_original_pixels() -> None:
     assert batch.shape == (1, 3, 480, 640)
     ys, xs = np.nonzero(batch[0, 0] > 127)
     box = np.array([[xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]], np.float32)
-    from inference.postprocess import to_original
+    from maskwatch.inference.postprocess import to_original
 
     np.testing.assert_allclose(to_original(box, t)[0], [400, 100, 500, 200], atol=2.0)
     assert batch[0, :, 200:, :].max() == 0  # letterbox padding below the content

@@ -9,9 +9,10 @@ import cv2
 import numpy as np
 import pytest
 
-from inference.datasets import DatasetError, Sample, load_dataset, split_of
-from inference.evaluate import average_precision, face_ap50, main, match
-from inference.preprocess import decode_image
+from maskwatch.inference.datasets import DatasetError, Sample, load_dataset, split_of
+from maskwatch.inference.evaluation.evaluate import main
+from maskwatch.inference.evaluation.metrics import average_precision, face_ap50, match
+from maskwatch.inference.preprocess import decode_image
 
 DATASET = Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "kaggle-face-mask"
 YOLO_NAMES = ["with_mask", "without_mask", "mask_weared_incorrect"]
@@ -116,10 +117,10 @@ def test_yolo_folder_gives_the_same_ground_truth_and_works(tmp_path: Path) -> No
 def test_finetune_split_reproduces_the_full_model_and_local_specs_resolve(tmp_path: Path) -> None:
     import torch
 
-    from inference.engine import resolve_spec
-    from inference.finetune import FIRST_TRAINED, _keras_graph, _Split, _TrainCrops
-    from inference.preprocess import BatchPreprocessor
     from maskwatch.config import Settings
+    from maskwatch.inference.preprocess import BatchPreprocessor
+    from maskwatch.inference.serving.engine import resolve_spec
+    from maskwatch.inference.training.classifier import FIRST_TRAINED, _keras_graph, _Split, _TrainCrops
 
     base = resolve_spec("mobilenetv2-mask")
     graph = _keras_graph(base, Settings().models_dir)

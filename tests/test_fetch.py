@@ -14,8 +14,8 @@ import cv2
 import numpy as np
 import pytest
 
-from flows.fetch import Fetcher, FetchOptions, FetchRequest, RtspReader, replay_index
-from maskwatch.services.process import free_port
+from maskwatch.flows.fetch import Fetcher, FetchOptions, FetchRequest, RtspReader, replay_index
+from maskwatch.ports import free_port
 
 
 class _QuietServer(http.server.ThreadingHTTPServer):
@@ -170,7 +170,7 @@ def test_stream_reader_keeps_latest_frame_and_reconnects(tmp_path: Path) -> None
         reader.close()
     dead = RtspReader(f"rtsp://u:pw@127.0.0.1:{free_port()}/live", max_backoff_s=0.2)
     try:
-        from flows.fetch import FetchError
+        from maskwatch.flows.fetch import FetchError
 
         with pytest.raises(FetchError) as err:
             dead.latest(max_age_s=1, deadline=time.monotonic() + 1)

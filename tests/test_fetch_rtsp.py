@@ -30,11 +30,11 @@ import cv2
 import numpy as np
 import pytest
 
-import flows.fetch
-from flows.batching import BatchProcessor, TickOutcome
-from flows.fetch import Fetcher, FetchOptions
-from maskwatch.services.process import free_port
-from schemas.events import Camera, Tick
+import maskwatch.flows.fetch
+from maskwatch.flows.batching import BatchProcessor, TickOutcome
+from maskwatch.flows.fetch import Fetcher, FetchOptions
+from maskwatch.ports import free_port
+from maskwatch.schemas.events import Camera, Tick
 
 SYSTEM_PYTHON = "/usr/bin/python3"  # Debian's, where python3-gi lives (not the project's venv)
 DEBIAN_PACKAGES = ("python3-gi gir1.2-gst-rtsp-server-1.0 gstreamer1.0-plugins-base "
@@ -180,14 +180,14 @@ def test_rtsp_camera_through_the_flow_fetch_path(
     caplog: pytest.LogCaptureFixture, capfd: pytest.CaptureFixture[str],
 ) -> None:
     caplog.set_level(logging.DEBUG)
-    readers: list[flows.fetch.RtspReader] = []
+    readers: list[maskwatch.flows.fetch.RtspReader] = []
 
-    class CountingReader(flows.fetch.RtspReader):
+    class CountingReader(maskwatch.flows.fetch.RtspReader):
         def __init__(self, url: str, max_backoff_s: float = 30.0):
             super().__init__(url, max_backoff_s)
             readers.append(self)
 
-    monkeypatch.setattr(flows.fetch, "RtspReader", CountingReader)
+    monkeypatch.setattr(maskwatch.flows.fetch, "RtspReader", CountingReader)
     opts = FetchOptions(concurrency=2, deadline_s=2.0, rtsp_max_age_s=0.5)
     fetcher = Fetcher(opts)
     engine = StubEngine()

@@ -12,16 +12,22 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from inference.datasets import Sample, load_dataset
-from inference.engine import FINETUNED_SUFFIX, InferenceEngine, resolve_spec
-from inference.finetune import INPUT, _global_pool, _keras_graph, recall_threshold, recipe
-from inference.models.manifest import DEFAULT_CLASSIFIER, ModelNotPulledError
-from inference.postprocess import nomask_probability
-from inference.preprocess import BatchPreprocessor, decode_image
-from inference.quantize import quantize_int8
-from inference.session import OrtModel
-from inference.spec import ModelSpec
 from maskwatch.config import Settings
+from maskwatch.inference.datasets import Sample, load_dataset
+from maskwatch.inference.models.manifest import DEFAULT_CLASSIFIER, FINETUNED_SUFFIX, ModelNotPulledError
+from maskwatch.inference.postprocess import nomask_probability
+from maskwatch.inference.preprocess import BatchPreprocessor, decode_image
+from maskwatch.inference.serving.engine import InferenceEngine, resolve_spec
+from maskwatch.inference.session import OrtModel
+from maskwatch.inference.spec import ModelSpec
+from maskwatch.inference.training.classifier import (
+    INPUT,
+    _global_pool,
+    _keras_graph,
+    recall_threshold,
+    recipe,
+)
+from maskwatch.inference.training.quantize import quantize_int8
 
 DATASET = Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "kaggle-face-mask"
 TUNED = f"{DEFAULT_CLASSIFIER}{FINETUNED_SUFFIX}"
@@ -124,8 +130,8 @@ def test_models_tune_builds_every_tuned_model_the_defaults_use() -> None:
     cached from its current recipe (a second run re-trains nothing) and the default pair uses them."""
     from click.testing import CliRunner
 
-    from inference.cli import models
-    from inference.engine import default_models
+    from maskwatch.inference.cli import models
+    from maskwatch.inference.serving.engine import default_models
 
     result = CliRunner().invoke(models, ["tune", str(DATASET)])
     assert result.exit_code == 0, result.output
@@ -136,7 +142,7 @@ def test_models_tune_builds_every_tuned_model_the_defaults_use() -> None:
 
 def test_build_once_trains_only_without_a_current_stamp(tmp_path: Path, tuned: ModelSpec) -> None:
     """What `models finetune[-detector]` do around the training: skip it when the stamp matches."""
-    from inference.finetune import build_once, is_built
+    from maskwatch.inference.training.classifier import build_once, is_built
 
     runs: list[int] = []
 
@@ -157,7 +163,7 @@ def test_tuned_classifier_keeps_its_held_out_figures() -> None:
     the default engine's classifier at its operating threshold. The README states what `maskwatch eval`
     measured (accuracy 0.955, no-mask recall / precision 0.910 / 0.863); this guards the built model
     a little below that, since a build on another CPU is not bit-identical and seeds differ by ~0.03."""
-    from inference.evaluate import crop_metrics
+    from maskwatch.inference.evaluation.metrics import crop_metrics
 
     engine = InferenceEngine.default()
     samples = load_dataset(DATASET, split="test")

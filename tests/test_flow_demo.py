@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from maskwatch import store
-from maskwatch.services.process import pid_alive
+from maskwatch.devservices.process import pid_alive
+
 from tests.flowkit import DemoEnv, read_topic, run_maskwatch
 
 

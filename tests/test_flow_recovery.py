@@ -12,6 +12,7 @@ import pytest
 
 from maskwatch import store
 from maskwatch.config import Settings
+
 from tests.flowkit import (
     build_scenario,
     has_frames,

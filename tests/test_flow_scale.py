@@ -10,7 +10,8 @@ from bytewax.recovery import init_db_dir
 
 from maskwatch import store
 from maskwatch.config import Settings
-from maskwatch.services.process import free_port
+from maskwatch.ports import free_port
+
 from tests.flowkit import (
     build_scenario,
     has_frames,

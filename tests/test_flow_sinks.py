@@ -6,10 +6,11 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime, timedelta
 
-from flows.sinks import AlertTopicSink, published_alert_ids
 from maskwatch.config import Settings
-from maskwatch.services.topics import ensure_topics
-from schemas.events import Alert
+from maskwatch.flows.sinks import AlertTopicSink, published_alert_ids
+from maskwatch.schemas.events import Alert
+from maskwatch.topics import ensure_topics
+
 from tests.flowkit import read_topic
 
 NOW = datetime.now(UTC).replace(microsecond=0)

@@ -7,11 +7,11 @@ import threading
 import numpy as np
 import pytest
 
-from flows.detect import _Runtime
-from flows.options import FlowOptions
-from inference.engine import InferenceEngine
-from inference.session import OrtModel, cpu_count
 from maskwatch.config import Settings
+from maskwatch.flows.options import FlowOptions
+from maskwatch.flows.runtime import FlowRuntime
+from maskwatch.inference.serving.engine import InferenceEngine
+from maskwatch.inference.session import OrtModel, cpu_count
 
 
 @pytest.mark.parametrize("workers", [1, 2])
@@ -19,7 +19,7 @@ def test_worker_engines_split_the_cores(workers: int, monkeypatch: pytest.Monkey
     monkeypatch.setenv("MASKWATCH_FLOW_WORKERS", str(workers))  # what `maskwatch flow run -w` sets
     opts = FlowOptions.from_env()
     assert opts.workers == workers
-    runtime = _Runtime(Settings(), opts)
+    runtime = FlowRuntime(Settings(), opts)
     engines: list[InferenceEngine] = []
 
     def build() -> None:  # one engine per worker thread, as Bytewax runs them
@@ -41,7 +41,7 @@ def test_worker_engines_split_the_cores(workers: int, monkeypatch: pytest.Monkey
 
 
 def test_cluster_processes_on_one_host_share_its_cores() -> None:
-    from flows.cli import processes_on_host
+    from maskwatch.flows.cli import processes_on_host
 
     assert processes_on_host(None, None) == 1
     local = ["127.0.0.1:2101", "127.0.0.1:2102", "127.0.0.1:2103"]
@@ -55,8 +55,8 @@ def test_cluster_processes_on_one_host_share_its_cores() -> None:
 def test_cpu_batches_run_split_across_single_threaded_runs() -> None:
     """On the CPU a batch is cut into one part per thread, each run on a single-threaded session in
     parallel; the answers are those of the whole batch through the multi-threaded session."""
-    from inference.engine import resolve_spec
-    from inference.models.manifest import DEFAULT_CLASSIFIER
+    from maskwatch.inference.models.manifest import DEFAULT_CLASSIFIER
+    from maskwatch.inference.serving.engine import resolve_spec
 
     spec = resolve_spec(DEFAULT_CLASSIFIER)
     model = OrtModel(spec.path(Settings().models_dir), device="cpu", threads=2, output_names=spec.outputs)

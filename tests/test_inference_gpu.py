@@ -15,11 +15,11 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from inference.datasets import load_dataset
-from inference.engine import Face, FrameResult, InferenceEngine, resolve_spec
-from inference.models.manifest import DEFAULT_CLASSIFIER, DEFAULT_DETECTOR
-from inference.preprocess import decode_image
-from inference.session import OrtModel
+from maskwatch.inference.datasets import load_dataset
+from maskwatch.inference.models.manifest import DEFAULT_CLASSIFIER, DEFAULT_DETECTOR
+from maskwatch.inference.preprocess import decode_image
+from maskwatch.inference.serving.engine import Face, FrameResult, InferenceEngine, resolve_spec
+from maskwatch.inference.session import OrtModel
 
 DATASET = Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "kaggle-face-mask"
 HAS_CUDA = "CUDAExecutionProvider" in ort.get_available_providers()

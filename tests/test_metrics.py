@@ -19,12 +19,14 @@ from typing import TypeVar
 import pytest
 from prometheus_client.metrics import MetricWrapperBase
 
-from maskwatch import kafka, metrics, registry, store
+from maskwatch import kafka, metrics, store
+from maskwatch.cameras import registry
 from maskwatch.config import Settings
-from maskwatch.services.process import free_port
-from maskwatch.services.topics import ensure_topics
-from schemas.events import Camera, Tick
-from schemas.parse import parse_event
+from maskwatch.ports import free_port
+from maskwatch.schemas.events import Camera, Tick
+from maskwatch.schemas.parse import parse_event
+from maskwatch.topics import ensure_topics
+
 from tests.flowkit import metric_values
 
 REPO_ROOT = Path(__file__).resolve().parents[1]

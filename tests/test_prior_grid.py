@@ -11,14 +11,14 @@ import numpy as np
 import onnx
 import pytest
 
-from inference.datasets import load_dataset
-from inference.detector_sizes import MAX_SIZES, DetectorSizes
-from inference.engine import InferenceEngine, resolve_spec
-from inference.evaluate import iou_matrix
-from inference.models.manifest import DEFAULT_CLASSIFIER, DEFAULT_DETECTOR
-from inference.preprocess import decode_image
-from inference.prior_grid import fitted_size, prior_grid
-from inference.session import OrtModel
+from maskwatch.inference.datasets import load_dataset
+from maskwatch.inference.models.manifest import DEFAULT_CLASSIFIER, DEFAULT_DETECTOR
+from maskwatch.inference.postprocess import iou_matrix
+from maskwatch.inference.preprocess import decode_image
+from maskwatch.inference.serving.detector_sizes import MAX_SIZES, DetectorSizes
+from maskwatch.inference.serving.engine import InferenceEngine, resolve_spec
+from maskwatch.inference.serving.prior_grid import fitted_size, prior_grid
+from maskwatch.inference.session import OrtModel
 
 DATASET = Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "kaggle-face-mask"
 

@@ -6,7 +6,8 @@ import sys
 
 import pytest
 
-from maskwatch.redact import MASK, RedactingFilter, redact_text, redact_url
+from maskwatch.logs import RedactingFilter
+from maskwatch.schemas.redaction import MASK, redact_text, redact_url
 
 
 def test_userinfo_and_secret_params_masked_host_kept() -> None:
@@ -75,9 +76,9 @@ def test_real_logging_setup_masks_every_rule() -> None:
     urls = [url for url, _ in WEBHOOKS] + ["rtsp://admin:SECRET42@10.0.0.7/live?password=SECRET42"]
     script = (
         "import logging, sys\n"
-        "from maskwatch.redact import setup_logging\n"
+        "from maskwatch.logs import setup_logging\n"
         "setup_logging('INFO')\n"
-        "log = logging.getLogger('maskwatch.notify')\n"
+        "log = logging.getLogger('maskwatch.notify.service')\n"
         "for url in sys.argv[1:]:\n"
         "    log.warning('delivery to %s failed', url)\n"
         "try:\n"

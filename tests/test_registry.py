@@ -11,10 +11,11 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from maskwatch import registry, store
+from maskwatch import store
+from maskwatch.cameras import registry
+from maskwatch.cameras.cli import cameras
 from maskwatch.config import Settings
-from maskwatch.registry_cli import cameras
-from schemas.events import Camera, RuleOverrides
+from maskwatch.schemas.events import Camera, RuleOverrides
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SECRET_URL = "rtsp://admin:hunter2@10.1.2.3:554/stream1?token=tok3n"

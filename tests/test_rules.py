@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from flows.rules import (
+from maskwatch.flows.rules import (
     RULE_COUNT,
     RULE_RATIO,
     Bucket,
@@ -153,7 +153,7 @@ def _windowed(observations: list[Observation], configs: dict[str, RuleConfig], l
     from bytewax.dataflow import Dataflow
     from bytewax.testing import TestingSink, TestingSource, run_main
 
-    from flows.windows import windowed_alerts
+    from maskwatch.flows.windows import windowed_alerts
 
     decisions: list = []
     late: list = []
@@ -189,9 +189,9 @@ def test_windowed_rules_per_camera_overrides_and_late_ticks() -> None:
 
 
 def test_zone_scope_catches_a_crowd_spread_over_cameras() -> None:
-    from flows.detect import to_alert
-    from flows.options import FlowOptions, OptionError
-    from flows.rules import parse_scope, scope_keys
+    from maskwatch.flows.alerts import to_alert
+    from maskwatch.flows.options import FlowOptions, OptionError
+    from maskwatch.flows.rules import parse_scope, scope_keys
 
     scopes = ("camera", "zone", "site")
     assert scope_keys("c1", "hq", "lobby", scopes) == ["c1", "zone:hq/lobby", "site:hq"]

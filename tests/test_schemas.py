@@ -7,9 +7,19 @@ from datetime import UTC, datetime
 
 import pytest
 
-from schemas import Alert, Camera, DeadLetter, FaceDetection, FrameResult, SchemaError, Tick, parse_event
-from schemas.events import EVENT_MODELS, SCHEMA_VERSION
-from schemas.generate import JSON_DIR, render
+from maskwatch.cameras.sources import resolve_source_url
+from maskwatch.schemas import (
+    Alert,
+    Camera,
+    DeadLetter,
+    FaceDetection,
+    FrameResult,
+    SchemaError,
+    Tick,
+    parse_event,
+)
+from maskwatch.schemas.events import EVENT_MODELS, SCHEMA_VERSION
+from maskwatch.schemas.generate import JSON_DIR, render
 
 NOW = "2026-01-01T12:00:00Z"
 GOOD_TICK = {"camera_id": "lobby", "tick_id": "lobby:1767268800000", "scheduled_at": NOW, "emitted_at": NOW}
@@ -18,9 +28,9 @@ GOOD_TICK = {"camera_id": "lobby", "tick_id": "lobby:1767268800000", "scheduled_
 def test_generated_json_schemas_are_up_to_date() -> None:
     expected = render()
     on_disk = {path.name: path.read_text() for path in JSON_DIR.glob("*.json")}
-    assert set(on_disk) == set(expected), "run `python -m schemas.generate`"
+    assert set(on_disk) == set(expected), "run `python -m maskwatch.schemas.generate`"
     for name, text in expected.items():
-        assert on_disk[name] == text, f"{name} is stale: run `python -m schemas.generate`"
+        assert on_disk[name] == text, f"{name} is stale: run `python -m maskwatch.schemas.generate`"
     for name in EVENT_MODELS:
         schema = json.loads(on_disk[f"{name}.v{SCHEMA_VERSION}.json"])
         if name != "camera":
@@ -100,7 +110,7 @@ def test_camera_url_placeholders_resolve_from_the_environment(monkeypatch: pytes
     camera = Camera(id="door", source_url="rtsp://viewer:${DOOR_CAM_PASSWORD}@10.0.0.5/live")
     monkeypatch.delenv("DOOR_CAM_PASSWORD", raising=False)
     with pytest.raises(LookupError, match="DOOR_CAM_PASSWORD"):
-        camera.resolved_source_url()
+        resolve_source_url(camera)
     monkeypatch.setenv("DOOR_CAM_PASSWORD", "s3cret")
-    assert camera.resolved_source_url() == "rtsp://viewer:s3cret@10.0.0.5/live"
+    assert resolve_source_url(camera) == "rtsp://viewer:s3cret@10.0.0.5/live"
     assert "s3cret" not in camera.model_dump_json()

@@ -25,13 +25,14 @@ from click.testing import CliRunner
 from streamlit.proto.TextInput_pb2 import TextInput as TextInputProto
 from streamlit.testing.v1 import AppTest
 
-from dashboards import auth, data, seed
-from dashboards.cli import dashboard
-from maskwatch import imagelimits, netpolicy, registry, store
+from maskwatch import imagelimits, netpolicy, store
+from maskwatch.cameras import registry
+from maskwatch.cameras.cli import cameras
 from maskwatch.config import Settings
-from maskwatch.notify_format import render
-from maskwatch.registry_cli import cameras
-from schemas.events import Alert
+from maskwatch.dashboards import auth, data, seed
+from maskwatch.dashboards.cli import dashboard
+from maskwatch.notify.messages import render
+from maskwatch.schemas.events import Alert
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 APP = REPO_ROOT / "dashboards" / "app.py"
@@ -284,7 +285,7 @@ def test_decompression_bombs_and_junk_are_refused_before_decoding(dataset_dir: P
         imagelimits.check_image_header(ok_image)
 
 
-# --- dashboard login (dashboards.auth) ----------------------------------------------------------------
+# --- dashboard login (maskwatch.dashboards.auth) -----------------------------------------------------------
 
 
 def test_password_hashes_are_salted_and_checked() -> None:

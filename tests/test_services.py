@@ -20,11 +20,12 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from maskwatch.config import Settings
-from maskwatch.services import manager
-from maskwatch.services.broker import Broker
-from maskwatch.services.cli import services
-from maskwatch.services.process import ManagedProcess, free_port, pid_alive, port_in_use
-from maskwatch.services.topics import ensure_topics
+from maskwatch.devservices import manager
+from maskwatch.devservices.broker import Broker
+from maskwatch.devservices.cli import services
+from maskwatch.devservices.process import ManagedProcess, pid_alive
+from maskwatch.ports import free_port, port_in_use
+from maskwatch.topics import ensure_topics
 
 
 @pytest.fixture
@@ -158,7 +159,7 @@ def test_attached_broker_dies_with_the_process_that_started_it(tmp_path: Path) -
     script = (
         "import os, sys\n"
         "from pathlib import Path\n"
-        "from maskwatch.services.broker import Broker\n"
+        "from maskwatch.devservices.broker import Broker\n"
         f"b = Broker(home=Path({str(tmp_path)!r}), port=int(sys.argv[1]), attached=True)\n"
         "print(b.start(), flush=True)\n"
         "os.kill(os.getpid(), 9)\n"
@@ -187,7 +188,7 @@ def test_ensure_topics_is_idempotent_and_warns_on_too_few_partitions(
     assert ensure_topics(Settings()) == {f"t.{suffix}": 4, f"a.{suffix}": 1, f"d.{suffix}": 1}
     assert ensure_topics(Settings()) == {f"t.{suffix}": 4, f"a.{suffix}": 1, f"d.{suffix}": 1}
     monkeypatch.setenv("MASKWATCH_TICK_PARTITIONS", "6")
-    with caplog.at_level(logging.WARNING, logger="maskwatch.services.topics"):
+    with caplog.at_level(logging.WARNING, logger="maskwatch.topics"):
         assert ensure_topics(Settings())[f"t.{suffix}"] == 4
     assert f"topic t.{suffix} has 4 partitions, 6 wanted" in caplog.text
 

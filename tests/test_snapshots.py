@@ -9,7 +9,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from flows.snapshots import BoxedFace, annotate, save_snapshot, snapshot_path
+from maskwatch.flows.snapshots import BoxedFace, annotate, save_snapshot, snapshot_path
 
 
 def _image(path: Path) -> np.ndarray:

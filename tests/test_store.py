@@ -16,7 +16,7 @@ import pytest
 
 from maskwatch import store
 from maskwatch.config import Settings
-from schemas.events import Alert, CameraHealth, FaceDetection, FrameResult
+from maskwatch.schemas.events import Alert, CameraHealth, FaceDetection, FrameResult
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 # Recent (older rows would already be past their TTL and dropped), whole milliseconds (DateTime64(3)).
@@ -182,8 +182,9 @@ def test_clients_are_per_thread_and_run_concurrently(settings: Settings) -> None
 CHDB_SCRIPT = textwrap.dedent("""
     import json, sys
     from datetime import UTC, datetime
-    from maskwatch import registry, store
-    from schemas.events import Camera, CameraHealth
+    from maskwatch.cameras import registry
+    from maskwatch import store
+    from maskwatch.schemas.events import Camera, CameraHealth
     first, second = store.migrate(), store.migrate()
     registry.put_camera(Camera(id="cam-1", site="hq", source_url="rtsp://admin:hunter2@10.0.0.9/live"))
     now = datetime.now(UTC)

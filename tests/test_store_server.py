@@ -24,8 +24,9 @@ import zstandard
 from clickhouse_connect.driver.client import Client
 from clickhouse_connect.driver.exceptions import DatabaseError
 
-from maskwatch.services.process import ServiceError, free_port
-from maskwatch.services.store_service import StoreService
+from maskwatch.devservices.process import ServiceError
+from maskwatch.devservices.store import StoreService
+from maskwatch.ports import free_port
 
 UTC = dt.UTC
 TYPES_DDL = """

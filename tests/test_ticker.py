@@ -15,14 +15,15 @@ from pathlib import Path
 
 import pytest
 
-from maskwatch import kafka, registry, store
+from maskwatch import kafka, store
+from maskwatch.cameras import registry
+from maskwatch.cameras.ticker import Ticker, TickSchedule, phase_ms
 from maskwatch.config import Settings
-from maskwatch.services.broker import Broker
-from maskwatch.services.process import free_port
-from maskwatch.services.topics import ensure_topics
-from maskwatch.ticker import Ticker, TickSchedule, phase_ms
-from schemas.events import Camera, Tick
-from schemas.parse import parse_event
+from maskwatch.devservices.broker import Broker
+from maskwatch.ports import free_port
+from maskwatch.schemas.events import Camera, Tick
+from maskwatch.schemas.parse import parse_event
+from maskwatch.topics import ensure_topics
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 T0 = 1_767_268_800_123  # ms

@@ -8,7 +8,7 @@ from dataclasses import replace
 import polars as pl
 import streamlit as st
 
-from dashboards import auth, data, queries, ui
+from maskwatch.dashboards import auth, data, queries, ui
 
 REFRESH_S = 10
 

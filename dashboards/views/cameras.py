@@ -5,8 +5,8 @@ from __future__ import annotations
 import polars as pl
 import streamlit as st
 
-from dashboards import data, ui
-from maskwatch.redact import redact_text
+from maskwatch.dashboards import data, ui
+from maskwatch.schemas.redaction import redact_text
 
 settings = ui.settings()
 scope = ui.scope()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from dashboards import data, queries, ui
+from maskwatch.dashboards import data, queries, ui
 
 settings = ui.settings()
 scope = ui.scope()

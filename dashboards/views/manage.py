@@ -1,7 +1,8 @@
 """Register, edit, disable or remove a camera. Writes go through the registry module; the source URL is
 never shown back (only its masked form), and an edit keeps the stored URL unless a new one is typed.
 
-Roles (``dashboards.auth``): a viewer gets no form; an operator manages cameras, but only an admin puts
+Roles (``maskwatch.dashboards.auth``): a viewer gets no form; an operator manages cameras, but only an
+admin puts
 one on a private network or changes the source of one that is (checked on save, not only by a disabled
 checkbox, since a browser can send any widget value)."""
 
@@ -11,9 +12,9 @@ from typing import Any
 
 import streamlit as st
 
-from dashboards import auth, data, ui
-from maskwatch import registry
-from schemas.parse import SchemaError
+from maskwatch.cameras import registry
+from maskwatch.dashboards import auth, data, ui
+from maskwatch.schemas.parse import SchemaError
 
 NEW = "+ New camera"
 

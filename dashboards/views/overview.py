@@ -6,7 +6,7 @@ import altair as alt
 import polars as pl
 import streamlit as st
 
-from dashboards import data, queries, ui
+from maskwatch.dashboards import data, queries, ui
 
 settings = ui.settings()
 scope = ui.scope()

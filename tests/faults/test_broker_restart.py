@@ -13,8 +13,9 @@ import pytest
 
 from maskwatch import store
 from maskwatch.config import Settings
-from maskwatch.services import manager
-from maskwatch.services.process import free_port
+from maskwatch.devservices import manager
+from maskwatch.ports import free_port
+
 from tests.flowkit import (
     assert_rows_once,
     build_scenario,

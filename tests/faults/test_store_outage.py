@@ -13,8 +13,9 @@ import pytest
 
 from maskwatch import store
 from maskwatch.config import Settings
-from maskwatch.services.process import free_port
-from maskwatch.services.store_service import StoreService
+from maskwatch.devservices.store import StoreService
+from maskwatch.ports import free_port
+
 from tests.flowkit import (
     assert_rows_once,
     build_scenario,

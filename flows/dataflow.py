@@ -1,0 +1,105 @@
+"""The detection dataflow, top to bottom:
+
+    ticks (Kafka) -> parse/validate -> dead letters (Kafka)
+                  -> resolve camera in the registry (unknown/disabled dropped, counted)
+                  -> micro-batch per shard (op.collect) -> fetch concurrently -> two-stage inference
+                  -> frames, detections, camera health -> ClickHouse
+                  -> event-time buckets per camera (and zone/site) -> rules -> alerts
+                  -> alerts to ClickHouse and the alert topic
+
+Run it with ``maskwatch flow run`` (or ``python -m bytewax.run maskwatch.flows.detect:flow``). Everything
+is read
+from ``MASKWATCH_*`` variables (``maskwatch.config.Settings`` and ``maskwatch.flows.options.FlowOptions``).
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import timedelta
+
+import bytewax.operators as op
+from bytewax.connectors.kafka import KafkaSink, KafkaSource
+from bytewax.dataflow import Dataflow
+
+from maskwatch import metrics
+from maskwatch.config import Settings
+from maskwatch.flows.alerts import observations, to_alert
+from maskwatch.flows.batching import TickOutcome, micro_batches
+from maskwatch.flows.health import count_health
+from maskwatch.flows.options import FlowOptions
+from maskwatch.flows.rules import AlertDecision, Observation
+from maskwatch.flows.runtime import FlowRuntime
+from maskwatch.flows.sinks import AlertTopicSink, StoreItem, StoreSink, store_writer
+from maskwatch.flows.ticks import dead_letter_message, is_tick, parse_tick
+from maskwatch.flows.windows import windowed_alerts
+from maskwatch.schemas.events import Alert, Tick
+from maskwatch.schemas.redaction import redact_text
+
+log = logging.getLogger(__name__)
+
+
+def build_flow(settings: Settings | None = None, opts: FlowOptions | None = None) -> Dataflow:
+    settings = settings or Settings()
+    opts = opts or FlowOptions.from_env()
+    rt = FlowRuntime(settings, opts)
+    kafka_conf = settings.kafka_config()
+    brokers = [kafka_conf.pop("bootstrap.servers")]
+    flow = Dataflow("maskwatch-detect")
+
+    # 1. Ticks in; anything that is not a valid tick goes to the dead-letter topic with its reason.
+    # One consumer poll brings at most one micro-batch worth of ticks.
+    raw = op.input("ticks", flow, KafkaSource(brokers, [settings.topic_ticks], add_config=kafka_conf,
+                                              batch_size=opts.batch_max, raise_on_errors=False))
+    parsed = op.map("parse_tick", raw, parse_tick)
+    split = op.branch("valid_tick", parsed, is_tick)
+    dead = op.map("dead_letter_message", split.falses, lambda d: dead_letter_message(d))  # type: ignore[arg-type]
+    op.output("dead_letters", dead, KafkaSink(brokers, settings.topic_dead_letter, add_config=kafka_conf))
+
+    # 2. Resolve each tick's camera from the registry (the URL never comes from the event).
+    def known(tick: Tick) -> bool:
+        return rt.registry.resolve(tick.camera_id)[0] is not None
+
+    resolved = op.filter("known_camera", split.trues, known)
+
+    # 3. Micro-batches that mix cameras, fetched concurrently and inferred together.
+    batches = micro_batches(resolved, opts.shards, timedelta(seconds=opts.batch_timeout_s), opts.batch_max)
+    inferred = op.flat_map_value("fetch_infer", batches, rt.process)
+    outcomes = op.key_rm("unshard", inferred)
+
+    # 4. Rows for the store: frames, detections and per-camera health (failures in a row are state).
+    by_camera = op.key_on("by_camera", outcomes, lambda o: o.frame.camera_id)
+    frames = op.flat_map("frame_rows", outcomes, lambda o: [("frames", o.frame)]
+                         + [("detections", d) for d in o.faces])
+    def track_health(failures: int | None, outcome: TickOutcome) -> tuple[int, StoreItem]:
+        return count_health(failures, outcome, opts.health_degraded_after, opts.health_down_after)
+
+    health = op.key_rm("health_rm", op.stateful_map("health", by_camera, track_health))
+
+    # 5. Rules: event-time buckets per scope (camera, and zone/site if enabled), then the pure decision
+    #    with per-camera overrides.
+    scoped = op.flat_map("observe", outcomes, lambda o: observations(o, opts.rule_scopes))
+    decisions, late = windowed_alerts(scoped, opts.bucket_s, opts.lateness_s,
+                                      lambda scope: rt.rule_config(scope)[1])
+    op.inspect("late_ticks", late, lambda _step, item: _count_late(item))
+
+    def alert(decision: AlertDecision) -> Alert:
+        camera, config = rt.rule_config(decision.scope)
+        metrics.ALERTS.inc()  # a replay after a crash may count an alert again; its id is not repeated
+        return to_alert(camera, config, decision)
+
+    alerts = op.map("alerts", op.key_rm("alerts_rm", decisions), alert)
+
+    # 6. Sinks: every row to the store (buffered on disk while it is down), alerts also to Kafka.
+    rows = op.merge("rows", frames, health, op.map("alert_rows", alerts, lambda a: ("alerts", a)))
+    op.output("store", rows, StoreSink(store_writer(settings), settings.home / "buffer" / "store",
+                                       opts.buffer_max_bytes, opts.store_retry_max_s))
+    op.output("alert_topic", alerts, AlertTopicSink(dict(settings.kafka_config()), settings.topic_alerts,
+                                                    opts.alert_dedup_horizon_s))
+    return flow
+
+
+def _count_late(item: tuple[str, tuple[int, Observation]]) -> None:
+    scope, (_window, obs) = item
+    metrics.FLOW_LATE_TICKS.inc()
+    log.warning("late tick %s for %s: its %s bucket already closed; not counted by the rules",
+                redact_text(obs.tick_id), scope, obs.ts.isoformat())

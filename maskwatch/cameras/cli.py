@@ -1,0 +1,201 @@
+"""``maskwatch cameras`` (manage the registry; source URLs always shown redacted) and ``maskwatch ticker``."""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qsl, urlsplit
+
+import click
+
+from maskwatch import metrics
+from maskwatch.cameras import registry
+from maskwatch.cameras.ticker import Ticker
+from maskwatch.config import Settings
+from maskwatch.schemas.events import Camera
+from maskwatch.schemas.parse import SchemaError
+from maskwatch.schemas.redaction import redact_text, redact_url
+from maskwatch.shutdown import stop_on_signals
+from maskwatch.store import StoreError
+
+log = logging.getLogger(__name__)
+
+
+class _Group(click.Group):
+    """Expected failures (bad input, unknown camera, store not ready) print one clear line, no traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (registry.RegistryError, SchemaError, StoreError) as exc:
+            raise click.ClickException(redact_text(str(exc))) from None
+
+
+def _display(camera: Camera) -> dict[str, Any]:
+    data = camera.model_dump(mode="json", exclude={"source_url"})
+    data["source"] = camera.display_url
+    data["rules"] = camera.rules.model_dump(exclude_none=True)
+    return data
+
+
+def _literal_credential(url: str) -> bool:
+    """True when the URL carries a password or secret query value as text (not a ``${ENV}`` placeholder)."""
+    stripped = re.sub(r"\$\{[A-Z_][A-Z0-9_]*\}", "", url)
+    parts = urlsplit(stripped)
+    # A query value counts when redact_url would mask it and something is left after the placeholders.
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    return bool(parts.password) or any(v and redact_url(f"x://h/?{k}=v") != f"x://h/?{k}=v" for k, v in query)
+
+
+@click.group(cls=_Group)
+def cameras() -> None:
+    """Register, list and change cameras (stored in the ClickHouse store)."""
+
+
+@cameras.command("add")
+@click.argument("camera_id")
+@click.argument("source_url")
+@click.option("--name", default="")
+@click.option("--site", default="")
+@click.option("--zone", default="")
+@click.option("--interval", "interval_s", type=float, default=5.0, show_default=True,
+              help="Seconds between ticks.")
+@click.option("--disabled", is_flag=True, help="Register without ticking it yet.")
+@click.option("--rules", default="{}", help='Rule overrides as JSON, e.g. \'{"min_nomask_faces": 3}\'.')
+@click.option("--allow-private-network", is_flag=True,
+              help="The camera is on a private/loopback/link-local network (refused otherwise).")
+def add(camera_id: str, source_url: str, name: str, site: str, zone: str, interval_s: float,
+        disabled: bool, rules: str, allow_private_network: bool) -> None:
+    """Add or replace camera CAMERA_ID reading from SOURCE_URL (rtsp://, http(s)://, file://).
+
+    SOURCE_URL '-' reads the URL from stdin: a password on the command line is visible in `ps` and shell
+    history (or write it as ${ENV_NAME}, filled where the flow runs). Network sources must resolve to
+    public addresses unless --allow-private-network is given; file:// sources must be under
+    MASKWATCH_FILE_ROOTS."""
+    if source_url == "-":
+        source_url = sys.stdin.readline().strip()
+    elif _literal_credential(source_url):
+        click.echo("warning: SOURCE_URL holds a credential, which `ps` and your shell history can show; "
+                   "pass '-' and the URL on stdin, or use a ${ENV_NAME} placeholder", err=True)
+    try:
+        overrides = json.loads(rules)
+    except json.JSONDecodeError as exc:
+        raise click.BadParameter(f"not valid JSON ({exc})", param_hint="--rules") from None
+    camera = registry.put_camera(registry.parse_camera(
+        {"id": camera_id, "name": name, "site": site, "zone": zone, "source_url": source_url,
+         "interval_s": interval_s, "enabled": not disabled, "rules": overrides,
+         "allow_private_network": allow_private_network}))
+    click.echo(f"saved camera {camera.id} ({camera.display_url})")
+
+
+@cameras.command("list")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
+def list_command(as_json: bool) -> None:
+    """List registered cameras."""
+    found = registry.list_cameras()
+    if as_json:
+        for camera in found:
+            click.echo(json.dumps(_display(camera)))
+        return
+    if not found:
+        click.echo("no cameras registered")
+        return
+    header = ("ID", "ENABLED", "INTERVAL", "SITE", "ZONE", "SOURCE")
+    rows = [(c.id, "yes" if c.enabled else "no", f"{c.interval_s:g}s", c.site, c.zone, c.display_url)
+            for c in found]
+    widths = [max(len(str(row[i])) for row in [header, *rows]) for i in range(len(header) - 1)]
+    for row in [header, *rows]:
+        click.echo("  ".join(str(cell).ljust(width) for cell, width in zip(row, widths, strict=False))
+                   + "  " + row[-1])
+
+
+@cameras.command("show")
+@click.argument("camera_id")
+def show(camera_id: str) -> None:
+    """Show one camera as JSON."""
+    camera = registry.require_camera(camera_id)
+    click.echo(json.dumps(_display(camera), indent=2))
+
+
+@cameras.command("remove")
+@click.argument("camera_id")
+def remove(camera_id: str) -> None:
+    """Remove a camera (the ticker stops within its refresh period)."""
+    registry.remove_camera(camera_id)
+    click.echo(f"removed camera {camera_id}")
+
+
+@cameras.command("enable")
+@click.argument("camera_id")
+def enable(camera_id: str) -> None:
+    """Start ticking a camera."""
+    registry.set_enabled(camera_id, True)
+    click.echo(f"enabled camera {camera_id}")
+
+
+@cameras.command("disable")
+@click.argument("camera_id")
+def disable(camera_id: str) -> None:
+    """Stop ticking a camera, keeping its settings."""
+    registry.set_enabled(camera_id, False)
+    click.echo(f"disabled camera {camera_id}")
+
+
+@cameras.command("import")
+@click.argument("path", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+def import_command(path: Path) -> None:
+    """Add/update cameras from a YAML file (idempotent; nothing is written if any entry is invalid)."""
+    result = registry.import_yaml(path)
+    click.echo(f"imported {path}: {len(result.added)} added, {len(result.updated)} updated, "
+               f"{len(result.unchanged)} unchanged")
+
+
+@click.group("ticker", invoke_without_command=True)
+@click.option("--refresh", "refresh_s", type=float, default=5.0, show_default=True,
+              help="Seconds between re-reads of the camera registry.")
+@click.pass_context
+def ticker_command(ctx: click.Context, refresh_s: float) -> None:
+    """Emit camera ticks to the tick topic until SIGTERM (`maskwatch ticker tail` shows them)."""
+    if ctx.invoked_subcommand is not None:
+        return
+    settings = Settings()
+    log.info("ticker: broker %s, topic %s", settings.kafka_bootstrap, settings.topic_ticks)
+    metrics.serve_metrics()
+    Ticker(settings, refresh_s=refresh_s).run(stop_on_signals(log, "tick"))
+
+
+@ticker_command.command("tail")
+@click.option("--from-beginning", is_flag=True, help="Start at the oldest tick, not the next one.")
+@click.option("--max", "max_ticks", type=int, default=0, help="Stop after this many ticks (0: run until ^C).")
+@click.option("--timeout", "timeout_s", type=float, default=0.0,
+              help="Stop after this many seconds (0: never).")
+def tail_command(from_beginning: bool, max_ticks: int, timeout_s: float) -> None:
+    """Print ticks from the tick topic, one JSON per line."""
+    from maskwatch import kafka
+
+    settings = Settings()
+    consumer = kafka.consumer(f"maskwatch-tail-{uuid.uuid4().hex[:8]}", settings,
+                              auto_offset_reset="earliest" if from_beginning else "latest",
+                              enable_auto_commit=False)
+    consumer.subscribe([settings.topic_ticks])
+    stop = stop_on_signals(log, "tick")
+    deadline = time.monotonic() + timeout_s if timeout_s else float("inf")
+    seen = 0
+    try:
+        while not stop.is_set() and time.monotonic() < deadline and (not max_ticks or seen < max_ticks):
+            msg = consumer.poll(0.5)
+            if msg is None:
+                continue
+            if msg.error():
+                log.warning("consumer: %s", msg.error())
+                continue
+            click.echo((msg.value() or b"").decode(errors="replace"))
+            seen += 1
+    finally:
+        consumer.close()

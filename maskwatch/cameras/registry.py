@@ -1,0 +1,178 @@
+"""The camera registry: which cameras exist, where their frames come from, how often to look.
+
+Stored in the ``cameras`` table (ReplacingMergeTree by ``updated_at``); removal writes a tombstone row
+(``deleted = 1``) so every reader sees the same history. Source URLs are stored as given because the
+flow needs them; everything meant for display uses ``Camera.display_url`` / the ``display_url`` column.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from maskwatch import store
+from maskwatch.config import Settings
+from maskwatch.netpolicy import SourcePolicyError, check_source_url
+from maskwatch.schemas.events import Camera
+from maskwatch.schemas.parse import SchemaError, validate_event
+from maskwatch.schemas.redaction import redact_text
+
+log = logging.getLogger(__name__)
+
+_COLUMNS = ["id", "name", "site", "zone", "source_url", "display_url", "interval_s", "enabled", "rules",
+            "allow_private_network", "updated_at", "deleted"]
+
+
+class RegistryError(ValueError):
+    """A registry request that cannot be done (unknown camera, bad import file); says which and why."""
+
+
+def _row(camera: Camera, deleted: bool = False) -> list[Any]:
+    return [camera.id, camera.name, camera.site, camera.zone, camera.source_url, camera.display_url,
+            camera.interval_s, camera.enabled, camera.rules.model_dump_json(exclude_none=True),
+            camera.allow_private_network, camera.updated_at, int(deleted)]
+
+
+def _from_row(row: dict[str, Any]) -> Camera:
+    data = {key: row[key] for key in _COLUMNS if key not in ("display_url", "deleted")}
+    data["rules"] = json.loads(data["rules"] or "{}")
+    return validate_event(Camera, data)
+
+
+def _write(camera: Camera, settings: Settings | None, deleted: bool = False) -> None:
+    store.client(settings).insert("cameras", [_row(camera, deleted)], column_names=_COLUMNS)
+
+
+def _next_version(previous: Camera | None) -> datetime:
+    """Now, but strictly after the previous row's version (ms precision), so the newest write wins."""
+    now = datetime.now(UTC)
+    if previous is not None and now <= previous.updated_at:
+        now = previous.updated_at + timedelta(milliseconds=1)
+    return now
+
+
+def list_cameras(settings: Settings | None = None, enabled_only: bool = False) -> list[Camera]:
+    where = "deleted = 0" + (" AND enabled" if enabled_only else "")
+    sql = f"SELECT {', '.join(_COLUMNS)} FROM cameras FINAL WHERE {where} ORDER BY id"
+    return [_from_row(row) for row in store.query_rows(sql, settings=settings)]
+
+
+def get_camera(camera_id: str, settings: Settings | None = None) -> Camera | None:
+    sql = f"SELECT {', '.join(_COLUMNS)} FROM cameras FINAL WHERE id = {{id:String}} AND deleted = 0"
+    rows = store.query_rows(sql, {"id": camera_id}, settings=settings)
+    return _from_row(rows[0]) if rows else None
+
+
+def require_camera(camera_id: str, settings: Settings | None = None) -> Camera:
+    camera = get_camera(camera_id, settings)
+    if camera is None:
+        raise RegistryError(f"no camera with id {camera_id!r}")
+    return camera
+
+
+def put_camera(camera: Camera, settings: Settings | None = None) -> Camera:
+    """Add or replace a camera (by id); returns it as stored."""
+    stored = camera.model_copy(update={"updated_at": _next_version(get_camera(camera.id, settings))})
+    _write(stored, settings)
+    log.info("camera %s saved, source %s", stored.id, stored.display_url)
+    return stored
+
+
+def remove_camera(camera_id: str, settings: Settings | None = None) -> Camera:
+    camera = require_camera(camera_id, settings)
+    _write(camera.model_copy(update={"updated_at": _next_version(camera)}), settings, deleted=True)
+    log.info("camera %s removed", camera_id)
+    return camera
+
+
+def set_enabled(camera_id: str, enabled: bool, settings: Settings | None = None) -> Camera:
+    camera = require_camera(camera_id, settings)
+    if camera.enabled == enabled:
+        return camera
+    updated = camera.model_copy(update={"enabled": enabled, "updated_at": _next_version(camera)})
+    _write(updated, settings)
+    log.info("camera %s %s", camera_id, "enabled" if enabled else "disabled")
+    return updated
+
+
+def check_source(camera: Camera) -> None:
+    """Refuse a camera whose source the fetch policy forbids (``maskwatch.netpolicy``), as a RegistryError."""
+    try:
+        check_source_url(camera.source_url, camera.allow_private_network)
+    except SourcePolicyError as exc:
+        raise RegistryError(f"camera {camera.id}: {exc}") from None
+
+
+def parse_camera(data: dict[str, Any], base_dir: Path | None = None, check: bool = True) -> Camera:
+    """A camera from user input (CLI, YAML, dashboard); a relative ``file://`` path is resolved against
+    ``base_dir``. Every user-facing way to register a camera comes through here, so the source policy
+    (no SSRF: private addresses only with ``allow_private_network``, files only under the allowed roots)
+    is enforced here; ``check=False`` only validates the fields (the caller checks later)."""
+    source = data.get("source_url")
+    if isinstance(source, str) and source.startswith("file://") and not source.startswith("file:///"):
+        relative = source[len("file://"):]
+        data = {**data, "source_url": (base_dir or Path.cwd()).joinpath(relative).resolve().as_uri()}
+    camera = validate_event(Camera, data)
+    if check:
+        check_source(camera)
+    return camera
+
+
+@dataclass
+class ImportResult:
+    added: list[str] = field(default_factory=list)
+    updated: list[str] = field(default_factory=list)
+    unchanged: list[str] = field(default_factory=list)
+
+
+def load_yaml(path: Path) -> list[Camera]:
+    """Every camera in a YAML file (``cameras: [...]``); all entries are checked before any is written."""
+    try:
+        document = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise RegistryError(f"{path}: cannot read camera file: {redact_text(str(exc))}") from None
+    entries = document.get("cameras") if isinstance(document, dict) else None
+    if not isinstance(entries, list):
+        raise RegistryError(f"{path}: expected a top-level 'cameras:' list")
+    cameras, problems, seen = [], [], set()
+    for number, entry in enumerate(entries, start=1):
+        if not isinstance(entry, dict):
+            problems.append(f"camera #{number}: expected a mapping")
+            continue
+        label = f"camera #{number} ({entry.get('id', 'no id')})"
+        try:
+            camera = parse_camera(entry, base_dir=path.resolve().parent, check=False)
+        except SchemaError as exc:
+            problems.extend(f"{label}: {problem}" for problem in exc.problems)
+            continue
+        if camera.id in seen:
+            problems.append(f"{label}: duplicate id")
+        seen.add(camera.id)
+        try:
+            check_source(camera)
+        except RegistryError as exc:
+            problems.append(f"{label}: {str(exc).removeprefix(f'camera {camera.id}: ')}")
+        cameras.append(camera)
+    if problems:
+        raise RegistryError(f"{path}: nothing imported, fix these first:\n  " + "\n  ".join(problems))
+    return cameras
+
+
+def import_yaml(path: Path, settings: Settings | None = None) -> ImportResult:
+    """Add/update the file's cameras; idempotent: a camera whose settings did not change is not rewritten."""
+    result = ImportResult()
+    current = {camera.id: camera for camera in list_cameras(settings)}
+    for camera in load_yaml(path):
+        existing = current.get(camera.id)
+        if existing is not None and existing.content_hash() == camera.content_hash():
+            result.unchanged.append(camera.id)
+            continue
+        put_camera(camera, settings)
+        (result.updated if existing else result.added).append(camera.id)
+    return result

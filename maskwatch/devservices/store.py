@@ -1,0 +1,75 @@
+"""The embedded store server (``maskwatch store serve``) as a managed background process."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import sys
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+from maskwatch.devservices.process import ManagedProcess, ServiceError, port_stays_busy
+
+log = logging.getLogger(__name__)
+
+DEFAULT_PORT = 18123
+
+
+def store_ready(url: str, timeout: float = 2.0) -> bool:
+    """True when ``GET {url}/ping`` answers ``Ok.`` as a ClickHouse server does."""
+    try:
+        with urllib.request.urlopen(f"{url.rstrip('/')}/ping", timeout=timeout) as response:
+            return bool(response.status == 200 and response.read().startswith(b"Ok."))
+    except OSError:
+        return False
+
+
+@dataclass
+class StoreService:
+    home: Path
+    port: int = DEFAULT_PORT
+    host: str = "127.0.0.1"
+    data_dir: Path | None = None
+    name: str = "store"
+    attached: bool = False  # as Broker.attached
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    @property
+    def chdb_dir(self) -> Path:
+        return self.data_dir or self.home / "chdb"
+
+    @functools.cached_property
+    def process(self) -> ManagedProcess:
+        return ManagedProcess(self.name, self.home / "run", self.home / "logs", marker="store serve")
+
+    def argv(self) -> list[str]:
+        return [sys.executable, "-m", "maskwatch.cli", "store", "serve", "--host", self.host,
+                "--port", str(self.port), "--data-dir", str(self.chdb_dir)]
+
+    def pid(self) -> int | None:
+        return self.process.pid()
+
+    def ready(self) -> bool:
+        return store_ready(self.url)
+
+    def start(self, timeout: float = 60.0) -> int:
+        proc = self.process
+        pid = proc.pid()
+        if pid is not None:
+            return pid
+        if port_stays_busy(self.host, self.port):
+            raise ServiceError(
+                f"store: port {self.port} on {self.host} is already in use by another program; "
+                f"choose another with --store-port or MASKWATCH_STORE_PORT"
+            )
+        pid = proc.start_ready(self.argv(), self.ready, "store server", self.url, timeout,
+                               attached=self.attached)
+        log.info("store server ready on %s (pid %d, data %s)", self.url, pid, self.chdb_dir)
+        return pid
+
+    def stop(self, timeout: float = 15.0) -> bool:
+        return self.process.stop(timeout)

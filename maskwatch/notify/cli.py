@@ -1,0 +1,44 @@
+"""``maskwatch notify``: deliver alerts from the alert topic to chat and webhooks."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import click
+
+from maskwatch import metrics
+from maskwatch.notify.config import NotifyConfigError, host_of, load_config
+from maskwatch.notify.service import DeadLetterError, Notifier
+from maskwatch.shutdown import stop_on_signals
+
+log = logging.getLogger(__name__)
+
+
+@click.command("notify")
+@click.option("--config", "config_path", required=True, envvar="MASKWATCH_NOTIFY_CONFIG",
+              type=click.Path(dir_okay=False, path_type=Path), help="Destinations YAML (see docs).")
+@click.option("--group", "group_id", default="maskwatch-notify", show_default=True,
+              envvar="MASKWATCH_NOTIFY_GROUP", help="Kafka consumer group.")
+@click.option("--state", "state_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              envvar="MASKWATCH_NOTIFY_STATE",
+              help="SQLite file of delivered alerts [default: $MASKWATCH_HOME/notify/delivered.sqlite].")
+@click.option("--metrics-port", type=click.IntRange(0, 65535), default=0, envvar="MASKWATCH_METRICS_PORT",
+              help="Serve Prometheus metrics on this port (0: off).")
+@click.option("--check", is_flag=True, help="Validate the config (and its URL secrets) and exit.")
+def notify_command(config_path: Path, group_id: str, state_path: Path | None, metrics_port: int,
+                   check: bool) -> None:
+    """Post alerts from the alert topic to webhooks (Slack, Teams, generic JSON) until SIGTERM."""
+    try:
+        config = load_config(config_path)
+    except NotifyConfigError as exc:
+        raise click.ClickException(str(exc)) from None
+    if check:
+        for d in config.destinations:
+            click.echo(f"{d.name}: {d.format} -> {host_of(d.resolved_url())}")
+        return
+    metrics.serve_metrics(metrics_port)
+    try:
+        Notifier(config, group_id=group_id, state_path=state_path).run(stop_on_signals(log, "alert"))
+    except DeadLetterError as exc:  # exit non-zero uncommitted: a restart retries from the last commit
+        raise click.ClickException(str(exc)) from None

@@ -1,0 +1,147 @@
+"""The notifier's YAML configuration: where alerts go, in which shape, how fast, for which cameras.
+
+Example ``notify.yaml``::
+
+    retry: {attempts: 5, base_delay_s: 0.5, max_delay_s: 30}
+    destinations:
+      - name: ops-slack
+        url_env: SLACK_WEBHOOK_URL      # the URL from $SLACK_WEBHOOK_URL or the file $SLACK_WEBHOOK_URL_FILE
+        format: slack                   # slack | teams | generic
+        sites: [hq]                     # optional filters; empty = every alert
+        rate: {per_minute: 20, burst: 5}
+      - name: audit
+        url: http://audit.internal:8080/alerts
+        format: generic
+
+Webhook URLs usually carry their secret in the path (Slack, Teams), so they are never logged: only the
+destination's name and host are.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+from urllib.parse import urlsplit
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from maskwatch.config import secret
+from maskwatch.schemas.events import Alert
+
+
+class NotifyConfigError(ValueError):
+    """The config file is missing, unreadable or invalid; the message names the file and the field."""
+
+
+class RetryPolicy(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    attempts: int = Field(default=5, ge=1, le=20, description="Tries per alert and destination.")
+    base_delay_s: float = Field(default=0.5, gt=0, le=60)
+    max_delay_s: float = Field(default=30.0, gt=0, le=600)
+    timeout_s: float = Field(default=10.0, gt=0, le=120, description="HTTP timeout of one try.")
+
+    def delay(self, failures: int) -> float:
+        """Exponential backoff after the ``failures``-th failed try, capped."""
+        return float(min(self.max_delay_s, self.base_delay_s * 2 ** (failures - 1)))
+
+
+class RateLimit(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    per_minute: float = Field(default=30.0, gt=0, description="Sustained posts per minute.")
+    burst: int = Field(default=5, ge=1, description="Posts allowed back to back after a quiet period.")
+
+
+class Destination(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+    url: str | None = Field(default=None, repr=False)
+    url_env: str | None = Field(default=None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
+                                description="Env var holding the URL (or NAME_FILE naming a file with it).")
+    format: Literal["slack", "teams", "generic"] = "generic"
+    sites: list[str] = Field(default_factory=list)
+    zones: list[str] = Field(default_factory=list)
+    cameras: list[str] = Field(default_factory=list)
+    rate: RateLimit = Field(default_factory=RateLimit)
+
+    @model_validator(mode="after")
+    def _one_url(self) -> Destination:
+        if (self.url is None) == (self.url_env is None):
+            raise ValueError("give exactly one of url or url_env")
+        return self
+
+    def resolved_url(self) -> str:
+        """The webhook URL, read from the environment/secret file when ``url_env`` is used."""
+        if self.url is not None:
+            url = self.url
+        else:
+            assert self.url_env is not None
+            found = secret(self.url_env)
+            if not found:
+                raise NotifyConfigError(f"destination {self.name}: url_env {self.url_env} is not set "
+                                        f"(set {self.url_env} or {self.url_env}_FILE)")
+            url = found
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise NotifyConfigError(f"destination {self.name}: webhook URL must be http(s)://host/..., "
+                                    f"got scheme {parts.scheme or '(none)'!r}")
+        try:
+            parts.port  # noqa: B018 - raises on a port that is not a number in 0..65535
+        except ValueError:
+            raise NotifyConfigError(f"destination {self.name}: webhook URL has an invalid port "
+                                    f"(host {parts.hostname})") from None
+        return url
+
+    def matches(self, alert: Alert) -> bool:
+        return ((not self.sites or alert.site in self.sites)
+                and (not self.zones or alert.zone in self.zones)
+                and (not self.cameras or alert.camera_id in self.cameras))
+
+
+class NotifyConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
+
+    destinations: list[Destination] = Field(min_length=1)
+    retry: RetryPolicy = Field(default_factory=RetryPolicy)
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> NotifyConfig:
+        names = [d.name for d in self.destinations]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"destination names must be unique, repeated: {', '.join(dupes)}")
+        return self
+
+
+def host_of(url: str) -> str:
+    """What may be shown of a webhook URL: scheme, host and port (the path often is the secret)."""
+    parts = urlsplit(url)
+    port = f":{parts.port}" if parts.port else ""
+    return f"{parts.scheme}://{parts.hostname}{port}"
+
+
+def load_config(path: Path) -> NotifyConfig:
+    """Parse and validate ``path``; every destination's URL must resolve now, not at the first alert."""
+    try:
+        data = yaml.safe_load(path.read_text())
+    except OSError as exc:
+        raise NotifyConfigError(f"{path}: cannot read ({exc.strerror})") from None
+    except yaml.YAMLError as exc:
+        raise NotifyConfigError(f"{path}: not valid YAML ({exc})") from None
+    if not isinstance(data, dict):
+        raise NotifyConfigError(f"{path}: expected a mapping with 'destinations', got {type(data).__name__}")
+    try:
+        config = NotifyConfig.model_validate(data)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or '(top)'}: {e['msg']}"
+                             for e in exc.errors(include_url=False))
+        raise NotifyConfigError(f"{path}: {problems}") from None
+    for destination in config.destinations:
+        try:
+            destination.resolved_url()
+        except NotifyConfigError as exc:
+            raise NotifyConfigError(f"{path}: {exc}") from None
+    return config

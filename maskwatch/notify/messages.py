@@ -1,0 +1,67 @@
+"""Webhook bodies for an alert: Slack (text + Block Kit), Microsoft Teams (MessageCard), or the alert JSON."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from maskwatch.schemas.events import Alert
+
+
+def _where(alert: Alert) -> str:
+    return " / ".join(part for part in (alert.site, alert.zone, alert.camera_id) if part)
+
+
+def summary(alert: Alert) -> str:
+    """One line for notification previews and plain-text fallbacks."""
+    return (f"No-mask alert at {_where(alert)}: {alert.nomask_faces} of {alert.faces} faces without a mask "
+            f"({alert.nomask_ratio:.0%}) — rule {alert.rule}")
+
+
+def _facts(alert: Alert) -> list[tuple[str, str]]:
+    window = f"{alert.window_start:%Y-%m-%d %H:%M:%S} – {alert.window_end:%H:%M:%S} UTC"
+    facts = [("Camera", alert.camera_id), ("Site", alert.site or "—"), ("Zone", alert.zone or "—"),
+             ("No-mask faces", f"{alert.nomask_faces} of {alert.faces} ({alert.nomask_ratio:.0%})"),
+             ("Rule", alert.rule), ("Window", window), ("Alert id", alert.alert_id)]
+    if alert.message:
+        facts.append(("Message", alert.message))
+    return facts
+
+
+def slack(alert: Alert) -> dict[str, Any]:
+    fields = [{"type": "mrkdwn", "text": f"*{name}*\n{value}"} for name, value in _facts(alert)]
+    return {
+        "text": summary(alert),  # shown in notifications and by clients without Block Kit
+        "blocks": [
+            {"type": "header", "text": {"type": "plain_text", "text": f"No-mask alert: {_where(alert)}"}},
+            {"type": "section", "fields": fields[:10]},  # Slack allows at most 10 fields per section
+            {"type": "context", "elements": [
+                {"type": "mrkdwn", "text": f"triggered {alert.triggered_at:%Y-%m-%d %H:%M:%S} UTC"}]},
+        ],
+    }
+
+
+def teams(alert: Alert) -> dict[str, Any]:
+    return {
+        "@type": "MessageCard",
+        "@context": "https://schema.org/extensions",
+        "summary": summary(alert),
+        "themeColor": "D13438",
+        "title": f"No-mask alert: {_where(alert)}",
+        "sections": [{
+            "activityTitle": alert.rule,
+            "activitySubtitle": f"triggered {alert.triggered_at:%Y-%m-%d %H:%M:%S} UTC",
+            "facts": [{"name": name, "value": value} for name, value in _facts(alert)],
+            "markdown": True,
+        }],
+    }
+
+
+def generic(alert: Alert) -> dict[str, Any]:
+    return alert.model_dump(mode="json")
+
+
+FORMATTERS = {"slack": slack, "teams": teams, "generic": generic}
+
+
+def render(alert: Alert, fmt: str) -> dict[str, Any]:
+    return FORMATTERS[fmt](alert)

@@ -1,0 +1,179 @@
+"""``maskwatch notify``: alerts from the alert topic to Slack / Teams / generic webhooks, at least once.
+
+The consumer commits an alert's offset only after every matching destination has it (or the failure went to
+the dead-letter topic), so a crash redelivers it; a SQLite record of (alert id, destination) pairs already
+posted keeps a redelivered or re-published alert from being posted twice. A payload that is not a valid
+alert goes to the dead-letter topic with its reason and the notifier carries on. Each destination has its
+own token bucket (every HTTP try takes a token) and bounded exponential backoff.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from maskwatch import metrics
+from maskwatch.config import Settings
+from maskwatch.notify.config import Destination, NotifyConfig, host_of
+from maskwatch.notify.delivery import DeliveryStore, TokenBucket, deliver
+from maskwatch.notify.messages import render
+from maskwatch.schemas.events import Alert, DeadLetter
+from maskwatch.schemas.parse import SchemaError, parse_event
+
+log = logging.getLogger(__name__)
+
+# Defined with every other metric in maskwatch.metrics (one registry, names the Grafana dashboard uses).
+POSTS = metrics.NOTIFY_POSTS
+DEAD_LETTERS = metrics.NOTIFY_DEAD_LETTERS
+
+# An alert may wait on rate limits and backoff for minutes; don't let the group evict us meanwhile.
+MAX_POLL_INTERVAL_MS = 1_800_000
+
+
+class DeadLetterError(RuntimeError):
+    """The dead-letter topic did not take a record: stop before committing past it."""
+
+
+@dataclass
+class NotifyStats:
+    alerts: int = 0
+    posted: int = 0
+    duplicates: int = 0  # already delivered to that destination (redelivery or a re-published alert)
+    failed: int = 0  # gave up after retries or a permanent error; went to the dead-letter topic
+    invalid: int = 0  # not an alert; went to the dead-letter topic
+    retries: int = 0
+
+
+class Notifier:
+    """Consumes the alert topic in a consumer group and posts to the configured destinations."""
+
+    def __init__(self, config: NotifyConfig, settings: Settings | None = None,
+                 group_id: str = "maskwatch-notify", state_path: Path | None = None):
+        from maskwatch import kafka
+
+        self.settings = settings or Settings()
+        self.config = config
+        self.urls = {d.name: d.resolved_url() for d in config.destinations}
+        self.buckets = {d.name: TokenBucket(d.rate) for d in config.destinations}
+        self.store = DeliveryStore(state_path or self.settings.home / "notify" / "delivered.sqlite")
+        self.stats = NotifyStats()
+        self.consumer = kafka.consumer(group_id, self.settings, enable_auto_commit=False,
+                                       auto_offset_reset="earliest",
+                                       max_poll_interval_ms=MAX_POLL_INTERVAL_MS)
+        self.producer = kafka.producer(self.settings, linger_ms=0)
+        self._stop = threading.Event()
+
+    def run(self, stop: threading.Event) -> NotifyStats:
+        """Until ``stop`` is set; the alert in hand when it is set stays uncommitted unless finished."""
+        self._stop = stop
+        self.consumer.subscribe([self.settings.topic_alerts])
+        shown = ", ".join(f"{d.name}:{d.format}->{host_of(self.urls[d.name])}"
+                          for d in self.config.destinations)
+        log.info("notifier: destinations [%s], topic %s", shown, self.settings.topic_alerts)
+        try:
+            while not stop.is_set():
+                msg = self.consumer.poll(0.5)
+                if msg is None:
+                    continue
+                if msg.error():
+                    log.warning("alert consumer: %s", msg.error())
+                    continue
+                if self.handle(msg):
+                    self._commit(msg)
+        finally:
+            self.producer.flush(10)
+            self.consumer.close()
+            self.store.close()
+            log.info("notifier stopped: %s", self.stats)
+        return self.stats
+
+    def _commit(self, msg: Any) -> None:
+        from confluent_kafka import KafkaException
+
+        try:
+            self.consumer.commit(message=msg, asynchronous=False)
+        except KafkaException as exc:
+            # Typically a rebalance took the partition away meanwhile: its new owner gets the record
+            # again, and the delivery record keeps it from being posted twice.
+            log.warning("commit of %s[%d]@%d failed (%s); it may be redelivered", msg.topic(),
+                        msg.partition(), msg.offset(), exc.args[0])
+
+    def handle(self, msg: Any) -> bool:
+        """True when the record is done with (delivered, duplicate or dead-lettered) and may be committed."""
+        try:
+            alert = parse_event(Alert, msg.value() or b"")
+        except SchemaError as exc:
+            self.stats.invalid += 1
+            log.error("invalid alert at %s[%d]@%d: %s", msg.topic(), msg.partition(), msg.offset(), exc)
+            self.dead_letter(msg, "notify_parse", str(exc))
+            return True
+        self.stats.alerts += 1
+        for destination in self.config.destinations:
+            if not destination.matches(alert):
+                continue
+            if not self._deliver(alert, destination, msg):
+                return False
+        return True
+
+    def _deliver(self, alert: Alert, destination: Destination, msg: Any) -> bool:
+        name = destination.name
+        if self.store.delivered(alert.alert_id, name):
+            self.stats.duplicates += 1
+            POSTS.labels(name, "duplicate").inc()
+            log.info("alert %s already delivered to %s; not posting again", alert.alert_id, name)
+            return True
+        label = f"alert {alert.alert_id} -> {name} ({host_of(self.urls[name])})"
+        result = deliver(self.urls[name], render(alert, destination.format), self.config.retry,
+                         wait=self._wait, acquire=lambda: self._take_token(name), label=label)
+        self.stats.retries += max(0, result.attempts - 1)
+        if result.interrupted:
+            return False
+        if result.ok:
+            self.store.mark(alert.alert_id, name)
+            self.stats.posted += 1
+            POSTS.labels(name, "posted").inc()
+            log.info("%s: delivered (HTTP %s, %d tries)", label, result.status, result.attempts)
+            return True
+        self.stats.failed += 1
+        POSTS.labels(name, "failed").inc()
+        reason = f"destination {name}: gave up after {result.attempts} tries: {result.error}"
+        log.error("%s: %s; sent to the dead-letter topic", label, reason)
+        self.dead_letter(msg, f"notify:{name}", reason)
+        return True
+
+    def _wait(self, seconds: float) -> bool:
+        """Sleep unless stopping; False means stop now."""
+        return not self._stop.wait(seconds)
+
+    def _take_token(self, name: str) -> bool:
+        bucket = self.buckets[name]
+        while (delay := bucket.wait_time()) > 0:
+            if not self._wait(delay):
+                return False
+        bucket.take()
+        return True
+
+    def dead_letter(self, msg: Any, stage: str, error: str) -> None:
+        value: bytes = msg.value() or b""
+        key: bytes = msg.key() or b""
+        record = DeadLetter(stage=stage, error=error, topic=msg.topic() or "", partition=msg.partition(),
+                            offset=msg.offset(), key=key.decode(errors="replace"),
+                            payload=value.decode(errors="replace"), occurred_at=datetime.now(UTC))
+        failures: list[str] = []
+
+        def delivered(err: Any, _msg: Any) -> None:
+            if err is not None:
+                failures.append(str(err))
+
+        self.producer.produce(self.settings.topic_dead_letter, key=key or None,
+                              value=record.model_dump_json().encode(), on_delivery=delivered)
+        left = self.producer.flush(30)
+        if left or failures:
+            why = failures[0] if failures else "timed out"
+            raise DeadLetterError(f"dead-letter topic {self.settings.topic_dead_letter} did not take the "
+                                  f"record ({why}); stopping uncommitted")
+        DEAD_LETTERS.labels(stage).inc()
