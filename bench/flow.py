@@ -102,8 +102,7 @@ def service_pids(settings: Settings) -> dict[str, int | None]:
 def run_settings(base: Settings, name: str) -> Settings:
     """A fresh database, topics and home per run, on the same services."""
     host = base.store_url.split("?")[0]
-    return dataclasses.replace(
-        base,
+    return base.replace(
         home=base.home / name,
         store_url=f"{host}?database=bench_{name}",
         topic_ticks=f"bench.ticks.{name}",

@@ -37,11 +37,12 @@ from pathlib import Path
 
 import yaml
 
+from maskwatch.config import DashboardSettings
+
 log = logging.getLogger(__name__)
 
 USERS_FILE_ENV = "MASKWATCH_DASHBOARD_USERS_FILE"
 SESSION_MINUTES_ENV = "MASKWATCH_DASHBOARD_SESSION_MINUTES"
-DEFAULT_SESSION_MINUTES = 30.0
 MIN_PASSWORD_LENGTH = 8
 # Failures allowed before the form locks; then 30 s, 60 s, 120 s ... up to 15 minutes.
 FREE_ATTEMPTS = 5
@@ -94,8 +95,8 @@ def verify_password(password: str, encoded: str) -> bool:
 
 
 def users_file() -> Path | None:
-    raw = os.environ.get(USERS_FILE_ENV, "").strip()
-    return Path(raw).expanduser() if raw else None
+    path = DashboardSettings().users_file
+    return path.expanduser() if path is not None and str(path).strip() else None
 
 
 def load_users(path: Path) -> dict[str, Account]:
@@ -164,14 +165,7 @@ def check_credentials(users: dict[str, Account], name: str, password: str) -> bo
 
 
 def session_minutes() -> float:
-    raw = os.environ.get(SESSION_MINUTES_ENV, "").strip()
-    try:
-        minutes = float(raw) if raw else DEFAULT_SESSION_MINUTES
-    except ValueError:
-        minutes = -1
-    if minutes <= 0:
-        raise UsersFileError(f"{SESSION_MINUTES_ENV}={raw!r}: expected minutes > 0")
-    return minutes
+    return DashboardSettings().session_minutes
 
 
 def lock_seconds(failures: int) -> float:

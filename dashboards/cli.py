@@ -10,7 +10,6 @@ import click
 from maskwatch.dashboards.auth import ROLES
 
 APP = Path(__file__).with_name("app.py")
-DEFAULT_PORT = 8501
 
 
 def streamlit_args(host: str, port: int) -> list[str]:
@@ -35,10 +34,13 @@ def dashboard() -> None:
 
 @dashboard.command()
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind.")
-@click.option("--port", default=DEFAULT_PORT, show_default=True, type=click.IntRange(1, 65535),
-              envvar="MASKWATCH_DASHBOARD_PORT", help="Port (env MASKWATCH_DASHBOARD_PORT).")
-def run(host: str, port: int) -> None:
+@click.option("--port", default=None, type=click.IntRange(1, 65535),
+              help="Port [env MASKWATCH_DASHBOARD_PORT, default 8501].")
+def run(host: str, port: int | None) -> None:
     """Serve the dashboard on http://HOST:PORT until SIGINT/SIGTERM."""
+    from maskwatch.config import DashboardSettings
+
+    port = port or DashboardSettings().port
     from streamlit.web import cli as streamlit_cli
 
     from maskwatch.ports import port_in_use
@@ -75,17 +77,21 @@ def seed_command(n_cameras: int, days: float, interval_s: float, dataset_dir: Pa
 
 @dashboard.command("adduser")
 @click.argument("name")
-@click.option("--users-file", type=click.Path(dir_okay=False, path_type=Path), required=True,
-              envvar="MASKWATCH_DASHBOARD_USERS_FILE",
-              help="Users file to create or update (env MASKWATCH_DASHBOARD_USERS_FILE).")
+@click.option("--users-file", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Users file to create or update [env MASKWATCH_DASHBOARD_USERS_FILE].")
 @click.option("--role", type=click.Choice(ROLES), default=None,
               help="viewer reads; operator also manages cameras and acknowledges alerts; admin also allows "
                    "private-network cameras. Default: new users are viewers, existing ones keep their role.")
 @click.option("--password-stdin", is_flag=True,
               help="Read the password from the first line of stdin (for scripts).")
-def adduser_command(name: str, users_file: Path, role: str | None, password_stdin: bool) -> None:
+def adduser_command(name: str, users_file: Path | None, role: str | None, password_stdin: bool) -> None:
     """Add user NAME to the dashboard login, or set a new password (asked for; never an argument)."""
     from maskwatch.dashboards.auth import UsersFileError, add_user, load_users
+    from maskwatch.dashboards.auth import users_file as configured
+
+    users_file = users_file or configured()
+    if users_file is None:
+        raise click.UsageError("give the users file: --users-file FILE or MASKWATCH_DASHBOARD_USERS_FILE")
 
     if password_stdin:
         password = sys.stdin.readline().rstrip("\r\n")

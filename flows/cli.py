@@ -1,4 +1,7 @@
-"""``maskwatch flow``: run the detection dataflow (a thin wrapper over ``python -m bytewax.run``)."""
+"""``maskwatch flow run``: the detection dataflow on this process, alone or as one process of a cluster.
+
+A thin wrapper over what ``python -m bytewax.run "maskwatch.flows.dataflow:build_flow()"`` does, reading the
+same Bytewax variables, plus recovery set-up, a model check and maskwatch's metrics."""
 
 from __future__ import annotations
 
@@ -12,26 +15,20 @@ import click
 log = logging.getLogger(__name__)
 
 
-def processes_on_host(addresses: list[str] | None, process_id: int | None) -> int:
-    """Processes of the cluster listed with the same host as this one (1 without a cluster)."""
-    if not addresses or process_id is None:
-        return 1
-    host = addresses[process_id].rsplit(":", 1)[0]
-    return sum(1 for a in addresses if a.rsplit(":", 1)[0] == host)
-
-
 @click.group()
 def flow() -> None:
     """The Bytewax detection dataflow: ticks -> frames -> inference -> rules -> store and alerts."""
 
 
 @flow.command()
-@click.option("-w", "--workers", "workers", default=1, show_default=True, type=click.IntRange(1),
-              envvar="BYTEWAX_WORKERS_PER_PROCESS", help="Worker threads in this process.")
-@click.option("-i", "--process-id", type=click.IntRange(0), default=None, envvar="BYTEWAX_PROCESS_ID",
-              help="This process's index in a cluster (with -a).")
-@click.option("-a", "--addresses", default=None, envvar="BYTEWAX_ADDRESSES",
-              help="host:port of every process of the cluster, ';'-separated, same order on all hosts.")
+@click.option("-w", "--workers", "workers", default=None, type=click.IntRange(1),
+              help="Worker threads in this process [env BYTEWAX_WORKERS_PER_PROCESS, default 1].")
+@click.option("-i", "--process-id", type=click.IntRange(0), default=None,
+              help="This process's index in a cluster, with -a [env BYTEWAX_PROCESS_ID, or the ordinal of "
+                   "BYTEWAX_POD_NAME in BYTEWAX_STATEFULSET_NAME].")
+@click.option("-a", "--addresses", default=None,
+              help="host:port of every process of the cluster, ';'-separated, same order on all hosts "
+                   "[env BYTEWAX_ADDRESSES, or the lines of BYTEWAX_HOSTFILE_PATH].")
 @click.option("-r", "--recovery-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               envvar="BYTEWAX_RECOVERY_DIRECTORY",
               help="Bytewax recovery directory (default $MASKWATCH_HOME/recovery); created with "
@@ -45,39 +42,24 @@ def flow() -> None:
 @click.option("-b", "--backup-interval", default=0.0, show_default=True, type=click.FloatRange(0),
               envvar="BYTEWAX_RECOVERY_BACKUP_INTERVAL",
               help="Seconds to keep superseded snapshots (set to your recovery-dir backup period).")
-@click.option("--metrics-port", type=click.IntRange(0, 65535), default=0, envvar="MASKWATCH_METRICS_PORT",
-              help="Serve Prometheus metrics (/metrics) on this port (0: off).")
-@click.option("--metrics-addr", default=None, envvar="MASKWATCH_METRICS_ADDR",
-              help="Address the metrics server binds (default MASKWATCH_METRICS_HOST, else 127.0.0.1).")
-def run(workers: int, process_id: int | None, addresses: str | None, recovery_dir: Path | None,
+@click.option("--metrics-port", type=click.IntRange(0, 65535), default=None,
+              help="Serve Prometheus metrics (/metrics) on this port (0: off) [env MASKWATCH_METRICS_PORT].")
+@click.option("--dataflow-api-port", type=click.IntRange(1, 65535), default=None,
+              help="Also run Bytewax's dataflow API (/dataflow, and /metrics with Bytewax's own metrics) on "
+                   "this port. It binds every interface without authentication: keep it behind a network "
+                   "policy [env BYTEWAX_DATAFLOW_API_PORT with BYTEWAX_DATAFLOW_API_ENABLED].")
+def run(workers: int | None, process_id: int | None, addresses: str | None, recovery_dir: Path | None,
         no_recovery: bool, recovery_parts: int, snapshot_interval: float, backup_interval: float,
-        metrics_port: int, metrics_addr: str | None) -> None:
+        metrics_port: int | None, dataflow_api_port: int | None) -> None:
     """Run the flow until interrupted. All other settings come from MASKWATCH_* variables."""
     from bytewax.recovery import RecoveryConfig, init_db_dir
     from bytewax.run import cli_main
 
+    from maskwatch import metrics
     from maskwatch.config import Settings
+    from maskwatch.flows.cluster import Cluster, ClusterError, from_environ
     from maskwatch.flows.dataflow import build_flow
-
-    if (process_id is None) != (addresses is None):
-        raise click.UsageError("-i/--process-id and -a/--addresses go together")
-    hosts = addresses.split(";") if addresses else None
-    if hosts and process_id is not None and process_id >= len(hosts):
-        raise click.UsageError(f"-i {process_id}: only {len(hosts)} addresses in -a")
-    # Micro-batch shards default to one per worker of the whole cluster.
-    os.environ.setdefault("MASKWATCH_FLOW_SHARDS", str(workers * (len(hosts) if hosts else 1)))
-    # Engines that share this host's cores: several processes of one cluster on one host (a big GPU host,
-    # the bench) would otherwise each start a thread per core in every ONNX Runtime session.
-    os.environ["MASKWATCH_FLOW_WORKERS"] = str(workers * processes_on_host(hosts, process_id))
-    recovery = None
-    if not no_recovery:
-        recovery_dir = recovery_dir or Settings().home / "recovery"
-        if not recovery_dir.exists() or not any(recovery_dir.iterdir()):
-            recovery_dir.mkdir(parents=True, exist_ok=True)
-            init_db_dir(recovery_dir, recovery_parts)
-            log.info("created recovery directory %s with %d partition(s)", recovery_dir, recovery_parts)
-        recovery = RecoveryConfig(recovery_dir, timedelta(seconds=backup_interval))
-    # Fail now, not at the first tick, when the models were never pulled.
+    from maskwatch.flows.options import FlowOptions
     from maskwatch.inference.models.manifest import (
         DEFAULT_CLASSIFIER,
         DEFAULT_DETECTOR,
@@ -86,19 +68,41 @@ def run(workers: int, process_id: int | None, addresses: str | None, recovery_di
     )
 
     try:
+        env = from_environ()
+        hosts = tuple(addresses.split(";")) if addresses else env.addresses
+        pid = process_id if process_id is not None else env.process_id if hosts == env.addresses else None
+        cluster = Cluster(workers or env.workers_per_process, pid, hosts)
+    except ClusterError as exc:
+        raise click.UsageError(str(exc)) from None
+    settings = Settings()
+    # Engines that share this host's cores: several processes of one cluster on one host (a big GPU host,
+    # the bench) would otherwise each start a thread per core in every ONNX Runtime session.
+    opts = FlowOptions.from_settings(workers=cluster.workers_on_this_host,
+                                     cluster_workers=cluster.total_workers)
+    recovery = None
+    if not no_recovery:
+        recovery_dir = recovery_dir or settings.home / "recovery"
+        if not recovery_dir.exists() or not any(recovery_dir.iterdir()):
+            recovery_dir.mkdir(parents=True, exist_ok=True)
+            init_db_dir(recovery_dir, recovery_parts)
+            log.info("created recovery directory %s with %d partition(s)", recovery_dir, recovery_parts)
+        recovery = RecoveryConfig(recovery_dir, timedelta(seconds=backup_interval))
+    # Fail now, not at the first tick, when the models were never pulled.
+    try:
         get_spec(DEFAULT_DETECTOR)
         get_spec(DEFAULT_CLASSIFIER)
     except ModelNotPulledError as exc:
         raise click.ClickException(str(exc)) from None
-    dataflow = build_flow()
-    if metrics_port:
-        from maskwatch.metrics import serve_metrics
-
-        if metrics_addr:
-            os.environ["MASKWATCH_METRICS_HOST"] = metrics_addr
-        serve_metrics(metrics_port)
-    log.info("flow starting: %d worker(s)%s%s", workers,
-             f", process {process_id} of {len(hosts)}" if hosts else "",
+    dataflow = build_flow(settings, opts)
+    metrics.serve_metrics(metrics_port)
+    if dataflow_api_port is not None:
+        # Read by Bytewax's runtime when cli_main starts (it serves the API from Rust).
+        os.environ["BYTEWAX_DATAFLOW_API_ENABLED"] = "1"
+        os.environ["BYTEWAX_DATAFLOW_API_PORT"] = str(dataflow_api_port)
+        os.environ.setdefault("BYTEWAX_DATAFLOW_API_CACHE_PATH", str(settings.home))
+    log.info("flow starting: %d worker(s)%s%s", cluster.workers_per_process,
+             f", process {cluster.process_id} of {len(cluster.addresses)}" if cluster.addresses else "",
              f", recovery in {recovery_dir}" if recovery else ", no recovery")
-    cli_main(dataflow, workers_per_process=workers, process_id=process_id, addresses=hosts,
-             epoch_interval=timedelta(seconds=snapshot_interval), recovery_config=recovery)
+    cli_main(dataflow, workers_per_process=cluster.workers_per_process, process_id=cluster.process_id,
+             addresses=list(cluster.addresses) or None, epoch_interval=timedelta(seconds=snapshot_interval),
+             recovery_config=recovery)

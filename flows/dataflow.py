@@ -25,6 +25,7 @@ from maskwatch import metrics
 from maskwatch.config import Settings
 from maskwatch.flows.alerts import observations, to_alert
 from maskwatch.flows.batching import TickOutcome, micro_batches
+from maskwatch.flows.cluster import running
 from maskwatch.flows.health import count_health
 from maskwatch.flows.options import FlowOptions
 from maskwatch.flows.rules import AlertDecision, Observation
@@ -39,8 +40,16 @@ log = logging.getLogger(__name__)
 
 
 def build_flow(settings: Settings | None = None, opts: FlowOptions | None = None) -> Dataflow:
+    """The detection dataflow. ``maskwatch flow run`` passes both arguments. Called with none, as Bytewax's
+    own runner does (``python -m bytewax.run "maskwatch.flows.dataflow:build_flow()"``), it reads the
+    settings from the environment, takes one micro-batch shard per worker of the cluster bytewax.run was
+    started with, and serves maskwatch's /metrics on ``MASKWATCH_METRICS_PORT``."""
+    if opts is None:
+        cluster = running()
+        opts = FlowOptions.from_settings(workers=cluster.workers_on_this_host,
+                                         cluster_workers=cluster.total_workers)
+        metrics.serve_metrics()
     settings = settings or Settings()
-    opts = opts or FlowOptions.from_env()
     rt = FlowRuntime(settings, opts)
     kafka_conf = settings.kafka_config()
     brokers = [kafka_conf.pop("bootstrap.servers")]

@@ -19,6 +19,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
+from maskwatch.config import Settings
 from maskwatch.inference.fp16 import to_fp16
 
 log = logging.getLogger(__name__)
@@ -42,11 +43,8 @@ def cpu_count() -> int:
 
 def wanted_providers(device: Device = "auto") -> list[str]:
     """Provider names to try, best first, limited to what this onnxruntime build offers."""
-    env = os.environ.get("MASKWATCH_DEVICE")
-    if device == "auto" and env:
-        if env not in _PROVIDER and env != "auto":
-            raise ValueError(f"MASKWATCH_DEVICE={env!r}: expected one of auto, cpu, cuda, tensorrt")
-        device = env  # type: ignore[assignment]
+    if device == "auto":
+        device = Settings().device
     available = set(ort.get_available_providers())
     order = ["tensorrt", "cuda", "cpu"] if device == "auto" else [device, "cpu"]
     return [_PROVIDER[d] for d in dict.fromkeys(order) if _PROVIDER[d] in available]

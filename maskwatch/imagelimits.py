@@ -9,12 +9,12 @@ arrive already decoded (RTSP) can be checked with ``check_dimensions``.
 
 from __future__ import annotations
 
-import os
 import struct
 
-DEFAULT_MAX_IMAGE_BYTES = 20 * 1024 * 1024
-# 8K UHD is 33.2 Mpx; anything bigger from a security camera is a mistake or an attack.
-DEFAULT_MAX_IMAGE_PIXELS = 40_000_000
+from maskwatch.config import ImageLimits
+
+# Defaults in maskwatch.config.ImageLimits: 20 MiB, and 40 Mpx (8K UHD is 33.2 Mpx; anything bigger from a
+# security camera is a mistake or an attack).
 
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 # JPEG start-of-frame markers (baseline, progressive, lossless, arithmetic); not DHT (C4), JPG (C8), DAC (CC).
@@ -27,21 +27,12 @@ class ImageLimitError(ValueError):
     """An image refused before decoding; the message says which limit or what is wrong with it."""
 
 
-def _limit(name: str, default: int) -> int:
-    raw = os.environ.get(name, "").strip()
-    if not raw:
-        return default
-    if not raw.isdigit() or int(raw) < 1:
-        raise ImageLimitError(f"{name}={raw!r}: expected a whole number >= 1")
-    return int(raw)
-
-
 def max_image_bytes() -> int:
-    return _limit("MASKWATCH_MAX_IMAGE_BYTES", DEFAULT_MAX_IMAGE_BYTES)
+    return ImageLimits().bytes
 
 
 def max_image_pixels() -> int:
-    return _limit("MASKWATCH_MAX_IMAGE_PIXELS", DEFAULT_MAX_IMAGE_PIXELS)
+    return ImageLimits().pixels
 
 
 def _jpeg_size(data: bytes) -> tuple[int, int]:

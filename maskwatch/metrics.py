@@ -16,10 +16,11 @@ Counters are named without ``_total``; prometheus-client appends it on export.
 from __future__ import annotations
 
 import logging
-import os
 import threading
 
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
+
+from maskwatch.config import Settings
 
 log = logging.getLogger(__name__)
 
@@ -74,14 +75,12 @@ def serve_metrics(port: int | None = None) -> int | None:
     returns the port already served (a process exports one registry, so one endpoint is enough). A port
     that cannot be bound is logged as an error and the process goes on without metrics (None)."""
     global _serving
+    settings = Settings()
     if port is None:
-        raw = os.environ.get("MASKWATCH_METRICS_PORT", "").strip() or "0"
-        if not raw.isdigit() or int(raw) > 65535:
-            raise ValueError(f"MASKWATCH_METRICS_PORT={raw!r}: expected a port number 0-65535")
-        port = int(raw)
+        port = settings.metrics_port
     if not port:
         return None
-    host = os.environ.get("MASKWATCH_METRICS_HOST", "").strip() or "127.0.0.1"
+    host = settings.metrics_host
     with _lock:
         if _serving is not None:
             if _serving != (host, port):

@@ -29,6 +29,7 @@ import socket
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
+from maskwatch.config import Settings
 from maskwatch.schemas.redaction import redact_url
 
 ALLOWED_SCHEMES = ("rtsp", "rtsps", "http", "https", "file")
@@ -48,11 +49,10 @@ class SourcePolicyError(ValueError):
 
 def file_roots() -> list[Path]:
     """Directories ``file://`` sources may be under (``MASKWATCH_FILE_ROOTS``, else the defaults)."""
-    raw = os.environ.get("MASKWATCH_FILE_ROOTS")
-    if raw is not None:
-        return [Path(p).expanduser().resolve() for p in raw.split(os.pathsep) if p.strip()]
-    home = Path(os.environ.get("MASKWATCH_HOME", ".maskwatch")).resolve()
-    return [_REPO_ROOT / "samples", (_REPO_ROOT.parent / "shared" / "datasets").resolve(), home]
+    settings = Settings()
+    if settings.file_roots is not None:
+        return list(settings.file_roots)
+    return [_REPO_ROOT / "samples", (_REPO_ROOT.parent / "shared" / "datasets").resolve(), settings.home]
 
 
 def _refusal(ip: IPAddress) -> str | None:

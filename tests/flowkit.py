@@ -6,7 +6,6 @@ reading back.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import http.server
 import os
 import subprocess
@@ -322,8 +321,8 @@ def variant(settings: Settings, name: str) -> Settings:
     """``settings`` with its own home, database and topics, for one of several runs in a test."""
     suffix = f"{name}.{uuid.uuid4().hex[:8]}"
     db = f"t_{uuid.uuid4().hex}"
-    return dataclasses.replace(
-        settings, home=settings.home / name, store_url=settings.store_url.split("?")[0] + f"?database={db}",
+    return settings.replace(
+        home=settings.home / name, store_url=settings.store_url.split("?")[0] + f"?database={db}",
         topic_ticks=f"maskwatch.ticks.{suffix}", topic_alerts=f"maskwatch.alerts.{suffix}",
         topic_dead_letter=f"maskwatch.dead-letter.{suffix}",
     )

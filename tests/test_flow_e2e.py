@@ -39,8 +39,7 @@ def test_flow_end_to_end(tmp_path: Path, mw_env: Settings, dataset_dir: Path, ha
                                     (None, b"\xff\xfe binary")])
     log_path = tmp_path / "flow.log"
     metrics_port = free_port()
-    proc = start_flow({**sc.env, "MASKWATCH_METRICS_PORT": str(metrics_port),
-                       "MASKWATCH_METRICS_ADDR": "127.0.0.1"}, log_path)
+    proc = start_flow({**sc.env, "MASKWATCH_METRICS_PORT": str(metrics_port)}, log_path)
     try:
         wait_for("every tick's frame row", has_frames(sc.settings, sc.expected_frames), 150, proc,
                  log_path)

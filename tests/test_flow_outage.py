@@ -3,7 +3,6 @@ the store is back; the flow never stops. Its own store server (the shared one mu
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from pathlib import Path
 
@@ -32,7 +31,7 @@ def test_store_outage_loses_nothing(tmp_path: Path, mw_env: Settings, dataset_di
                        attached=True)
     request.addfinalizer(own.stop)  # the restarted server must not outlive the test
     own.start()
-    settings = dataclasses.replace(mw_env, store_url=f"{own.url}/?database=outage")
+    settings = mw_env.replace(store_url=f"{own.url}/?database=outage")
     sc = build_scenario(tmp_path / "scenario", settings, dataset_dir, hanging_camera)
     env = {**sc.env, "MASKWATCH_FLOW_STORE_RETRY_MAX_S": "1"}
     cut = len(sc.ticks) // 3

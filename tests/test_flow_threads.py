@@ -15,10 +15,9 @@ from maskwatch.inference.session import OrtModel, cpu_count
 
 
 @pytest.mark.parametrize("workers", [1, 2])
-def test_worker_engines_split_the_cores(workers: int, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("MASKWATCH_FLOW_WORKERS", str(workers))  # what `maskwatch flow run -w` sets
-    opts = FlowOptions.from_env()
-    assert opts.workers == workers
+def test_worker_engines_split_the_cores(workers: int) -> None:
+    opts = FlowOptions.from_settings(workers=workers, cluster_workers=workers)  # `maskwatch flow run -w`
+    assert opts.workers == workers and opts.shards == workers
     runtime = FlowRuntime(Settings(), opts)
     engines: list[InferenceEngine] = []
 
@@ -41,15 +40,15 @@ def test_worker_engines_split_the_cores(workers: int, monkeypatch: pytest.Monkey
 
 
 def test_cluster_processes_on_one_host_share_its_cores() -> None:
-    from maskwatch.flows.cli import processes_on_host
+    from maskwatch.flows.cluster import Cluster
 
-    assert processes_on_host(None, None) == 1
-    local = ["127.0.0.1:2101", "127.0.0.1:2102", "127.0.0.1:2103"]
-    assert processes_on_host(local, 1) == 3
-    pods = ["flow-0.flow:2101", "flow-1.flow:2101", "flow-2.flow:2101"]  # one process per pod (Kubernetes)
-    assert processes_on_host(pods, 2) == 1
-    mixed = ["gpu-a:2101", "gpu-a:2102", "gpu-b:2101"]
-    assert (processes_on_host(mixed, 0), processes_on_host(mixed, 2)) == (2, 1)
+    assert Cluster().workers_on_this_host == 1 and Cluster(3).total_workers == 3
+    local = ("127.0.0.1:2101", "127.0.0.1:2102", "127.0.0.1:2103")
+    assert Cluster(1, 1, local).workers_on_this_host == 3
+    pods = ("flow-0.flow:2101", "flow-1.flow:2101", "flow-2.flow:2101")  # one process per pod (Kubernetes)
+    assert Cluster(2, 2, pods).workers_on_this_host == 2 and Cluster(2, 2, pods).total_workers == 6
+    mixed = ("gpu-a:2101", "gpu-a:2102", "gpu-b:2101")
+    assert (Cluster(1, 0, mixed).workers_on_this_host, Cluster(1, 2, mixed).workers_on_this_host) == (2, 1)
 
 
 def test_cpu_batches_run_split_across_single_threaded_runs() -> None:

@@ -188,17 +188,18 @@ def test_windowed_rules_per_camera_overrides_and_late_ticks() -> None:
     assert [d.alert_id for d in again] == [d.alert_id for d in decisions]
 
 
-def test_zone_scope_catches_a_crowd_spread_over_cameras() -> None:
+def test_zone_scope_catches_a_crowd_spread_over_cameras(monkeypatch: pytest.MonkeyPatch) -> None:
+    from maskwatch.config import ConfigError, FlowSettings
     from maskwatch.flows.alerts import to_alert
-    from maskwatch.flows.options import FlowOptions, OptionError
     from maskwatch.flows.rules import parse_scope, scope_keys
 
     scopes = ("camera", "zone", "site")
     assert scope_keys("c1", "hq", "lobby", scopes) == ["c1", "zone:hq/lobby", "site:hq"]
     assert scope_keys("c1", "", "", scopes) == ["c1"]
     assert parse_scope("zone:hq/lobby") == ("zone", "hq", "lobby") and parse_scope("c1") == ("camera", "", "")
-    with pytest.raises(OptionError, match="RULE_SCOPES"):
-        FlowOptions(rule_scopes=("camera", "floor"))
+    with pytest.raises(ConfigError, match="MASKWATCH_FLOW_RULE_SCOPES='floor'"):
+        monkeypatch.setenv("MASKWATCH_FLOW_RULE_SCOPES", "camera,floor")
+        FlowSettings()
     # Two cameras of one zone each see 3 no-mask faces in the window: under the per-camera threshold
     # (4), over it for the zone as a whole.
     config = RuleConfig(window_s=20, min_nomask_faces=4, nomask_ratio=1.0, min_frames=100, cooldown_s=600)

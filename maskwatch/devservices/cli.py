@@ -3,12 +3,11 @@ embedded default: services, schema, sample cameras, ticker, flow, dashboard)."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import click
 
-from maskwatch.config import Settings, settings
+from maskwatch.config import DashboardSettings, Settings, settings
 from maskwatch.devservices.demo import SAMPLE_CAMERAS, start_apps, stop_apps
 from maskwatch.devservices.process import ServiceError
 from maskwatch.schemas.redaction import redact_url
@@ -22,13 +21,15 @@ def services() -> None:
 @services.command()
 @click.option("--durable", is_flag=True,
               help="Keep broker data on disk: run SeaweedFS (S3) and Tansu with s3:// storage.")
-@click.option("--broker-port", type=int, envvar="MASKWATCH_BROKER_PORT",
-              help="Broker port [default: the port of MASKWATCH_KAFKA_BOOTSTRAP if local, else 19092].")
-@click.option("--store-port", type=int, envvar="MASKWATCH_STORE_PORT",
-              help="Store server port [default: the port of MASKWATCH_STORE_URL if local, else 18123].")
-@click.option("--s3-port", type=int, envvar="MASKWATCH_S3_PORT",
+@click.option("--broker-port", type=click.IntRange(1, 65535),
+              help="Broker port [env MASKWATCH_BROKER_PORT, else the port of MASKWATCH_KAFKA_BOOTSTRAP if "
+                   "local, else 19092].")
+@click.option("--store-port", type=click.IntRange(1, 65535),
+              help="Store server port [env MASKWATCH_STORE_PORT, else the port of MASKWATCH_STORE_URL if "
+                   "local, else 18123].")
+@click.option("--s3-port", type=click.IntRange(1, 65535),
               help="SeaweedFS S3 port with --durable; it also uses the next 4 ports and each +10000 "
-                   "[default: 18333].")
+                   "[env MASKWATCH_S3_PORT, default 18333].")
 @click.option("--no-topics", is_flag=True, help="Do not create the Kafka topics.")
 def up(durable: bool, broker_port: int | None, store_port: int | None, s3_port: int | None,
        no_topics: bool) -> None:
@@ -97,7 +98,7 @@ def up_command(cameras_file: Path, durable: bool) -> None:
         f"  topics   ticks {settings.topic_ticks}, alerts {settings.topic_alerts}, "
         f"dead letters {settings.topic_dead_letter}\n"
         f"  logs     {settings.home / 'logs'}\n"
-        f"  dashboard http://127.0.0.1:{os.environ.get('MASKWATCH_DASHBOARD_PORT', '8501')}\n"
+        f"  dashboard http://127.0.0.1:{DashboardSettings().port}\n"
         "  watch    maskwatch ticker tail      (ticks as they are emitted)\n"
         "           maskwatch cameras list\n"
         "  stop     maskwatch down"

@@ -10,12 +10,11 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from maskwatch.config import Settings
+from maskwatch.config import DevServicesSettings, Settings
 from maskwatch.devservices import broker as broker_mod
 from maskwatch.devservices import seaweed as seaweed_mod
 from maskwatch.devservices import store as store_service
@@ -67,16 +66,6 @@ class ServiceStatus:
         return f"{self.name:<8} {self.state:<12} pid {pid:<8} {self.address}"
 
 
-def _env_port(name: str) -> int | None:
-    value = os.environ.get(name)
-    if not value:
-        return None
-    try:
-        return int(value)
-    except ValueError:
-        raise ServiceError(f"{name}={value!r} is not a port number") from None
-
-
 def _local_port(address: str) -> int | None:
     """The port of a 127.0.0.1/localhost address (``host:port`` or URL); None for anything remote."""
     parts = urlsplit(address if "://" in address else f"//{address}")
@@ -92,12 +81,13 @@ def default_layout(settings: Settings, broker_port: int | None = None, store_por
     """Ports: argument, else MASKWATCH_{BROKER,STORE,S3}_PORT, else the port Settings' clients will dial
     (kafka_bootstrap / store_url when local), else the defaults 19092 / 18123 / 18333."""
     first_bootstrap = settings.kafka_bootstrap.split(",")[0]
+    local = DevServicesSettings()
     return Layout(
-        broker_port=broker_port or _env_port("MASKWATCH_BROKER_PORT") or _local_port(first_bootstrap)
+        broker_port=broker_port or local.broker_port or _local_port(first_bootstrap)
         or broker_mod.DEFAULT_PORT,
-        store_port=store_port or _env_port("MASKWATCH_STORE_PORT") or _local_port(settings.store_url)
+        store_port=store_port or local.store_port or _local_port(settings.store_url)
         or store_service.DEFAULT_PORT,
-        s3_port=s3_port or _env_port("MASKWATCH_S3_PORT") or seaweed_mod.DEFAULT_S3_PORT,
+        s3_port=s3_port or local.s3_port or seaweed_mod.DEFAULT_S3_PORT,
         durable=durable,
     )
 
@@ -161,7 +151,7 @@ def up(settings: Settings, durable: bool = False, broker_port: int | None = None
             service.stop()
         raise
     if topics:
-        broker_settings = dataclasses.replace(settings, kafka_bootstrap=f"127.0.0.1:{layout.broker_port}")
+        broker_settings = settings.replace(kafka_bootstrap=f"127.0.0.1:{layout.broker_port}")
         found = ensure_topics(broker_settings)
         messages.append("topics: " + ", ".join(f"{name} ({n} partitions)" for name, n in found.items()))
     return messages

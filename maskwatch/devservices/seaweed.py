@@ -19,7 +19,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from maskwatch.config import secret
+from maskwatch.config import DevServicesSettings
 from maskwatch.devservices.process import ManagedProcess, ServiceError, port_stays_busy
 
 log = logging.getLogger(__name__)
@@ -67,9 +67,10 @@ class Seaweed:
     def credentials(self) -> dict[str, str]:
         """S3 access key/secret: MASKWATCH_S3_ACCESS_KEY / MASKWATCH_S3_SECRET_KEY(_FILE), else a secret
         generated once and kept (mode 0600) under the data dir so restarts keep working."""
-        access, secret_key = secret("MASKWATCH_S3_ACCESS_KEY"), secret("MASKWATCH_S3_SECRET_KEY")
-        if access and secret_key:
-            return {"access_key": access, "secret_key": secret_key}
+        local = DevServicesSettings()
+        if local.s3_access_key and local.s3_secret_key:
+            return {"access_key": local.s3_access_key.get_secret_value(),
+                    "secret_key": local.s3_secret_key.get_secret_value()}
         path = self.data_dir / "credentials.json"
         if path.exists():
             stored: dict[str, str] = json.loads(path.read_text())

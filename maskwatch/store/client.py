@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import re
 import threading
 from collections.abc import Iterable, Mapping, Sequence
@@ -25,7 +24,7 @@ import polars as pl
 from clickhouse_connect.driver.client import Client
 from pydantic import BaseModel
 
-from maskwatch.config import Settings
+from maskwatch.config import Retention, Settings
 from maskwatch.schemas.events import Alert, CameraHealth, FaceDetection, FrameResult
 from maskwatch.schemas.redaction import redact_url
 
@@ -33,7 +32,8 @@ log = logging.getLogger(__name__)
 
 SQL_DIR = Path(__file__).resolve().parent.parent / "schemas" / "sql"
 # Days each table keeps its rows; override with MASKWATCH_TTL_DAYS_<TABLE>, read when a migration is applied.
-TTL_DEFAULTS = {"frames": 30, "detections": 30, "alerts": 365, "camera_health": 14}
+# Tables with a TTL; the days come from MASKWATCH_TTL_DAYS_<TABLE> (maskwatch.config.Retention).
+TTL_DEFAULTS = {name: info.default for name, info in Retention.model_fields.items()}
 DEFAULT_DATABASE = "maskwatch"
 # Table of each event written by the flow; each model field is a column of the same name.
 EVENT_TABLES: dict[type[BaseModel], str] = {
@@ -95,7 +95,7 @@ _local = threading.local()
 
 def _target(settings: Settings | None) -> _Target:
     settings = settings or Settings()
-    return _Target(settings.store_url, settings.store_password)
+    return _Target(settings.store_url, settings.store_password_value())
 
 
 def client(settings: Settings | None = None) -> Client:
@@ -121,13 +121,8 @@ def database_name(settings: Settings | None = None) -> str:
 
 
 def ttl_days() -> dict[str, int]:
-    days = {}
-    for table, default in TTL_DEFAULTS.items():
-        raw = os.environ.get(f"MASKWATCH_TTL_DAYS_{table.upper()}", str(default))
-        if not raw.isdigit() or int(raw) < 1:
-            raise StoreError(f"MASKWATCH_TTL_DAYS_{table.upper()}={raw!r}: expected whole days >= 1")
-        days[f"ttl_days_{table}"] = int(raw)
-    return days
+    retention = Retention()
+    return {f"ttl_days_{table}": getattr(retention, table) for table in TTL_DEFAULTS}
 
 
 def render_sql(text: str, values: Mapping[str, object]) -> list[str]:

@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
-from maskwatch.config import secret
+from maskwatch.config import Settings
 
 log = logging.getLogger(__name__)
 
@@ -612,7 +612,7 @@ def serve(host: str, port: int, data_dir: str) -> None:
     except DataDirBusy as ex:
         raise SystemExit(f"store serve: {ex}") from None
     try:
-        server = _Server((host, port), engine, secret("MASKWATCH_STORE_PASSWORD"))
+        server = _Server((host, port), engine, Settings().store_password_value())
     except OSError as ex:
         engine.close()
         raise SystemExit(f"store serve: cannot listen on {host}:{port}: {ex.strerror or ex}") from None

@@ -4,7 +4,6 @@ topic once, the flow rides it out without a restart of its own."""
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -36,7 +35,7 @@ DOWN_S = 5
 def durable_services(tmp_path: Path, mw_env: Settings) -> Iterator[Settings]:
     """Broker + SeaweedFS + store of their own (``services up --durable``), stopped afterwards."""
     broker_port, store_port = free_port(), free_port()
-    settings = dataclasses.replace(mw_env, home=tmp_path / "home", kafka_bootstrap=f"127.0.0.1:{broker_port}",
+    settings = mw_env.replace(home=tmp_path / "home", kafka_bootstrap=f"127.0.0.1:{broker_port}",
                                    store_url=f"http://127.0.0.1:{store_port}/?database=broker_restart")
     try:
         manager.up(settings, durable=True, broker_port=broker_port, store_port=store_port,

@@ -4,7 +4,6 @@ once. Its own store server (the shared one must stay up)."""
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -38,7 +37,7 @@ def test_store_down_for_a_minute(tmp_path: Path, mw_env: Settings, dataset_dir: 
     own = StoreService(home=tmp_path / "store", port=free_port(), data_dir=tmp_path / "store" / "chdb")
     own.start()
     try:
-        settings = dataclasses.replace(mw_env, store_url=f"{own.url}/?database=outage")
+        settings = mw_env.replace(store_url=f"{own.url}/?database=outage")
         sc = build_scenario(tmp_path / "scenario", settings, dataset_dir, hanging_camera)
         metrics_port = free_port()
         env = {**sc.env, "MASKWATCH_FLOW_STORE_RETRY_MAX_S": "2", "MASKWATCH_METRICS_PORT": str(metrics_port)}
