@@ -31,7 +31,7 @@ from maskwatch.flows.options import FlowOptions
 from maskwatch.flows.rules import AlertDecision, Observation
 from maskwatch.flows.runtime import FlowRuntime
 from maskwatch.flows.sinks import AlertTopicSink, StoreItem, StoreSink, store_writer
-from maskwatch.flows.ticks import dead_letter_message, is_tick, parse_tick
+from maskwatch.flows.ticks import dead_letter_message, first_delivery, is_tick, parse_tick
 from maskwatch.flows.windows import windowed_alerts
 from maskwatch.schemas.events import Alert, Tick
 from maskwatch.schemas.redaction import redact_text
@@ -59,7 +59,7 @@ def build_flow(settings: Settings | None = None, opts: FlowOptions | None = None
     # One consumer poll brings at most one micro-batch worth of ticks.
     raw = op.input("ticks", flow, KafkaSource(brokers, [settings.topic_ticks], add_config=kafka_conf,
                                               batch_size=opts.batch_max, raise_on_errors=False))
-    parsed = op.map("parse_tick", raw, parse_tick)
+    parsed = op.map("parse_tick", raw, lambda m: parse_tick(m, opts.tick_max_age_s, opts.tick_max_ahead_s))
     split = op.branch("valid_tick", parsed, is_tick)
     dead = op.map("dead_letter_message", split.falses, lambda d: dead_letter_message(d))  # type: ignore[arg-type]
     op.output("dead_letters", dead, KafkaSink(brokers, settings.topic_dead_letter, add_config=kafka_conf))
@@ -69,9 +69,12 @@ def build_flow(settings: Settings | None = None, opts: FlowOptions | None = None
         return rt.registry.resolve(tick.camera_id)[0] is not None
 
     resolved = op.filter("known_camera", split.trues, known)
+    # A tick delivered twice (a producer retry, a second ticker) goes on once.
+    by_camera_tick = op.key_on("tick_camera", resolved, lambda t: t.camera_id)
+    unique = op.key_rm("unique_rm", op.stateful_flat_map("first_delivery", by_camera_tick, first_delivery))
 
     # 3. Micro-batches that mix cameras, fetched concurrently and inferred together.
-    batches = micro_batches(resolved, opts.shards, timedelta(seconds=opts.batch_timeout_s), opts.batch_max)
+    batches = micro_batches(unique, opts.shards, timedelta(seconds=opts.batch_timeout_s), opts.batch_max)
     inferred = op.flat_map_value("fetch_infer", batches, rt.process)
     outcomes = op.key_rm("unshard", inferred)
 

@@ -33,6 +33,9 @@ class FlowOptions:
     # Where rules apply: each camera (with its overrides), and optionally each zone and site as a whole
     # (default thresholds), e.g. to catch a crowd spread over cameras that each stay under the threshold.
     rule_scopes: tuple[str, ...] = ("camera",)
+    # Ticks scheduled outside [now - tick_max_age_s, now + tick_max_ahead_s] are dead-lettered.
+    tick_max_age_s: float = 7 * 86400
+    tick_max_ahead_s: float = 120
     registry_refresh_s: float = 30.0
     # Camera health state from failures in a row: ok below degraded_after, down from down_after on.
     health_degraded_after: int = 1
@@ -78,6 +81,7 @@ class FlowOptions:
                 cooldown_s=s.rule_cooldown_s,
             ),
             rule_scopes=tuple(s.rule_scopes),
+            tick_max_age_s=s.tick_max_age_s, tick_max_ahead_s=s.tick_max_ahead_s,
             registry_refresh_s=s.registry_refresh_s,
             health_degraded_after=s.health_degraded_after,
             health_down_after=s.health_down_after,

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import base64
-from datetime import UTC, datetime
+import bisect
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from typing import Any, TypeGuard
 
 from bytewax.connectors.kafka import KafkaError, KafkaSinkMessage, KafkaSourceMessage
 
 from maskwatch import metrics
-from maskwatch.schemas.events import DeadLetter, Tick
+from maskwatch.schemas.events import DeadLetter, Tick, epoch_ms
 from maskwatch.schemas.parse import SchemaError, parse_event
 
 # A tick is ~200 bytes of JSON; anything much bigger is not a tick, and is not parsed or copied whole.
@@ -27,8 +29,13 @@ def _text(raw: bytes | None) -> str:
         return "base64:" + base64.b64encode(raw).decode()
 
 
-def parse_tick(msg: RawMessage) -> Tick | DeadLetter:
-    """A valid tick, or a dead letter naming what is wrong and keeping the raw record."""
+def parse_tick(msg: RawMessage, max_age_s: float = 7 * 86400, max_ahead_s: float = 120,
+               now: datetime | None = None) -> Tick | DeadLetter:
+    """A valid tick, or a dead letter naming what is wrong and keeping the raw record.
+
+    A tick scheduled more than ``max_ahead_s`` after ``now`` (wall clock) or more than ``max_age_s`` before
+    it is refused: event time moves with ticks, so one far-future tick would make every real tick of its
+    camera late, and dates near the ends of the calendar overflow the windowing arithmetic."""
     metrics.TICKS_IN.inc()
     record = msg.msg if isinstance(msg, KafkaError) else msg
     value = record.value or b""
@@ -49,11 +56,47 @@ def parse_tick(msg: RawMessage) -> Tick | DeadLetter:
                                 f"payload truncated to its first {DEAD_LETTER_PAYLOAD_BYTES} bytes")
     else:
         try:
-            return parse_event(Tick, value)
+            tick = parse_event(Tick, value)
         except SchemaError as exc:
             dead = DeadLetter(stage="parse_tick", error=str(exc), occurred_at=datetime.now(UTC), **where)
+        else:
+            now = now or datetime.now(UTC)
+            earliest, latest = now - timedelta(seconds=max_age_s), now + timedelta(seconds=max_ahead_s)
+            if earliest <= tick.scheduled_at <= latest:
+                return tick
+            dead = DeadLetter(stage="parse_tick", occurred_at=now, **where,
+                              error=f"scheduled_at {tick.scheduled_at.isoformat()} is outside the accepted "
+                                    f"band {earliest.isoformat(timespec='seconds')} .. "
+                                    f"{latest.isoformat(timespec='seconds')} "
+                                    "(MASKWATCH_FLOW_TICK_MAX_AGE_S / _TICK_MAX_AHEAD_S)")
     metrics.FLOW_DEAD_LETTERS.labels(dead.stage).inc()
     return dead
+
+
+# Tick times remembered per camera to recognise a second delivery (a producer retry, a second ticker).
+# Redeliveries come within seconds; 64 ticks is minutes of a camera's history and a small recovery state.
+REMEMBERED_TICKS = 64
+
+
+@dataclass
+class SeenTicks:
+    """A camera's most recent tick times (epoch ms), oldest first, at most REMEMBERED_TICKS."""
+
+    recent: list[int] = field(default_factory=list)
+
+
+def first_delivery(seen: SeenTicks | None, tick: Tick) -> tuple[SeenTicks, list[Tick]]:
+    """The tick, unless this camera's tick of the same scheduled time already came: then nothing, so the
+    rules count it once and it is fetched and stored once. Kept by Bytewax per camera and recovered with
+    the rest of the state, so a replay after a crash is not mistaken for a duplicate."""
+    seen = seen or SeenTicks()
+    ms = epoch_ms(tick.scheduled_at)
+    if ms in seen.recent:
+        metrics.FLOW_DROPPED_TICKS.labels("duplicate").inc()
+        return seen, []
+    bisect.insort(seen.recent, ms)
+    del seen.recent[:-REMEMBERED_TICKS]
+    return seen, [tick]
 
 
 def is_tick(item: Tick | DeadLetter) -> TypeGuard[Tick]:

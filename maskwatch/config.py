@@ -234,6 +234,15 @@ class FlowSettings(_Section):
         min_length=1,
         description="where rules apply, comma-separated: camera, zone, site",
     )
+    tick_max_age_s: float = Field(
+        default=7 * 86400, gt=0, le=366 * 86400,
+        description="ticks scheduled longer ago than this are dead-lettered (a backlog older than the "
+        "topic's retention is not worth fetching)",
+    )
+    tick_max_ahead_s: float = Field(
+        default=120, ge=0, le=86400,
+        description="ticks scheduled further ahead of this host's clock are dead-lettered (clock skew)",
+    )
     registry_refresh_s: float = Field(
         default=30.0, ge=0.1, le=86400, description="seconds between registry reads"
     )

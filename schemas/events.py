@@ -15,7 +15,7 @@ import re
 from datetime import UTC, datetime
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
 from maskwatch.schemas.redaction import redact_text, redact_url
 
@@ -33,13 +33,44 @@ def _utc(value: datetime) -> datetime:
 
 UtcDatetime = Annotated[datetime, AfterValidator(_utc)]
 CameraId = Annotated[str, Field(pattern=CAMERA_ID_PATTERN, description="Registry id of the camera.")]
-# Redacted free text: an error message may quote a camera URL, so credentials are masked on the way in.
-SafeText = Annotated[str, AfterValidator(redact_text)]
+# "<camera id>:<scheduled epoch ms>": ASCII only, so no tick id can carry a NUL, a lone surrogate or markup.
+TICK_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}:-?[0-9]{1,16}$"
+TickId = Annotated[str, Field(pattern=TICK_ID_PATTERN, max_length=82, description="'<camera_id>:<ms>'")]
+# Control characters (NUL among them) and lone surrogates cannot be stored or shown safely anywhere.
+_UNSAFE_CHARS = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ud800-\udfff\u2028\u2029]")
+MAX_TEXT = 8192  # a dead letter keeps 4 KiB of its record, base64 if binary
+
+
+def clean_text(value: str) -> str:
+    """Free text as every sink can take it: unsafe characters replaced, at most MAX_TEXT characters,
+    credentials in URLs masked (an error message may quote a camera URL)."""
+    return redact_text(_UNSAFE_CHARS.sub("\ufffd", value[: MAX_TEXT * 2]))[:MAX_TEXT]
+
+
+def _printable(value: str) -> str:
+    if _UNSAFE_CHARS.search(value):
+        raise ValueError("must not contain control characters or unpaired surrogates")
+    if value != value.strip():
+        raise ValueError("must not start or end with white space")
+    return value
+
+
+# Redacted, cleaned free text (error messages, alert messages, dead-letter payloads).
+SafeText = Annotated[str, AfterValidator(clean_text)]
+# What people type and read: a camera's name. Refused (not cleaned) when it holds anything unsafe.
+DisplayName = Annotated[str, Field(max_length=128), AfterValidator(_printable)]
+# Site and zone are also parts of rule scope keys ("zone:<site>/<zone>"), so no '/' or ':'.
+Label = Annotated[str, Field(max_length=64, pattern=r"^[^/:]*$"), AfterValidator(_printable)]
 
 
 def tick_id(camera_id: str, scheduled_ms: int) -> str:
     """Deterministic, so a replayed or re-emitted tick is recognised downstream and deduplicated."""
     return f"{camera_id}:{scheduled_ms}"
+
+
+def epoch_ms(ts: datetime) -> int:
+    """Milliseconds since the Unix epoch of an aware datetime, as the ticker counts them."""
+    return round(ts.timestamp() * 1000)
 
 
 class Event(BaseModel):
@@ -52,18 +83,26 @@ class Tick(Event):
     """"Look at this camera now." Carries no URL: the flow resolves the source from the registry."""
 
     camera_id: CameraId
-    tick_id: str = Field(description="f'{camera_id}:{scheduled epoch ms}'")
+    tick_id: TickId = Field(description="f'{camera_id}:{scheduled epoch ms}', as the ticker writes it")
     scheduled_at: UtcDatetime
     emitted_at: UtcDatetime
+
+    @model_validator(mode="after")
+    def _tick_id_is_derived(self) -> Tick:
+        # The id is the tick's identity downstream (rows, dedup, alerts): it must be the one the ticker
+        # derives, never a free string a producer chose.
+        if self.tick_id != tick_id(self.camera_id, epoch_ms(self.scheduled_at)):
+            raise ValueError("tick_id must be '<camera_id>:<scheduled_at in epoch ms>'")
+        return self
 
 
 class FrameResult(Event):
     """One processed tick of one camera (also written when the frame could not be fetched)."""
 
     camera_id: CameraId
-    tick_id: str
-    site: str = ""
-    zone: str = ""
+    tick_id: TickId
+    site: Label = ""
+    zone: Label = ""
     scheduled_at: UtcDatetime
     captured_at: UtcDatetime | None = None
     processed_at: UtcDatetime
@@ -84,10 +123,10 @@ class FaceDetection(Event):
     """One face found on a frame and its mask classification. Box corners are fractions of the frame."""
 
     camera_id: CameraId
-    tick_id: str
+    tick_id: TickId
     face_index: int = Field(ge=0)
-    site: str = ""
-    zone: str = ""
+    site: Label = ""
+    zone: Label = ""
     scheduled_at: UtcDatetime
     x1: float = Field(ge=0, le=1)
     y1: float = Field(ge=0, le=1)
@@ -104,18 +143,18 @@ class Alert(Event):
     """A camera broke its no-mask rule within a window. ``triggered_at`` is event time (the tick's
     scheduled time), so a replay produces the same alert id and row."""
 
-    alert_id: str
+    alert_id: str = Field(pattern=r"^[0-9a-f]{32}$")
     camera_id: CameraId
-    site: str = ""
-    zone: str = ""
-    rule: str = Field(description="Human-readable rule that fired, e.g. '>=3 no-mask faces in 60s'.")
+    site: Label = ""
+    zone: Label = ""
+    rule: SafeText = Field(description="Human-readable rule that fired, e.g. '>=3 no-mask faces in 60s'.")
     triggered_at: UtcDatetime
     window_start: UtcDatetime
     window_end: UtcDatetime
     faces: int = Field(ge=0)
     nomask_faces: int = Field(ge=0)
     nomask_ratio: float = Field(ge=0, le=1)
-    tick_ids: list[str] = Field(default_factory=list)
+    tick_ids: list[TickId] = Field(default_factory=list, max_length=64)
     snapshot_path: str = ""
     message: SafeText = ""
 
@@ -125,9 +164,9 @@ class CameraHealth(Event):
     camera's state derived from them (``ok``, ``degraded`` after a failure, ``down`` after several)."""
 
     camera_id: CameraId
-    tick_id: str
-    site: str = ""
-    zone: str = ""
+    tick_id: TickId
+    site: Label = ""
+    zone: Label = ""
     scheduled_at: UtcDatetime
     observed_at: UtcDatetime
     status: Literal["ok", "fetch_error", "decode_error", "timeout", "blocked", "oversized"] = Field(
@@ -184,9 +223,9 @@ class Camera(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
 
     id: CameraId
-    name: str = ""
-    site: str = ""
-    zone: str = ""
+    name: DisplayName = ""
+    site: Label = ""
+    zone: Label = ""
     source_url: Annotated[str, AfterValidator(_check_source)] = Field(repr=False)
     interval_s: float = Field(default=5.0, gt=0, le=86400)
     enabled: bool = True

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -15,12 +16,13 @@ from maskwatch import store
 from maskwatch.cameras import registry
 from maskwatch.config import Settings
 from maskwatch.ports import free_port
-from maskwatch.schemas.events import Camera
+from maskwatch.schemas.events import Camera, RuleOverrides
 from maskwatch.topics import ensure_topics
 
 from tests.flowkit import (
     INTERVAL_S,
     RecordingServer,
+    duplicate_rows,
     flow_env,
     frame_counts,
     has_frames,
@@ -109,3 +111,108 @@ def test_malformed_oversized_url_and_unknown_ticks(
     fault_figures(fault="malformed/oversized/URL/unknown ticks", ticks=len(good) + len(ghosts) + len(bad),
                   dead_letters=len(letters), dropped_unknown=len(ghosts), frames=len(good),
                   attacker_requests=len(recorder.requests), duplicates=0)
+
+
+def _forged(camera_id: str, when: datetime, tick_id: str | None = None) -> bytes:
+    """A tick that passes JSON and field types: only its content is hostile."""
+    ms = round(when.timestamp() * 1000)
+    body = {"schema_version": 1, "camera_id": camera_id, "tick_id": tick_id or f"{camera_id}:{ms}",
+            "scheduled_at": when.isoformat().replace("+00:00", "Z"), "emitted_at": when.isoformat()}
+    return json.dumps(body).encode()
+
+
+def _hostile(camera_id: str, base_ms: int) -> list[tuple[str, bytes]]:
+    at = datetime.fromtimestamp(base_ms / 1000, UTC)
+    return [
+        # A lone surrogate in the id used to wedge the store sink for good; a NUL crashed the flow on a
+        # no-mask frame; both now fail the id check (ids are what the ticker derives).
+        ("surrogate", _forged(camera_id, at).replace(f'"{camera_id}:{base_ms}"'.encode(),
+                                                     f'"{camera_id}:{base_ms}\\ud800"'.encode())),
+        ("nul", _forged(camera_id, at, tick_id=f"{camera_id}:\u0000{base_ms}")),
+        ("not derived", _forged(camera_id, at, tick_id=f"{camera_id}:{base_ms + 1}")),
+        # Ids consistent, dates not: year 9999 overflowed the windowing; 2100 made every real tick late.
+        ("year 9999", _forged(camera_id, datetime(9999, 12, 31, 23, 59, 59, tzinfo=UTC))),
+        ("year 2100", _forged(camera_id, datetime(2100, 1, 1, tzinfo=UTC))),
+        ("year 1", _forged(camera_id, datetime(1, 1, 1, 0, 0, 1, tzinfo=UTC))),
+    ]
+
+
+def _alerts_by_camera(settings: Settings) -> dict[str, int]:
+    rows = store.query_rows("SELECT camera_id, count() AS n FROM alerts FINAL GROUP BY camera_id",
+                            settings=settings)
+    return {r["camera_id"]: r["n"] for r in rows}
+
+
+def test_schema_valid_hostile_ticks_are_dead_lettered_and_alerts_go_on_also_after_recovery(
+    tmp_path: Path, mw_env: Settings, dataset_dir: Path, fault_figures: Callable[..., None],
+) -> None:
+    """Hostile ids and dates end in the dead-letter topic with the reason; the same tick delivered twice is
+    counted and stored once; the attacked camera and its neighbour keep storing and alerting, also after a
+    kill -9 and a restart from recovery with more hostile ticks waiting."""
+    store.migrate(mw_env)
+    ensure_topics(mw_env)
+    unmasked = pick_images(dataset_dir, "sin_mascarilla", 6)
+    for cam in ("victim", "other"):
+        registry.put_camera(Camera(id=cam, interval_s=INTERVAL_S, rules=RuleOverrides(min_nomask_faces=1,
+                                                                                      cooldown_s=0),
+                                   source_url=replay_dir(tmp_path / cam, unmasked).as_uri()), mw_env)
+    base_ms = scenario_base_ms() - 120_000
+    first = make_ticks(["victim", "other"], 8, base_ms)
+    second = make_ticks(["victim", "other"], 8, base_ms + 60_000)
+    hostile = _hostile("victim", base_ms)
+    duplicates = [t for t in first if t.camera_id == "victim"][:2]
+    producer = Producer(mw_env.kafka_config())
+    for _, value in hostile:
+        producer.produce(mw_env.topic_ticks, key=b"victim", value=value)
+    for t in first + duplicates:  # the same records again, as a producer retry would send them
+        producer.produce(mw_env.topic_ticks, key=t.camera_id.encode(), value=t.model_dump_json().encode())
+    assert producer.flush(30) == 0
+
+    metrics_port = free_port()
+    env = {**flow_env(mw_env, tmp_path, dataset_dir), "MASKWATCH_METRICS_PORT": str(metrics_port)}
+    log_path = tmp_path / "flow.log"
+    proc = start_flow(env, log_path)
+    try:
+        wait_for("the first ticks' frames", has_frames(mw_env, {"victim": 8, "other": 8}), 150, proc,
+                 log_path)
+        wait_for("alerts of both cameras", lambda: set(_alerts_by_camera(mw_env)) == {"victim", "other"},
+                 60, proc, log_path)
+        letters = [json.loads(m.value()) for m in read_topic(mw_env, mw_env.topic_dead_letter, len(hostile))]
+        metrics = metric_values(metrics_port)
+        first_alerts = _alerts_by_camera(mw_env)
+        # kill -9 with more hostile ticks and real ones waiting: the restart must not trip over them.
+        proc.kill()
+        proc.wait(10)
+    finally:
+        stop(proc)
+    assert len(letters) == len(hostile), [d["error"] for d in letters]
+    by_payload = {d["payload"]: d["error"] for d in letters}
+    for name, value in hostile:
+        error = by_payload[value.decode()]
+        expected = "outside the accepted band" if name.startswith("year") else "tick_id"
+        assert expected in error, (name, error)
+    assert metrics['maskwatch_flow_ticks_dropped_total{reason="duplicate"}'] == len(duplicates)
+    assert all(n == 0 for n in duplicate_rows(mw_env).values())
+
+    producer = Producer(mw_env.kafka_config())
+    for _, value in _hostile("victim", base_ms + 60_000):
+        producer.produce(mw_env.topic_ticks, key=b"victim", value=value)
+    for t in second:
+        producer.produce(mw_env.topic_ticks, key=t.camera_id.encode(), value=t.model_dump_json().encode())
+    assert producer.flush(30) == 0
+    proc = start_flow(env, log_path)
+    try:
+        wait_for("every real tick's frame after the restart", has_frames(mw_env, {"victim": 16, "other": 16}),
+                 150, proc, log_path)
+        wait_for("new alerts of the attacked camera",
+                 lambda: _alerts_by_camera(mw_env).get("victim", 0) > first_alerts["victim"], 60, proc,
+                 log_path)
+        assert proc.poll() is None, "the flow died"
+    finally:
+        stop(proc)
+    later = [json.loads(m.value()) for m in read_topic(mw_env, mw_env.topic_dead_letter, 2 * len(hostile))]
+    assert {d["payload"] for d in later} >= {v.decode() for _, v in _hostile("victim", base_ms + 60_000)}
+    assert all(n == 0 for n in duplicate_rows(mw_env).values())
+    fault_figures(fault="schema-valid hostile ticks + duplicates, kill -9, restart",
+                  hostile=2 * len(hostile), dead_letters=len(later), duplicates_dropped=len(duplicates),
+                  frames=sum(frame_counts(mw_env).values()), alerts=_alerts_by_camera(mw_env))
