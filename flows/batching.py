@@ -21,7 +21,7 @@ from bytewax.dataflow import Stream
 from bytewax.operators import KeyedStream
 
 from maskwatch import metrics
-from maskwatch.cameras.sources import resolve_source_url
+from maskwatch.cameras.sources import mask_values, resolve_source_url
 from maskwatch.flows.fetch import Fetched, Fetcher, FetchRequest
 from maskwatch.flows.routing import shard_labels
 from maskwatch.flows.snapshots import BoxedFace, save_snapshot
@@ -95,9 +95,10 @@ class BatchProcessor:
     def process(self, batch: Sequence[tuple[Tick, Camera]]) -> list[TickOutcome]:
         requests: list[FetchRequest] = []
         unresolved: dict[int, str] = {}
+        filled: dict[int, list[str]] = {}
         for i, (tick, cam) in enumerate(batch):
             try:
-                url = resolve_source_url(cam)
+                url, filled[i] = resolve_source_url(cam)
             except LookupError as exc:  # a ${SECRET} placeholder that this host does not define
                 unresolved[i], url = str(exc), "unresolved://"
             ms = round(tick.scheduled_at.timestamp() * 1000)
@@ -110,6 +111,11 @@ class BatchProcessor:
             else next(fetched_iter)
             for i, r in enumerate(requests)
         ]
+        # Error texts quote what the camera answered and the URL that was fetched: whatever the redaction
+        # rules do not recognise as a credential, the values filled into the URL are masked here.
+        for i, f in enumerate(fetched):
+            if f.error and filled.get(i):
+                f.error = mask_values(f.error, filled[i])
         good = [i for i, f in enumerate(fetched) if f.status == "ok" and f.frame is not None]
         results: dict[int, Any] = {}
         infer_error = ""

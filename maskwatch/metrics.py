@@ -45,6 +45,9 @@ FLOW_DEAD_LETTERS = Counter("maskwatch_flow_dead_letters", "Tick records sent to
 FLOW_DROPPED_TICKS = Counter("maskwatch_flow_ticks_dropped", "Ticks the flow did not process, by reason",
                              ["reason"])
 
+REGISTRY_ROWS_SKIPPED = Counter("maskwatch_registry_rows_skipped",
+                                "Camera registry rows read but skipped: not a valid camera (see the log)")
+
 # --- ticker -----------------------------------------------------------------------------------------
 TICKER_TICKS = Counter("maskwatch_ticker_ticks", "Ticks the ticker handed to the producer")
 TICKER_TICKS_DELIVERED = Counter("maskwatch_ticker_ticks_delivered", "Ticks the broker acknowledged")

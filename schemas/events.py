@@ -202,16 +202,31 @@ class RuleOverrides(BaseModel):
     cooldown_s: float | None = Field(default=None, ge=0)
 
 
+# ``${NAME}`` in a camera URL: filled where the flow runs (maskwatch.cameras.sources), never stored. Only
+# variables named for cameras may be used, so a URL cannot pull the store's or the broker's password (or
+# any other secret of the flow's environment) out to the host it names.
+SOURCE_PLACEHOLDER = re.compile(r"\$\{([A-Z_][A-Z0-9_]*)\}")
+PLACEHOLDER_PREFIX = "CAMERA_"
+MAX_SOURCE_URL = 2048
+
+
 def _check_source(url: str) -> str:
     scheme = url.split("://", 1)[0].lower() if "://" in url else ""
     if scheme not in SOURCE_SCHEMES:
         raise ValueError(f"unsupported source {redact_url(url)!r}: expected one of "
                          + ", ".join(f"{s}://" for s in SOURCE_SCHEMES))
+    if len(url) > MAX_SOURCE_URL or _UNSAFE_CHARS.search(url) or any(c.isspace() for c in url):
+        raise ValueError(f"source URL must be at most {MAX_SOURCE_URL} characters, without spaces or "
+                         "control characters")
+    names = SOURCE_PLACEHOLDER.findall(url)
+    if url.count("${") != len(names):
+        raise ValueError("a '${' in the source URL must start a placeholder such as ${CAMERA_LOBBY_PASSWORD}")
+    refused = sorted({n for n in names if not n.startswith(PLACEHOLDER_PREFIX) or n == PLACEHOLDER_PREFIX})
+    if refused:
+        raise ValueError(f"placeholder(s) {', '.join('${' + n + '}' for n in refused)} not allowed: camera "
+                         f"URLs may only use variables named {PLACEHOLDER_PREFIX}<NAME> "
+                         f"(e.g. ${{{PLACEHOLDER_PREFIX}LOBBY_PASSWORD}})")
     return url
-
-
-# ``${NAME}`` in a camera URL: filled where the flow runs (maskwatch.cameras.sources), never stored.
-SOURCE_PLACEHOLDER = re.compile(r"\$\{([A-Z_][A-Z0-9_]*)\}")
 
 
 class Camera(BaseModel):

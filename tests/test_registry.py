@@ -158,3 +158,36 @@ def test_cli_reports_an_unmigrated_store(store_url: str, monkeypatch: pytest.Mon
     result = CliRunner().invoke(cameras, ["list"])
     assert result.exit_code == 1
     assert "does not exist" in result.output and "maskwatch store migrate" in result.output
+
+
+def test_a_bad_row_written_around_the_registry_skips_that_camera_only(
+    settings: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Anyone with write access to the store can insert rows the registry never would; readers (the flow's
+    cache, the ticker, the CLI) skip those cameras with an error and keep every other one."""
+    from datetime import UTC, datetime
+
+    from maskwatch.cameras.registry import _COLUMNS
+    from maskwatch.flows.registry_cache import RegistryCache, store_loader
+
+    registry.put_camera(Camera(id="good", source_url="http://10.1.2.4/snap.jpg"))
+    now = datetime.now(UTC)
+
+    def row(camera_id: str, name: str = "", rules: str = "{}", url: str = "http://10.9.9.9/x.jpg"
+            ) -> list[Any]:
+        return [camera_id, name, "", "", url, url, 5.0, True, rules, False, now, 0]
+
+    bad = [row("nul", name="Lobby\x00"), row("rules", rules="{not json"), row("bad id!"),
+           row("steal", url="http://public.example/x?q=${MASKWATCH_STORE_PASSWORD}"),
+           row("slow", rules='{"window_s": "forever"}')]
+    store.client(settings).insert("cameras", bad, column_names=_COLUMNS)
+    with caplog.at_level(logging.ERROR, logger="maskwatch.cameras.registry"):
+        assert [c.id for c in registry.list_cameras()] == ["good"]
+        assert registry.get_camera("steal") is None
+        cache = RegistryCache(store_loader(settings), refresh_s=60)
+        assert cache.resolve("good")[0] is not None and cache.resolve("nul")[0] is None
+    skipped = [r.getMessage() for r in caplog.records if "skipping the row" in r.getMessage()]
+    assert len(skipped) >= len(bad) and "\x00" not in "".join(skipped)
+    assert "MASKWATCH_STORE_PASSWORD" not in "".join(skipped) or "placeholder" in "".join(skipped)
+    result = CliRunner().invoke(cameras, ["list"])
+    assert result.exit_code == 0 and "good" in result.output

@@ -17,6 +17,7 @@ from maskwatch.schemas import (
     SchemaError,
     Tick,
     parse_event,
+    validate_event,
 )
 from maskwatch.schemas.events import EVENT_MODELS, SCHEMA_VERSION
 from maskwatch.schemas.generate import JSON_DIR, render
@@ -107,10 +108,41 @@ def test_camera_keeps_credentials_out_of_repr_and_display() -> None:
 
 
 def test_camera_url_placeholders_resolve_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    camera = Camera(id="door", source_url="rtsp://viewer:${DOOR_CAM_PASSWORD}@10.0.0.5/live")
-    monkeypatch.delenv("DOOR_CAM_PASSWORD", raising=False)
-    with pytest.raises(LookupError, match="DOOR_CAM_PASSWORD"):
+    camera = Camera(id="door", source_url="rtsp://viewer:${CAMERA_DOOR_PASSWORD}@10.0.0.5/live")
+    monkeypatch.delenv("CAMERA_DOOR_PASSWORD", raising=False)
+    with pytest.raises(LookupError, match="CAMERA_DOOR_PASSWORD"):
         resolve_source_url(camera)
-    monkeypatch.setenv("DOOR_CAM_PASSWORD", "s3cret")
-    assert resolve_source_url(camera) == "rtsp://viewer:s3cret@10.0.0.5/live"
+    monkeypatch.setenv("CAMERA_DOOR_PASSWORD", "s3cret")
+    assert resolve_source_url(camera) == ("rtsp://viewer:s3cret@10.0.0.5/live", ["s3cret"])
     assert "s3cret" not in camera.model_dump_json()
+
+
+@pytest.mark.parametrize("url", [
+    "http://public.example/x?q=${MASKWATCH_STORE_PASSWORD}",
+    "rtsp://u:${MASKWATCH_KAFKA_SASL_PASSWORD}@cam/live",
+    "http://cam/${HOME}/snap.jpg",
+    "http://cam/snap.jpg?k=${CAMERA_}",
+    "http://cam/snap.jpg?k=${camera_lower}",
+    "http://cam/snap.jpg?k=$" + "{CAMERA_X",
+])
+def test_camera_urls_may_only_name_camera_variables(url: str) -> None:
+    with pytest.raises(SchemaError, match="placeholder") as info:
+        validate_event(Camera, {"id": "door", "source_url": url})
+    assert "CAMERA_" in str(info.value)
+
+
+def test_camera_names_and_labels_refuse_unsafe_characters() -> None:
+    for field, value in [("name", "Lobby\x00"), ("name", "x" * 129), ("site", "hq/annex"), ("zone", "a:b"),
+                         ("name", "\ud800"), ("site", " hq"), ("zone", "line\u2028break")]:
+        with pytest.raises(SchemaError, match=field):
+            validate_event(Camera, {"id": "door", "source_url": "http://cam/x.jpg", field: value})
+    ok = validate_event(Camera, {"id": "door", "source_url": "http://cam/x.jpg", "name": "Hall (Süd) & Café",
+                                 "site": "HQ-1", "zone": "Gate 3"})
+    assert ok.name == "Hall (Süd) & Café"
+
+
+def test_filled_values_are_masked_in_error_texts() -> None:
+    from maskwatch.cameras.sources import mask_values
+
+    text = "HTTP 401 from http://cam/x?q=pa%2Fss%23word: pa/ss#word refused"
+    assert mask_values(text, ["pa/ss#word"]) == "HTTP 401 from http://cam/x?q=***: *** refused"

@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from maskwatch import store
+from maskwatch import metrics, store
 from maskwatch.config import Settings
 from maskwatch.netpolicy import SourcePolicyError, check_source_url
 from maskwatch.schemas.events import Camera
@@ -45,6 +45,21 @@ def _from_row(row: dict[str, Any]) -> Camera:
     return validate_event(Camera, data)
 
 
+def _cameras(rows: list[dict[str, Any]]) -> list[Camera]:
+    """The rows that are cameras. Anyone with write access to the store can write a row that is not (a
+    NUL in a name, broken rules JSON, a placeholder for another service's password): that camera is
+    skipped with an error in the log, and every other camera stays usable."""
+    cameras = []
+    for row in rows:
+        try:
+            cameras.append(_from_row(row))
+        except (SchemaError, ValueError, TypeError, KeyError) as exc:
+            metrics.REGISTRY_ROWS_SKIPPED.inc()
+            log.error("camera registry: skipping the row of camera %s, it is not a valid camera: %s",
+                      ascii(str(row.get("id", "?"))[:80]), redact_text(str(exc))[:500])
+    return cameras
+
+
 def _write(camera: Camera, settings: Settings | None, deleted: bool = False) -> None:
     store.client(settings).insert("cameras", [_row(camera, deleted)], column_names=_COLUMNS)
 
@@ -60,13 +75,13 @@ def _next_version(previous: Camera | None) -> datetime:
 def list_cameras(settings: Settings | None = None, enabled_only: bool = False) -> list[Camera]:
     where = "deleted = 0" + (" AND enabled" if enabled_only else "")
     sql = f"SELECT {', '.join(_COLUMNS)} FROM cameras FINAL WHERE {where} ORDER BY id"
-    return [_from_row(row) for row in store.query_rows(sql, settings=settings)]
+    return _cameras(store.query_rows(sql, settings=settings))
 
 
 def get_camera(camera_id: str, settings: Settings | None = None) -> Camera | None:
     sql = f"SELECT {', '.join(_COLUMNS)} FROM cameras FINAL WHERE id = {{id:String}} AND deleted = 0"
-    rows = store.query_rows(sql, {"id": camera_id}, settings=settings)
-    return _from_row(rows[0]) if rows else None
+    cameras = _cameras(store.query_rows(sql, {"id": camera_id}, settings=settings))
+    return cameras[0] if cameras else None
 
 
 def require_camera(camera_id: str, settings: Settings | None = None) -> Camera:
