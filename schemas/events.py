@@ -143,7 +143,7 @@ class Alert(Event):
     """A camera broke its no-mask rule within a window. ``triggered_at`` is event time (the tick's
     scheduled time), so a replay produces the same alert id and row."""
 
-    alert_id: str = Field(pattern=r"^[0-9a-f]{32}$")
+    alert_id: str = Field(pattern=r"^[\x21-\x7e]{1,128}$", description="Deterministic id (printable ASCII).")
     camera_id: CameraId
     site: Label = ""
     zone: Label = ""

@@ -89,13 +89,13 @@ def test_one_batch_through_fetch_and_inference(tmp_path: Path, dataset_dir: Path
     masked = pick_images(dataset_dir, "con_mascarilla", 1)[0]
     corrupt = tmp_path / "bad.jpg"
     corrupt.write_bytes(b"\xff\xd8 not really a jpeg")
-    monkeypatch.delenv("MISSING_CAM_PASSWORD", raising=False)
+    monkeypatch.delenv("CAMERA_MISSING_PASSWORD", raising=False)
     monkeypatch.setenv("MASKWATCH_FILE_ROOTS", os.pathsep.join([str(tmp_path), str(dataset_dir)]))
     batch = [
         (tick("bare", 0), camera("bare", unmasked.as_uri())),
         (tick("covered", 0), camera("covered", masked.as_uri())),
         (tick("broken", 0), camera("broken", corrupt.as_uri())),
-        (tick("secret", 0), camera("secret", "rtsp://u:${MISSING_CAM_PASSWORD}@127.0.0.1:1/x")),
+        (tick("secret", 0), camera("secret", "rtsp://u:${CAMERA_MISSING_PASSWORD}@127.0.0.1:1/x")),
     ]
     proc = BatchProcessor(Fetcher(FetchOptions()), engine, tmp_path / "snaps",  # type: ignore[arg-type]
                           detector_model="det", classifier_model="cls")
@@ -109,6 +109,6 @@ def test_one_batch_through_fetch_and_inference(tmp_path: Path, dataset_dir: Path
     assert covered.frame.status == "ok" and covered.frame.faces >= 1 and covered.frame.nomask_faces == 0
     assert covered.frame.snapshot_path == ""  # only frames with a no-mask face keep a snapshot
     assert broken.frame.status == "decode_error" and broken.fetched_status == "decode_error"
-    assert secret.frame.status == "fetch_error" and "MISSING_CAM_PASSWORD" in secret.frame.error
+    assert secret.frame.status == "fetch_error" and "CAMERA_MISSING_PASSWORD" in secret.frame.error
     health = broken.health(consecutive_failures=2)
     assert health.status == "decode_error" and health.consecutive_failures == 2 and health.site == "hq"

@@ -61,8 +61,11 @@ def k8s() -> list[dict[str, Any]]:
 
 
 def read_env_names() -> tuple[set[str], set[str]]:
-    """MASKWATCH_* names the code reads: exact names, and prefixes (names ending in '_', read in loops)."""
-    found: set[str] = set()
+    """MASKWATCH_* names the code reads: every field of the settings models, names written out in the code,
+    and prefixes (names ending in '_', read in loops)."""
+    from maskwatch.config import SECTIONS, env_name
+
+    found: set[str] = {env_name(section, field) for section in SECTIONS for field in section.model_fields}
     for folder in SOURCE_DIRS:
         for path in (REPO_ROOT / folder).rglob("*.py"):
             found.update(re.findall(r"MASKWATCH_[A-Z0-9_]*", path.read_text()))
@@ -82,7 +85,9 @@ def settings_from(env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> Setti
     for key in [k for k in os.environ if k.startswith("MASKWATCH_")]:
         monkeypatch.delenv(key)
     for key, value in env.items():
-        monkeypatch.setenv(key, value)
+        # Secret files are mounted in the containers only; reading them is tested in test_config.py.
+        if not key.endswith("_FILE"):
+            monkeypatch.setenv(key, value)
     return Settings()
 
 

@@ -93,3 +93,46 @@ def test_real_logging_setup_masks_every_rule() -> None:
     assert "SECRET42" not in logged
     for _, masked in WEBHOOKS:
         assert masked in logged
+
+
+# (text, secret that must not survive, text that must survive)
+FAMILY = [
+    ("https://b.s3.amazonaws.com/x.jpg?X-Amz-Credential=AKIAX&X-Amz-Signature=SECRET42&X-Amz-Expires=60",
+     "SECRET42", "X-Amz-Expires=60"),
+    ("https://storage.googleapis.com/b/x.jpg?X-Goog-Signature=SECRET42&X-Goog-Date=2026", "SECRET42",
+     "X-Goog-Date=2026"),
+    ("http://cam/snap.jpg?access-token=SECRET42&ch=1", "SECRET42", "ch=1"),
+    ("http://cam/snap.jpg?authtoken=SECRET42", "SECRET42", "http://cam/snap.jpg"),
+    ("https://idp/cb?client_id=app&client_secret=SECRET42", "SECRET42", "client_id=app"),
+    ("http://cam/cgi-bin/snapshot.cgi?user=admin&pw=SECRET42", "SECRET42", "snapshot.cgi"),
+    ("rtsp://cam:554/live;password=SECRET42;channel=1", "SECRET42", ";channel=1"),
+    ("https://app/cb#access_token=SECRET42&state=xyz", "SECRET42", "state=xyz"),
+    ("https://api.example.com/v1/token/SECRET42/frames", "SECRET42", "/frames"),
+    ("https://api.telegram.org/botSECRET42:AAE/sendMessage", "SECRET42", "https://api.telegram.org/bot"),
+    ("rtsp://admin:pa#SECRET42@10.0.0.5/live", "SECRET42", "10.0.0.5/live"),
+    ("rtsp://admin:pa/SECRET42@10.0.0.5/live", "SECRET42", "10.0.0.5/live"),
+    ("rtsp://admin:pa?SECRET42@10.0.0.5/live", "SECRET42", "10.0.0.5/live"),
+    ("request failed: Authorization: Basic U0VDUkVUNDI6eA== (401)", "U0VDUkVUNDI6eA", "(401)"),
+    ("header Authorization: Bearer eyJSECRET42.x.y rejected", "eyJSECRET42", "rejected"),
+    ("librdkafka config: sasl.mechanism=PLAIN sasl.password=SECRET42 sasl.username=svc", "SECRET42",
+     "sasl.mechanism=PLAIN"),
+    ("ssl.key.password=SECRET42", "SECRET42", "ssl.key.password="),
+    ('{"password": "SECRET42", "camera": "door"}', "SECRET42", '"camera": "door"'),
+    ("Set-Cookie: session=SECRET42; Path=/", "SECRET42", "Set-Cookie:"),
+    ("api_key: SECRET42", "SECRET42", "api_key:"),
+    ("X-Api-Key=SECRET42 sent", "SECRET42", "sent"),
+]
+
+
+@pytest.mark.parametrize(("text", "secret", "kept"), FAMILY)
+def test_the_family_of_secret_shapes_is_masked(text: str, secret: str, kept: str) -> None:
+    out = redact_text(text)
+    assert secret not in out and MASK in out, out
+    assert kept in out, out
+    assert redact_text(out) == out  # masking is stable: a second pass changes nothing
+
+
+def test_ordinary_text_and_urls_pass_unchanged() -> None:
+    for text in ("camera door: 3 no-mask faces in 60s", "http://10.0.0.7:8080/snap.jpg?channel=2&res=hd",
+                 "bypass mode on, monkey=1", "no password set", "http://cam/snap?mail=a@b.example"):
+        assert redact_text(text) == text

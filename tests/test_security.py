@@ -185,7 +185,7 @@ def test_cli_takes_the_source_url_from_stdin_and_warns_about_argv(migrated: Sett
                                       "--allow-private-network"])
     assert on_argv.exit_code == 0 and "saved camera gate" in on_argv.stdout
     assert "holds a credential" in on_argv.stderr and "hunter2" not in on_argv.output
-    placeholder = runner.invoke(cameras, ["add", "yard", "rtsp://admin:${YARD_PW}@10.0.0.8/live",
+    placeholder = runner.invoke(cameras, ["add", "yard", "rtsp://admin:${CAMERA_YARD_PASSWORD}@10.0.0.8/live",
                                           "--allow-private-network"])
     assert placeholder.exit_code == 0 and "holds a credential" not in placeholder.output
 

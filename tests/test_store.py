@@ -15,7 +15,7 @@ import polars as pl
 import pytest
 
 from maskwatch import store
-from maskwatch.config import Settings
+from maskwatch.config import ConfigError, Settings
 from maskwatch.schemas.events import Alert, CameraHealth, FaceDetection, FrameResult
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -63,8 +63,9 @@ def test_ttls_come_from_the_environment(settings: Settings, monkeypatch: pytest.
 
 def test_bad_ttl_and_bad_url_are_clear_errors(monkeypatch: pytest.MonkeyPatch, store_url: str) -> None:
     monkeypatch.setenv("MASKWATCH_TTL_DAYS_DETECTIONS", "a week")
-    with pytest.raises(store.StoreError, match="MASKWATCH_TTL_DAYS_DETECTIONS='a week'"):
+    with pytest.raises(ConfigError, match="MASKWATCH_TTL_DAYS_DETECTIONS='a week'"):
         store.ttl_days()
+    monkeypatch.delenv("MASKWATCH_TTL_DAYS_DETECTIONS")
     monkeypatch.setenv("MASKWATCH_STORE_URL", "ftp://admin:hunter2@db/?database=x")
     with pytest.raises(store.StoreError, match="scheme must be http, https or chdb") as info:
         store.client()
