@@ -30,7 +30,7 @@ from maskwatch.flows.health import count_health
 from maskwatch.flows.options import FlowOptions
 from maskwatch.flows.rules import AlertDecision, Observation
 from maskwatch.flows.runtime import FlowRuntime
-from maskwatch.flows.sinks import AlertTopicSink, StoreItem, StoreSink, store_writer
+from maskwatch.flows.sinks import AlertTopicSink, StoreItem, StoreSink, dead_letter_rows, store_writer
 from maskwatch.flows.ticks import dead_letter_message, first_delivery, is_tick, parse_tick
 from maskwatch.flows.windows import windowed_alerts
 from maskwatch.schemas.events import Alert, Tick
@@ -103,8 +103,11 @@ def build_flow(settings: Settings | None = None, opts: FlowOptions | None = None
 
     # 6. Sinks: every row to the store (buffered on disk while it is down), alerts also to Kafka.
     rows = op.merge("rows", frames, health, op.map("alert_rows", alerts, lambda a: ("alerts", a)))
-    op.output("store", rows, StoreSink(store_writer(settings), settings.home / "buffer" / "store",
-                                       opts.buffer_max_bytes, opts.store_retry_max_s))
+    buffer_dir = settings.home / "buffer" / "store"
+    refused = dead_letter_rows(settings.kafka_config(), settings.topic_dead_letter,
+                               buffer_dir / "refused-rows.jsonl")
+    op.output("store", rows, StoreSink(store_writer(settings), buffer_dir, opts.buffer_max_bytes,
+                                       opts.store_retry_max_s, refused))
     op.output("alert_topic", alerts, AlertTopicSink(dict(settings.kafka_config()), settings.topic_alerts,
                                                     opts.alert_dedup_horizon_s))
     return flow

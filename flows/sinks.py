@@ -15,12 +15,16 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
+import re
+import struct
 import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 from confluent_kafka import Consumer, Producer, TopicPartition
@@ -29,7 +33,7 @@ from pydantic import BaseModel
 from maskwatch import metrics
 from maskwatch.config import Settings
 from maskwatch.flows.buffer import BufferFullError, DiskBuffer, Row
-from maskwatch.schemas.events import Alert
+from maskwatch.schemas.events import Alert, DeadLetter
 from maskwatch.schemas.redaction import redact_text
 
 log = logging.getLogger(__name__)
@@ -62,6 +66,99 @@ def store_writer(settings: Settings) -> Writer:
         insert_rows(table, rows, settings)
 
     return write
+
+
+# ClickHouse error codes that are about the data sent, not about the store's state: parse, type and range
+# errors. Anything else (a store down, overloaded or mid-migration) is retried, never dead-lettered.
+_DATA_ERROR_CODES = frozenset({6, 26, 27, 32, 38, 41, 53, 69, 70, 72, 117, 131, 321, 395, 432, 457, 473, 499})
+_CODE = re.compile(r"\bCode:\s*(\d+)")
+RejectedRow = Callable[[str, Row, Exception], None]
+
+
+def is_data_error(exc: BaseException) -> bool:
+    """True when ``exc`` says the rows themselves cannot be stored (so retrying them can never work)."""
+    from clickhouse_connect.driver.exceptions import DatabaseError, DataError, OperationalError
+
+    if isinstance(exc, OperationalError | OSError):
+        return False
+    # Client-side: a value the column cannot hold (DataError), text that is not UTF-8 (a lone surrogate).
+    if isinstance(exc, DataError | UnicodeError | OverflowError | struct.error):
+        return True
+    if isinstance(exc, DatabaseError):
+        code = _CODE.search(str(exc))
+        return code is not None and int(code[1]) in _DATA_ERROR_CODES
+    return False
+
+
+def isolating(write: Writer, rejected: RejectedRow) -> Writer:
+    """``write``, but a batch the store refuses for its data is split until the refused rows are alone:
+    those go to ``rejected`` (with the reason) and every other row is written. A row that cannot be stored
+    would otherwise be retried forever at the head of the buffer, and every later row behind it."""
+
+    def split(table: str, rows: list[Row], refused: list[tuple[Row, Exception]]) -> None:
+        try:
+            write(table, rows)
+            return
+        except Exception as exc:
+            if not is_data_error(exc):
+                raise
+            if len(rows) == 1:
+                refused.append((rows[0], exc))
+                return
+        half = len(rows) // 2
+        split(table, rows[:half], refused)
+        split(table, rows[half:], refused)
+
+    def write_apart(table: str, rows: list[Row]) -> None:
+        refused: list[tuple[Row, Exception]] = []
+        split(table, rows, refused)
+        if len(refused) == len(rows) > 1:
+            # Every row alone is refused: that is the table or the store, not the rows; keep them all.
+            raise refused[0][1]
+        for row, exc in refused:
+            rejected(table, row, exc)
+
+    return write_apart
+
+
+def dead_letter_rows(kafka_config: dict[str, str], topic: str, fallback: Path) -> RejectedRow:
+    """Refused rows as dead letters on ``topic``; when Kafka does not take one either, a line in
+    ``fallback`` (JSON), so a refused row is never only a log line. The producer is made on first use."""
+    producers: list[Producer] = []
+    lock = threading.Lock()
+
+    def reject(table: str, row: Row, exc: Exception) -> None:
+        metrics.FLOW_DEAD_LETTERS.labels("store_sink").inc()
+        payload = json.dumps({"table": table, "row": row}, default=str, ensure_ascii=True)
+        dead = DeadLetter(stage="store_sink", error=f"{table}: the store refused the row: {exc}",
+                          key=str(row.get("tick_id") or row.get("alert_id") or ""), payload=payload[:4096],
+                          occurred_at=datetime.now(UTC))
+        log.error("store refused a %s row (%s); sent to the dead-letter topic", table, dead.error[:300])
+        value = dead.model_dump_json().encode()
+        try:
+            with lock:
+                if not producers:
+                    from maskwatch.kafka import PRODUCER_DEFAULTS
+
+                    producers.append(Producer({**PRODUCER_DEFAULTS, **kafka_config}))
+                producer = producers[0]
+            outcome: list[object] = []
+            producer.produce(topic, key=dead.key.encode() or None, value=value,
+                             on_delivery=lambda err, _msg: outcome.append(err))
+            producer.flush(30)
+            if outcome == [None]:  # acknowledged by the broker
+                return
+            log.error("dead-letter topic did not take the row (%s); keeping it in %s",
+                      outcome[0] if outcome else "no answer", fallback)
+        except Exception as produce_exc:
+            log.error("dead-letter topic unavailable (%s); keeping the row in %s", produce_exc, fallback)
+        fallback.parent.mkdir(parents=True, exist_ok=True)
+        with open(fallback, "ab") as f:
+            f.write(value + b"\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+    return reject
 
 
 class StorePartition(StatelessSinkPartition[StoreItem]):
@@ -153,14 +250,23 @@ class StorePartition(StatelessSinkPartition[StoreItem]):
 class StoreSink(DynamicSink[StoreItem]):
     """Rows to ClickHouse in one insert per table per epoch; a disk buffer per worker for outages."""
 
-    def __init__(self, write: Writer, buffer_dir: Path, buffer_max_bytes: int, retry_max_s: float):
-        self._write = write
+    def __init__(self, write: Writer, buffer_dir: Path, buffer_max_bytes: int, retry_max_s: float,
+                 rejected: RejectedRow | None = None):
+        self._write = isolating(write, rejected) if rejected is not None else write
         self._buffer_dir = buffer_dir
         self._max_bytes = buffer_max_bytes
         self._retry_max_s = retry_max_s
 
     def build(self, step_id: str, worker_index: int, worker_count: int) -> StorePartition:
         buffer = DiskBuffer(self._buffer_dir / f"worker-{worker_index}", max_bytes=self._max_bytes)
+        # Buffers of workers a smaller cluster no longer has: each goes to exactly one of today's workers.
+        for orphan in sorted(self._buffer_dir.glob("worker-*")):
+            index = orphan.name.removeprefix("worker-")
+            if index.isdigit() and int(index) >= worker_count and int(index) % worker_count == worker_index:
+                moved = buffer.adopt(orphan)
+                if moved:
+                    log.info("store buffer: worker %d took over %d segment(s) of %s (the cluster has %d "
+                             "workers now)", worker_index, moved, orphan.name, worker_count)
         return StorePartition(self._write, buffer, self._retry_max_s)
 
 
@@ -210,23 +316,44 @@ def published_alert_ids(
         consumer.close()
 
 
+# The alert producer is idempotent: a retry after a lost acknowledgement does not write the alert twice.
+ALERT_PRODUCER = {"enable.idempotence": True, "acks": "all", "max.in.flight.requests.per.connection": 5}
+
+
 class AlertPartition(StatelessSinkPartition[Alert]):
-    def __init__(self, producer: Producer, topic: str, seen: set[str]):
-        self._producer = producer
+    def __init__(self, make_producer: Callable[[], Producer], topic: str, seen: set[str]):
+        self._make_producer = make_producer
+        self._producer = make_producer()
         self._topic = topic
         self._seen = seen
 
+    def _publish(self, alerts: list[Alert]) -> list[Any]:
+        errors: list[Any] = []
+        for alert in alerts:
+            self._producer.produce(self._topic, key=alert.camera_id.encode(), value=alert_payload(alert),
+                                   headers=[("schema_version", str(alert.schema_version).encode())],
+                                   on_delivery=lambda err, _msg: errors.append(err) if err else None)
+        left = self._producer.flush(30)
+        if left:
+            raise RuntimeError(f"{left} alerts not acknowledged by Kafka within 30s")
+        return errors
+
     def write_batch(self, items: Sequence[Alert]) -> None:
         fresh = [a for a in items if a.alert_id not in self._seen]
-        for alert in fresh:
-            self._producer.produce(self._topic, key=alert.camera_id.encode(), value=alert_payload(alert),
-                                   headers=[("schema_version", str(alert.schema_version).encode())])
-        if fresh:
-            left = self._producer.flush(30)
-            if left:
-                raise RuntimeError(f"{left} alerts not acknowledged by Kafka within 30s")
-            self._seen.update(a.alert_id for a in fresh)
-            log.info("published %d alert(s) to %s", len(fresh), self._topic)
+        if not fresh:
+            return
+        errors = self._publish(fresh)
+        if any(e.fatal() for e in errors):
+            # An idempotent producer's session can end for good (a broker that lost its state, e.g. an
+            # in-memory one restarted): start a new session and send the batch again. A consumer may
+            # then see an alert twice; its id says so.
+            log.warning("alert producer: %s; starting a new producer session", errors[0])
+            self._producer = self._make_producer()
+            errors = self._publish(fresh)
+        if errors:
+            raise RuntimeError(f"alerts not published to {self._topic}: {errors[0]}")
+        self._seen.update(a.alert_id for a in fresh)
+        log.info("published %d alert(s) to %s", len(fresh), self._topic)
 
     def close(self) -> None:
         self._producer.flush(30)
@@ -246,5 +373,5 @@ class AlertTopicSink(DynamicSink[Alert]):
         seen = published_alert_ids(self._config, self._topic, self._horizon_s)
         log.info("alert topic %s holds %d recent alert(s); those are not published again",
                  self._topic, len(seen))
-        producer = Producer({**PRODUCER_DEFAULTS, **self._config})
-        return AlertPartition(producer, self._topic, seen)
+        config = {**PRODUCER_DEFAULTS, **ALERT_PRODUCER, **self._config}
+        return AlertPartition(lambda: Producer(config), self._topic, seen)

@@ -115,6 +115,14 @@ class Settings(_Section):
         description="ClickHouse: http(s)://[user@]host:port/?database=NAME",
     )
     store_password: SecretStr | None = Field(default=None, description="the store user's password (or _FILE)")
+    store_timeout_s: float = Field(
+        default=15.0,
+        gt=0,
+        le=600,
+        description="longest wait for the store to answer a call; a hung store then counts as down "
+        "(the flow's rows go to its disk buffer)",
+    )
+    store_connect_timeout_s: float = Field(default=3.0, gt=0, le=60, description="store TCP connect timeout")
     topic_ticks: str = Field(default="maskwatch.ticks", min_length=1, description="tick topic")
     topic_alerts: str = Field(default="maskwatch.alerts", min_length=1, description="alert topic")
     topic_dead_letter: str = Field(
@@ -235,12 +243,16 @@ class FlowSettings(_Section):
         description="where rules apply, comma-separated: camera, zone, site",
     )
     tick_max_age_s: float = Field(
-        default=7 * 86400, gt=0, le=366 * 86400,
+        default=7 * 86400,
+        gt=0,
+        le=366 * 86400,
         description="ticks scheduled longer ago than this are dead-lettered (a backlog older than the "
         "topic's retention is not worth fetching)",
     )
     tick_max_ahead_s: float = Field(
-        default=120, ge=0, le=86400,
+        default=120,
+        ge=0,
+        le=86400,
         description="ticks scheduled further ahead of this host's clock are dead-lettered (clock skew)",
     )
     registry_refresh_s: float = Field(

@@ -11,8 +11,9 @@ from confluent_kafka.admin import AdminClient
 from maskwatch.config import Settings
 
 # Keep undelivered records queued in librdkafka for 10 minutes, so a broker restart loses nothing.
-# No idempotent producer: a broker that restarts without its state (Tansu on memory storage) would make
-# its sequence numbers a fatal error; duplicates are harmless because every record has a deterministic id.
+# Ticks and dead letters are not produced idempotently: a broker that restarts without its state (Tansu on
+# memory storage) turns its sequence numbers into a fatal error, and every record has a deterministic id.
+# The alert producer is idempotent and starts a new session on that error (maskwatch.flows.sinks).
 PRODUCER_DEFAULTS: dict[str, Any] = {
     "acks": "all",
     "message.timeout.ms": 600_000,

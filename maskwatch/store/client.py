@@ -55,7 +55,8 @@ class StoreError(RuntimeError):
 class _Target:
     """The store URL split into what clickhouse-connect needs, with the database held apart."""
 
-    def __init__(self, url: str, password: str | None):
+    def __init__(self, url: str, password: str | None, timeout_s: float = 15.0,
+                 connect_timeout_s: float = 3.0):
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https", "chdb"):
             raise StoreError(f"store URL {redact_url(url)!r}: scheme must be http, https or chdb")
@@ -72,12 +73,16 @@ class _Target:
         self.is_chdb = parts.scheme == "chdb"
         self.password = password
         self.display = redact_url(url)
+        self.timeouts = (connect_timeout_s, timeout_s)
 
     def connect(self, database: str | None) -> Client:
         kwargs: dict[str, Any] = {"dsn": self.dsn, "database": database}
         if not self.is_chdb:
             # Stateless HTTP: no server session, so one client never trips over "session is locked".
             kwargs["autogenerate_session_id"] = False
+            # The library waits 300 s for an answer by default: a hung (not dead) store would hold a flow
+            # worker that long. Seconds, then the call fails and the caller's fallback (buffer) takes over.
+            kwargs["connect_timeout"], kwargs["send_receive_timeout"] = self.timeouts
             if self.password:
                 kwargs["password"] = self.password
         try:
@@ -95,13 +100,15 @@ _local = threading.local()
 
 def _target(settings: Settings | None) -> _Target:
     settings = settings or Settings()
-    return _Target(settings.store_url, settings.store_password_value())
+    return _Target(settings.store_url, settings.store_password_value(), settings.store_timeout_s,
+                   settings.store_connect_timeout_s)
 
 
 def client(settings: Settings | None = None) -> Client:
     """A client on the URL's database, per thread: a clickhouse-connect client runs one query at a time."""
     target = _target(settings)
-    key = hashlib.sha256(f"{target.dsn}\0{target.database}\0{target.password}".encode()).hexdigest()
+    identity = f"{target.dsn}\0{target.database}\0{target.password}\0{target.timeouts}"
+    key = hashlib.sha256(identity.encode()).hexdigest()
     cache: dict[str, Client] = getattr(_local, "clients", None) or {}
     _local.clients = cache
     if key not in cache:
