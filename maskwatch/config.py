@@ -14,6 +14,7 @@ table of every variable with its default (the README's configuration section is 
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
 
@@ -151,6 +152,17 @@ class Settings(_Section):
         "(default: samples/, ../shared/datasets, MASKWATCH_HOME)",
     )
 
+    @model_validator(mode="before")
+    @classmethod
+    def _local_store_credential(cls, data: Any) -> Any:
+        # Only when neither the variable nor its _FILE twin says otherwise.
+        if (isinstance(data, dict) and data.get("store_password") is None
+                and not os.environ.get("MASKWATCH_STORE_PASSWORD_FILE")):
+            password = local_store_password(data)
+            if password is not None:
+                data["store_password"] = password
+        return data
+
     @field_validator("log_level", mode="before")
     @classmethod
     def _upper(cls, value: Any) -> Any:
@@ -182,6 +194,27 @@ class Settings(_Section):
 
     def store_password_value(self) -> str | None:
         return self.store_password.get_secret_value() if self.store_password is not None else None
+
+
+# The embedded store's password, made by `maskwatch services up` (mode 600): the default of
+# MASKWATCH_STORE_PASSWORD_FILE for a store on this machine, so every local process finds it.
+LOCAL_STORE_CREDENTIAL = Path("secrets") / "store_password"
+_LOOPBACK = re.compile(r"^[a-z]+://(?:[^@/]*@)?(?:127\.[0-9.]+|localhost|\[::1\])(?::\d+)?(?:[/?]|$)", re.I)
+
+
+def local_store_password(data: dict[str, Any]) -> str | None:
+    """The embedded store's credential under MASKWATCH_HOME, when the store URL is on this machine (never
+    sent to a store elsewhere)."""
+    url = str(data.get("store_url") or os.environ.get("MASKWATCH_STORE_URL")
+              or Settings.model_fields["store_url"].default)
+    if not _LOOPBACK.match(url):
+        return None
+    home = Path(data.get("home") or os.environ.get("MASKWATCH_HOME") or Settings.model_fields["home"].default)
+    path = home.expanduser() / LOCAL_STORE_CREDENTIAL
+    try:
+        return path.read_text().strip() or None
+    except OSError:
+        return None
 
 
 def kafka_passthrough() -> dict[str, str]:

@@ -16,6 +16,8 @@ runs share this machine.
 
 from __future__ import annotations
 
+import os
+import secrets
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -59,6 +61,24 @@ def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
         service.stop()
 
 
+@pytest.fixture(scope="session", autouse=True)
+def store_credential(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """One store password for the session, as `maskwatch services up` makes one: every store server the
+    tests start and every process they start read it through MASKWATCH_STORE_PASSWORD_FILE."""
+    path = tmp_path_factory.mktemp("secrets") / "store_password"
+    path.write_text(secrets.token_urlsafe(24) + "\n")
+    path.chmod(0o600)
+    previous = os.environ.get("MASKWATCH_STORE_PASSWORD_FILE")
+    os.environ["MASKWATCH_STORE_PASSWORD_FILE"] = str(path)
+    try:
+        yield path
+    finally:
+        if previous is None:
+            os.environ.pop("MASKWATCH_STORE_PASSWORD_FILE", None)
+        else:
+            os.environ["MASKWATCH_STORE_PASSWORD_FILE"] = previous
+
+
 @pytest.fixture(scope="session")
 def store_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StoreService]:
     home = tmp_path_factory.mktemp("store-home")
@@ -73,6 +93,20 @@ def store_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StoreServ
 @pytest.fixture
 def store_url(store_server: StoreService) -> str:
     return f"{store_server.url}/?database=t_{uuid.uuid4().hex}"
+
+
+@pytest.fixture
+def db(store_server: StoreService, store_url: str) -> Iterator[str]:
+    """A fresh database on the shared server, created here and dropped afterwards."""
+    from urllib.parse import parse_qs, urlsplit
+
+    from tests.test_store_server import connect
+
+    name = parse_qs(urlsplit(store_url).query)["database"][0]
+    admin = connect(store_server.url)
+    admin.command(f"CREATE DATABASE {name}")
+    yield store_url
+    admin.command(f"DROP DATABASE IF EXISTS {name}")
 
 
 @pytest.fixture

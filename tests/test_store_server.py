@@ -11,7 +11,6 @@ import threading
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, quote, urlsplit
@@ -24,6 +23,7 @@ import zstandard
 from clickhouse_connect.driver.client import Client
 from clickhouse_connect.driver.exceptions import DatabaseError
 
+from maskwatch.config import Settings
 from maskwatch.devservices.process import ServiceError
 from maskwatch.devservices.store import StoreService
 from maskwatch.ports import free_port
@@ -46,17 +46,13 @@ def connect(url: str, **kwargs: Any) -> Client:
     query string, so it is passed as an argument)."""
     parts = urlsplit(url)
     database = parse_qs(parts.query).get("database", [None])[0]
+    kwargs.setdefault("password", Settings().store_password_value())  # the session's (conftest)
     return clickhouse_connect.get_client(host=parts.hostname, port=parts.port, database=database, **kwargs)
 
 
-@pytest.fixture
-def db(store_server: StoreService, store_url: str) -> Iterator[str]:
-    """A fresh database on the shared server, created here and dropped afterwards."""
-    name = parse_qs(urlsplit(store_url).query)["database"][0]
-    admin = connect(store_server.url)
-    admin.command(f"CREATE DATABASE {name}")
-    yield store_url
-    admin.command(f"DROP DATABASE IF EXISTS {name}")
+def key() -> dict[str, str]:
+    """The header clickhouse-connect and curl send the password in (the session's, from conftest)."""
+    return {"X-ClickHouse-Key": Settings().store_password_value() or ""}
 
 
 COLUMNS = ["camera_id", "ts", "score", "faces", "labels", "note"]
@@ -173,7 +169,7 @@ def test_session_keeps_state_between_requests(store_server: StoreService, db: st
         other.command("SELECT sum(x) FROM scratch")
     # session_check refuses an unknown session, as ClickHouse does.
     req = urllib.request.Request(f"{store_server.url}/?session_id=nope-{uuid.uuid4().hex}&session_check=1",
-                                 data=b"SELECT 1")
+                                 data=b"SELECT 1", headers=key())
     with pytest.raises(urllib.error.HTTPError) as info:
         urllib.request.urlopen(req, timeout=10)
     assert info.value.headers["X-ClickHouse-Exception-Code"] == "372"
@@ -201,26 +197,29 @@ def test_http_protocol_details(store_server: StoreService, db: str) -> None:
     with urllib.request.urlopen(f"{store_server.url}/ping", timeout=10) as response:
         assert response.read() == b"Ok.\n"
     # GET with the query in the URL, TabSeparated by default.
-    with urllib.request.urlopen(f"{store_server.url}/?query={quote('SELECT 1, 2')}", timeout=10) as response:
+    req = urllib.request.Request(f"{store_server.url}/?query={quote('SELECT 1, 2')}", headers=key())
+    with urllib.request.urlopen(req, timeout=10) as response:
         assert response.read() == b"1\t2\n" and response.headers["X-ClickHouse-Format"] == "TabSeparated"
     # POST: query param + gzip-compressed data body.
     database = parse_qs(urlsplit(db).query)["database"][0]
     connect(db).command("CREATE TABLE csv (a UInt32, b String) ENGINE = Memory")
     insert = quote("INSERT INTO csv FORMAT CSV")
     req = urllib.request.Request(f"{store_server.url}/?database={database}&query={insert}",
-                                 data=gzip.compress(b"1,x\n2,y\n"), headers={"Content-Encoding": "gzip"})
+                                 data=gzip.compress(b"1,x\n2,y\n"),
+                                 headers={"Content-Encoding": "gzip", **key()})
     with urllib.request.urlopen(req, timeout=10) as response:
         assert '"written_rows": "2"' in response.headers["X-ClickHouse-Summary"]
     assert connect(db).query("SELECT a, b FROM csv ORDER BY a").result_rows == [(1, "x"), (2, "y")]
     # Responses are compressed with what the client accepts.
     req = urllib.request.Request(f"{store_server.url}/?query={quote('SELECT number FROM numbers(1000)')}",
-                                 headers={"Accept-Encoding": "zstd"})
+                                 headers={"Accept-Encoding": "zstd", **key()})
     with urllib.request.urlopen(req, timeout=10) as response:
         assert response.headers["Content-Encoding"] == "zstd"
         body = zstandard.ZstdDecompressor().decompressobj().decompress(response.read())
         assert body.splitlines()[-1] == b"999"
     with pytest.raises(urllib.error.HTTPError) as info:
-        urllib.request.urlopen(f"{store_server.url}/nowhere", timeout=10)
+        urllib.request.urlopen(urllib.request.Request(f"{store_server.url}/nowhere", headers=key()),
+                               timeout=10)
     assert info.value.code == 404
 
 
@@ -245,7 +244,7 @@ def test_password_when_configured(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     service.start()  # readiness is /ping, which needs no password (as in ClickHouse)
     try:
         with pytest.raises(DatabaseError, match="AUTHENTICATION_FAILED"):
-            connect(f"{service.url}/")
+            connect(f"{service.url}/", password="")
         with pytest.raises(DatabaseError, match="AUTHENTICATION_FAILED"):
             connect(f"{service.url}/", password="wrong")
         assert connect(f"{service.url}/", password=password).command("SELECT 41 + 1") == 42

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
+import secrets
 import sys
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+from maskwatch.config import LOCAL_STORE_CREDENTIAL
 from maskwatch.devservices.process import ManagedProcess, ServiceError, port_stays_busy
 
 log = logging.getLogger(__name__)
@@ -56,6 +59,27 @@ class StoreService:
     def ready(self) -> bool:
         return store_ready(self.url)
 
+    @property
+    def credential(self) -> Path:
+        return self.home / LOCAL_STORE_CREDENTIAL
+
+    def credential_env(self) -> dict[str, str]:
+        """How the server gets its password: the one configured (MASKWATCH_STORE_PASSWORD(_FILE)), else a
+        random one made once under this home (mode 600), which every local process then finds."""
+        if os.environ.get("MASKWATCH_STORE_PASSWORD") or os.environ.get("MASKWATCH_STORE_PASSWORD_FILE"):
+            return {}
+        if not self.credential.is_file():
+            self.credential.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            try:
+                fd = os.open(self.credential, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            except FileExistsError:  # made by a second `services up` at the same moment
+                pass
+            else:
+                with os.fdopen(fd, "w") as out:
+                    out.write(secrets.token_urlsafe(32) + "\n")
+                log.info("store: created its password in %s", self.credential)
+        return {"MASKWATCH_STORE_PASSWORD_FILE": str(self.credential)}
+
     def start(self, timeout: float = 60.0) -> int:
         proc = self.process
         pid = proc.pid()
@@ -67,7 +91,7 @@ class StoreService:
                 f"choose another with --store-port or MASKWATCH_STORE_PORT"
             )
         pid = proc.start_ready(self.argv(), self.ready, "store server", self.url, timeout,
-                               attached=self.attached)
+                               env=self.credential_env(), attached=self.attached)
         log.info("store server ready on %s (pid %d, data %s)", self.url, pid, self.chdb_dir)
         return pid
 

@@ -6,8 +6,15 @@ uses ``clickhouse_connect.get_client(dsn='http://...')`` exactly as it would aga
 
 Per request: a fresh chdb connection handle (cheap, ~1 ms) gets ``USE`` + ``SET`` for the request's
 database and settings, so nothing leaks between requests; ``session_id`` keeps a handle (and its
-``USE``/``SET``/temporary tables) across requests. All engine calls hold one lock: chdb's embedded
-engine is not safe for concurrent calls on one process.
+``USE``/``SET``/temporary tables) across requests. Requests on separate handles run in parallel (a slow
+dashboard query does not hold up the flow's inserts); a session's requests run one at a time.
+
+It serves nobody it does not know and nothing outside its tables: every request carries the store
+password (checked before the body is read); a request whose ``Host`` is not this server's address or that
+comes from a browser page (``Origin``, ``Sec-Fetch-*``) is refused (no CSRF, no DNS rebinding); every
+statement goes through :mod:`maskwatch.store.sqlguard` (no ``file()``, ``url()``, ``remote()``,
+``INTO OUTFILE``, ...); a GET runs read-only, as in ClickHouse; readers get a ``max_execution_time``; bodies,
+connections, sessions and the time to send a request are bounded.
 """
 
 from __future__ import annotations
@@ -17,11 +24,13 @@ import contextlib
 import fcntl
 import gzip
 import hmac
+import io
 import json
 import logging
 import os
 import re
 import signal
+import socket
 import sys
 import tempfile
 import threading
@@ -39,11 +48,23 @@ from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 from maskwatch.config import Settings
+from maskwatch.store.sqlguard import UnsafeSql, check_sql, is_read
 
 log = logging.getLogger(__name__)
 
 LOCK_NAME = ".maskwatch-store.lock"
 SESSION_TIMEOUT_S = 60.0
+MAX_SESSION_TIMEOUT_S = 3600.0
+MAX_SESSIONS = 256
+MAX_CONNECTIONS = 64
+# A request body as sent (compressed or not), and after decompression.
+MAX_BODY_BYTES = 256 * 1024**2
+MAX_DECOMPRESSED_BYTES = 1024**3
+# Seconds a client has to send the request line and headers, and then the body.
+HEADER_TIMEOUT_S = 10.0
+BODY_TIMEOUT_S = 120.0
+# Longest a read query may run (a dashboard page asking for too much), seconds.
+READ_TIMEOUT_S = 60.0
 
 # Request parameters that steer the HTTP layer; the rest are ClickHouse settings for the query.
 _TRANSPORT_PARAMS = frozenset({
@@ -54,6 +75,7 @@ _TRANSPORT_PARAMS = frozenset({
     "role", "cancel_http_readonly_queries_on_client_close", "http_zlib_compression_level",
 })
 _SETTING_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_SESSION_ID = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
 _TRAILING_FORMAT = re.compile(r"\bFORMAT\s+(\w+)\s*;?\s*$", re.IGNORECASE)
 # An INSERT whose data follows the statement: "INSERT INTO t (a, b) [SETTINGS ...] FORMAT Native\n<data>".
 _INSERT_WITH_DATA = re.compile(
@@ -103,6 +125,7 @@ class Request:
     params: dict[str, str]
     body: bytes
     accept_encoding: str = ""
+    read_only: bool = False  # a GET: nothing but reads, as ClickHouse does
 
 
 @dataclass
@@ -119,34 +142,49 @@ class _Session:
     conn: Any
     timeout: float
     last_used: float = field(default_factory=time.monotonic)
+    lock: threading.Lock = field(default_factory=threading.Lock)
     # URL settings currently SET on the handle, and the values they replaced.
     applied: dict[str, str] = field(default_factory=dict)
     replaced: dict[str, tuple[str, bool]] = field(default_factory=dict)
 
 
-def decompress(data: bytes, encoding: str) -> bytes:
-    """Request bodies as clickhouse-connect (or curl) sends them: lz4 frame, zstd, gzip, deflate."""
+def decompress(data: bytes, encoding: str, limit: int = MAX_DECOMPRESSED_BYTES) -> bytes:
+    """Request bodies as clickhouse-connect (or curl) sends them: lz4 frame, zstd, gzip, deflate; never
+    more than ``limit`` bytes once decompressed (a few KB can expand to gigabytes)."""
     encoding = encoding.strip().lower()
     if encoding in ("", "identity"):
         return data
+    source = io.BytesIO(data)
     try:
         if encoding == "lz4":
             import lz4.frame
 
-            return bytes(lz4.frame.decompress(data))
-        if encoding == "zstd":
+            reader: Any = lz4.frame.open(source, "rb")
+        elif encoding == "zstd":
             import zstandard
 
-            return zstandard.ZstdDecompressor().decompressobj().decompress(data)
-        if encoding == "gzip":
-            return gzip.decompress(data)
-        if encoding == "deflate":
-            return zlib.decompress(data)
+            reader = zstandard.ZstdDecompressor().stream_reader(source)
+        elif encoding in ("gzip", "deflate"):
+            inflate = zlib.decompressobj(16 + zlib.MAX_WBITS if encoding == "gzip" else zlib.MAX_WBITS)
+            out = inflate.decompress(data, limit + 1)
+            if len(out) > limit:
+                raise StoreError(f"request body over {limit} bytes once decompressed", 241,
+                                 "MEMORY_LIMIT_EXCEEDED", 413)
+            return out
+        else:
+            raise StoreError(f"unsupported Content-Encoding {encoding!r} (supported: lz4, zstd, gzip, "
+                             "deflate)", 48, "NOT_IMPLEMENTED")
+        with reader:
+            out = reader.read(limit + 1)
+    except StoreError:
+        raise
     except Exception as ex:
         raise StoreError(f"cannot decompress the request body as {encoding}: {ex}", 271,
                          "CANNOT_DECOMPRESS") from ex
-    raise StoreError(f"unsupported Content-Encoding {encoding!r} (supported: lz4, zstd, gzip, deflate)",
-                     48, "NOT_IMPLEMENTED")
+    if len(out) > limit:
+        raise StoreError(f"request body over {limit} bytes once decompressed", 241, "MEMORY_LIMIT_EXCEEDED",
+                         413)
+    return bytes(out)
 
 
 def compress(data: bytes, accept_encoding: str) -> tuple[bytes, str | None]:
@@ -209,7 +247,11 @@ class Engine:
         self._dir_lock = DataDirLock(data_dir)
         self._dir_lock.acquire()
         self.dsn = str(data_dir)
+        # Guards the session table and the count of requests in flight; engine calls run outside it.
         self._lock = threading.Lock()
+        self._idle = threading.Condition(self._lock)
+        self._in_flight = 0
+        self._closed = False
         self._sessions: dict[str, _Session] = {}
         self._tmp = data_dir / "tmp_inserts"
         self._tmp.mkdir(parents=True, exist_ok=True)
@@ -225,8 +267,10 @@ class Engine:
             raise
         self.timezone = self.timezone.strip()
 
-    def close(self) -> None:
+    def close(self, wait_s: float = 30.0) -> None:
         with self._lock:
+            self._closed = True
+            self._idle.wait_for(lambda: self._in_flight == 0, timeout=wait_s)  # queries in flight finish
             for session in self._sessions.values():
                 with contextlib.suppress(Exception):
                     session.conn.close()
@@ -252,12 +296,30 @@ class Engine:
         if params.get("decompress") in ("1", "true"):
             raise StoreError("decompress=1 (ClickHouse-native block compression) is not supported; "
                              "send Content-Encoding instead", 48, "NOT_IMPLEMENTED")
+        try:
+            check_sql(sql)
+        except UnsafeSql as ex:
+            raise StoreError(str(ex), 497, "ACCESS_DENIED", 403) from None
+        settings = self._limits(settings, sql, request.read_only)
+        session_id = params.get("session_id")
+        if session_id and request.read_only:
+            raise StoreError("sessions need POST (a GET is read-only)", 164, "READONLY", 403)
         with self._lock:
+            if self._closed:
+                raise StoreError("the store server is shutting down", 1001, "STD_EXCEPTION", 503)
             self._expire_sessions()
-            session_id = params.get("session_id")
-            if session_id:
-                session = self._session(session_id, params)
-                return self._run_in_session(session, sql, data, binds, settings, params, query_id)
+            session = self._session(session_id, params) if session_id else None
+            self._in_flight += 1
+        try:
+            if session is not None:
+                if not session.lock.acquire(timeout=BODY_TIMEOUT_S):
+                    raise StoreError(f"Session {session_id} is locked by a concurrent client", 373,
+                                     "SESSION_IS_LOCKED")
+                try:
+                    return self._run_in_session(session, sql, data, binds, settings, params, query_id)
+                finally:
+                    session.last_used = time.monotonic()
+                    session.lock.release()
             conn = self._chdb.connect(self.dsn)
             try:
                 self._use(conn, params.get("database"))
@@ -266,6 +328,26 @@ class Engine:
                 return self._run(conn, sql, data, binds, params, query_id)
             finally:
                 conn.close()
+        finally:
+            with self._lock:
+                self._in_flight -= 1
+                self._idle.notify_all()
+
+    @staticmethod
+    def _limits(settings: dict[str, str], sql: str, read_only: bool) -> dict[str, str]:
+        """The client's settings with the server's limits on top: readers get at most READ_TIMEOUT_S,
+        a GET runs with readonly = 1 (set last, so nothing after it can lower it)."""
+        out = {k: v for k, v in settings.items() if k not in ("readonly", "max_execution_time")}
+        if read_only or is_read(sql):
+            try:
+                asked = float(settings.get("max_execution_time", "0"))
+            except ValueError:
+                raise StoreError("invalid max_execution_time") from None
+            cap = READ_TIMEOUT_S if not (0 < asked < READ_TIMEOUT_S) else asked
+            out["max_execution_time"] = f"{cap:g}"
+        if read_only:
+            out["readonly"] = "1"
+        return out
 
     def _run_in_session(self, session: _Session, sql: str, data: bytes | None, binds: dict[str, str],
                         settings: dict[str, str], params: dict[str, str], query_id: str) -> Response:
@@ -380,14 +462,24 @@ class Engine:
         return _text(body), None
 
     def _session(self, session_id: str, params: dict[str, str]) -> _Session:
+        """The session (under self._lock); a new one within the limits on count and lifetime."""
+        if not _SESSION_ID.match(session_id):
+            raise StoreError("invalid session_id (letters, digits, '-' and '_', at most 128)")
         session = self._sessions.get(session_id)
         if session is None:
             if params.get("session_check") in ("1", "true"):
                 raise StoreError(f"Session {session_id} not found", 372, "SESSION_NOT_FOUND")
+            raw = params.get("session_timeout") or str(SESSION_TIMEOUT_S)
             try:
-                timeout = float(params.get("session_timeout") or SESSION_TIMEOUT_S)
+                timeout = float(raw)
             except ValueError:
-                raise StoreError(f"invalid session_timeout {params.get('session_timeout')!r}") from None
+                timeout = float("nan")
+            if not 0 < timeout <= MAX_SESSION_TIMEOUT_S:  # also refuses nan and inf
+                raise StoreError(f"invalid session_timeout {raw[:40]!r}: expected seconds in "
+                                 f"(0, {MAX_SESSION_TIMEOUT_S:g}]")
+            if len(self._sessions) >= MAX_SESSIONS:
+                raise StoreError(f"too many sessions ({MAX_SESSIONS}); close some or wait for them to expire",
+                                 202, "TOO_MANY_SIMULTANEOUS_QUERIES", 503)
             session = _Session(self._chdb.connect(self.dsn), timeout)
             self._sessions[session_id] = session
         return session
@@ -395,10 +487,11 @@ class Engine:
     def _expire_sessions(self) -> None:
         now = time.monotonic()
         for key, session in list(self._sessions.items()):
-            if now - session.last_used > session.timeout:
+            if now - session.last_used > session.timeout and session.lock.acquire(blocking=False):
                 with contextlib.suppress(Exception):
                     session.conn.close()
                 del self._sessions[key]
+                session.lock.release()
 
     def _use(self, conn: Any, database: str | None) -> None:
         if database:
@@ -450,7 +543,33 @@ class _Handler(BaseHTTPRequestHandler):
     server_version = "maskwatch-store"
     # Headers and body go out in separate writes: with Nagle on, each response waits ~40 ms for an ACK.
     disable_nagle_algorithm = True
+    # Each read from the socket; the deadlines below bound the whole request line + headers, and body.
+    timeout = HEADER_TIMEOUT_S
     server: _Server
+    _deadline: threading.Timer | None = None
+
+    def _abort(self) -> None:
+        """Past a deadline: end the connection (a client dripping bytes must not hold a thread)."""
+        with contextlib.suppress(OSError):
+            self.connection.shutdown(socket.SHUT_RDWR)
+
+    def _arm(self, seconds: float) -> None:
+        self._disarm()
+        self._deadline = threading.Timer(seconds, self._abort)
+        self._deadline.daemon = True
+        self._deadline.start()
+
+    def _disarm(self) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+
+    def handle_one_request(self) -> None:
+        self._arm(HEADER_TIMEOUT_S)
+        try:
+            super().handle_one_request()
+        finally:
+            self._disarm()
 
     def log_message(self, format: str, *args: Any) -> None:
         log.debug("%s %s", self.address_string(), format % args)
@@ -461,31 +580,46 @@ class _Handler(BaseHTTPRequestHandler):
     def do_POST(self) -> None:
         self._handle()
 
+    def _refuse(self, ex: StoreError) -> None:
+        """Answer without reading the body, and end the connection (its unread bytes are not a request)."""
+        self.close_connection = True
+        self._error(ex)
+
     def _handle(self) -> None:
+        self._disarm()  # request line and headers are in
         url = urlsplit(self.path)
-        try:
-            body = self._read_body()
-        except StoreError as ex:
-            self._error(ex)
-            self.close_connection = True
+        problem = self._foreign()
+        if problem:
+            self._refuse(StoreError(problem, 497, "ACCESS_DENIED", 403))
             return
         if url.path in ("/ping", "/replicas_status"):
+            self.close_connection = self.close_connection or bool(self.headers.get("Content-Length"))
             self._send(200, b"Ok.\n", {"Content-Type": "text/plain; charset=UTF-8"})
             return
         if url.path not in ("/", ""):
-            self._error(StoreError(f"unknown HTTP path {url.path!r}; use / or /ping", 0, "UNKNOWN", 404))
+            self._refuse(StoreError(f"unknown HTTP path {url.path[:100]!r}; use / or /ping", 0, "UNKNOWN",
+                                    404))
             return
         params = dict(parse_qsl(url.query, keep_blank_values=True))
         if not self._authorized(params):
-            self._error(StoreError("Code: 516. DB::Exception: Authentication failed: password is incorrect. "
-                                   "(AUTHENTICATION_FAILED)", 516, status=403))
+            self._refuse(StoreError("Code: 516. DB::Exception: Authentication failed: password is incorrect. "
+                                    "(AUTHENTICATION_FAILED)", 516, status=403))
+            return
+        try:
+            self._arm(BODY_TIMEOUT_S)
+            try:
+                body = self._read_body()
+            finally:
+                self._disarm()
+        except StoreError as ex:
+            self._refuse(ex)
             return
         try:
             body = decompress(body, self.headers.get("Content-Encoding", ""))
             content_type = self.headers.get("Content-Type", "")
             if content_type.startswith("multipart/form-data"):
                 body = self._form(content_type, body, params)
-            response = self.server.engine.execute(Request(params, body))
+            response = self.server.engine.execute(Request(params, body, read_only=self.command == "GET"))
         except StoreError as ex:
             self._error(ex)
             return
@@ -511,12 +645,21 @@ class _Handler(BaseHTTPRequestHandler):
                 headers["Content-Encoding"] = encoding
         self._send(200, payload, headers)
 
+    def _foreign(self) -> str:
+        """Why the request does not come from a client of this server ('' when it does): a browser page
+        (it sends Origin / Sec-Fetch-*: cross-site requests and DNS rebinding), or a Host that is not the
+        address this server is bound to."""
+        if any(self.headers.get(h) is not None for h in ("Origin", "Sec-Fetch-Site", "Sec-Fetch-Mode")):
+            return "requests from web pages are refused (Origin / Sec-Fetch-* header)"
+        host = (self.headers.get("Host") or "").strip().lower()
+        if self.server.allowed_hosts is not None and host not in self.server.allowed_hosts:
+            return f"Host {host[:100]!r} is not this server's address"
+        return ""
+
     def _authorized(self, params: dict[str, str]) -> bool:
-        """With a password configured, ClickHouse's ways of sending it: Basic auth, X-ClickHouse-Key, or
-        the ``password`` parameter (the user name is not checked: there is one user)."""
+        """ClickHouse's ways of sending the password: Basic auth, X-ClickHouse-Key, or the ``password``
+        parameter (the user name is not checked: there is one user). There is always a password."""
         expected = self.server.password
-        if not expected:
-            return True
         given = self.headers.get("X-ClickHouse-Key") or params.get("password") or ""
         auth = self.headers.get("Authorization", "")
         if auth.lower().startswith("basic "):
@@ -527,8 +670,14 @@ class _Handler(BaseHTTPRequestHandler):
         return hmac.compare_digest(given.encode(), expected.encode())
 
     def _read_body(self) -> bytes:
+        too_big = StoreError(f"request body over {MAX_BODY_BYTES} bytes", 241, "MEMORY_LIMIT_EXCEEDED", 413)
         if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
-            chunks = list(self._chunks())
+            chunks, total = [], 0
+            for chunk in self._chunks():
+                total += len(chunk)
+                if total > MAX_BODY_BYTES:
+                    raise too_big
+                chunks.append(chunk)
             return b"".join(chunks)
         length = self.headers.get("Content-Length")
         if not length:
@@ -536,8 +685,15 @@ class _Handler(BaseHTTPRequestHandler):
         try:
             size = int(length)
         except ValueError:
-            raise StoreError(f"invalid Content-Length {length!r}") from None
-        return self.rfile.read(size)
+            raise StoreError(f"invalid Content-Length {length[:40]!r}") from None
+        if size < 0:
+            raise StoreError(f"invalid Content-Length {length[:40]!r}")
+        if size > MAX_BODY_BYTES:
+            raise too_big
+        body = self.rfile.read(size)
+        if len(body) < size:
+            raise StoreError("request body ended before its Content-Length")
+        return body
 
     def _chunks(self) -> Iterator[bytes]:
         while True:
@@ -546,9 +702,13 @@ class _Handler(BaseHTTPRequestHandler):
                 size = int(line.split(b";")[0].strip(), 16)
             except ValueError:
                 raise StoreError(f"malformed chunked request body (chunk header {line[:40]!r})") from None
+            if size < 0 or size > MAX_BODY_BYTES:
+                raise StoreError(f"request body over {MAX_BODY_BYTES} bytes", 241, "MEMORY_LIMIT_EXCEEDED",
+                                 413)
             if size == 0:
-                while self.rfile.readline(65537) not in (b"\r\n", b"\n", b""):
-                    pass  # trailers
+                for _ in range(100):  # trailers, a bounded number of them
+                    if self.rfile.readline(65537) in (b"\r\n", b"\n", b""):
+                        break
                 return
             yield self.rfile.read(size)
             self.rfile.readline(3)
@@ -587,11 +747,45 @@ class _Handler(BaseHTTPRequestHandler):
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
+    request_queue_size = MAX_CONNECTIONS
 
-    def __init__(self, address: tuple[str, int], engine: Engine, password: str | None):
+    def __init__(self, address: tuple[str, int], engine: Engine, password: str):
+        if not password:
+            raise ValueError("the store server needs a password")
         self.engine = engine
         self.password = password
+        self._slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
         super().__init__(address, _Handler)
+        host, port = str(self.server_address[0]), int(self.server_address[1])
+        # The names this server answers to. Bound to every interface it cannot know them: then only the
+        # browser-page check guards it (bind 127.0.0.1, the default, to keep DNS rebinding out too).
+        if host in ("0.0.0.0", "::", ""):
+            self.allowed_hosts: set[str] | None = None
+        else:
+            names = {host, f"[{host}]" if ":" in host else host}
+            if host in ("127.0.0.1", "::1", "localhost"):
+                names |= {"127.0.0.1", "localhost", "[::1]"}
+            self.allowed_hosts = {f"{n}:{port}" for n in names} | (names if port == 80 else set())
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        """A thread per connection, at most MAX_CONNECTIONS; past that a short 503 and the door closes."""
+        if not self._slots.acquire(blocking=False):
+            with contextlib.suppress(OSError):
+                request.sendall(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n"
+                                b"Connection: close\r\n\r\n")
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except Exception:
+            self._slots.release()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         # A client that hangs up mid-response (timeout, Ctrl-C) is routine, not a server fault.
@@ -604,15 +798,21 @@ class _Server(ThreadingHTTPServer):
 def serve(host: str, port: int, data_dir: str) -> None:
     """Serve the chdb engine at ``data_dir`` on ``http://host:port`` until SIGTERM/SIGINT.
 
-    With MASKWATCH_STORE_PASSWORD(_FILE) set, every request but ``/ping`` must carry that password.
+    Every request but ``/ping`` must carry the password MASKWATCH_STORE_PASSWORD(_FILE) says; without one
+    the server does not start (``maskwatch services up`` makes one under ``$MASKWATCH_HOME/secrets``).
     """
+    password = Settings().store_password_value()
+    if not password:
+        raise SystemExit("store serve: no password: set MASKWATCH_STORE_PASSWORD_FILE (or "
+                         "MASKWATCH_STORE_PASSWORD); `maskwatch services up` creates one in "
+                         "$MASKWATCH_HOME/secrets/store_password. The store serves nobody without it.")
     path = Path(data_dir).resolve()
     try:
         engine = Engine(path)
     except DataDirBusy as ex:
         raise SystemExit(f"store serve: {ex}") from None
     try:
-        server = _Server((host, port), engine, Settings().store_password_value())
+        server = _Server((host, port), engine, password)
     except OSError as ex:
         engine.close()
         raise SystemExit(f"store serve: cannot listen on {host}:{port}: {ex.strerror or ex}") from None

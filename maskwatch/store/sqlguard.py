@@ -1,0 +1,95 @@
+"""What SQL the embedded store server refuses: anything that reaches the file system, the network or the
+server itself.
+
+chdb runs ClickHouse inside the server process with the rights of the user it runs as, and offers no
+access control and no ``user_files_path`` it enforces, so ``SELECT * FROM file('/etc/passwd')``, ``INSERT
+INTO FUNCTION file('~/.ssh/authorized_keys')``, ``url('http://169.254.169.254/...')`` or ``remote(...)``
+would do what they say. The server reads every client statement with this tokenizer and refuses it when it
+names such a function, engine or clause. The tokenizer errs on the side of refusing: text it cannot place
+(an unknown quoting style) is read as code, so a function name hidden there is still found.
+
+>>> check_sql("SELECT count() FROM frames FINAL WHERE camera_id = 'file(x)'")
+>>> check_sql("SELECT * FROM `file`('/etc/passwd', 'LineAsString')")  # doctest: +IGNORE_EXCEPTION_DETAIL
+Traceback (most recent call last):
+...
+UnsafeSql: the embedded store does not run file(): it reaches files or the network
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+
+_TOKEN = re.compile(
+    r"""(?P<space>\s+)
+      | (?P<comment>--[^\n]*|/\*.*?\*/)
+      | (?P<string>'(?:[^'\\]|\\.|'')*')
+      | (?P<quoted>`(?:[^`\\]|\\.|``)*`|"(?:[^"\\]|\\.|"")*")
+      | (?P<word>[A-Za-z_][A-Za-z0-9_$]*)
+      | (?P<other>.)""",
+    re.VERBOSE | re.DOTALL,
+)
+# Table functions (and a scalar one, file()) that read or write files, URLs, other servers or programs,
+# or Python objects of the server process (chdb's Python() table function). Matched by name family.
+_FUNCTION_FAMILIES = re.compile(
+    r"^(?:file|filecluster|url|urlcluster|s3|s3cluster|s3queue|gcs|oss|cosn|azure\w*|hdfs\w*|remote\w*|"
+    r"cluster\w*|mysql\w*|postgres\w*|mongo\w*|redis|sqlite|odbc|jdbc|executable\w*|python|pandas|"
+    r"arrowflight\w*|iceberg\w*|delta\w*|hudi\w*|paimon\w*|ytsaurus|hive|dictionary|loop|merge|"
+    r"filesystem\w*)$"
+)
+# Table engines with the same reach (ENGINE = File(...), URL, S3, MySQL, Kafka, Distributed, ...).
+_ENGINES = re.compile(
+    r"^(?:file|url|s3\w*|hdfs|mysql|materializedmysql|postgresql|materializedpostgresql|mongodb|redis|"
+    r"sqlite|odbc|jdbc|executable\w*|kafka|rabbitmq|nats|azure\w*|distributed|dictionary|iceberg\w*|"
+    r"deltalake\w*|hudi|hive|embeddedrocksdb|filelog|python|merge|buffer|keepermap)$"
+)
+# Statements that act on the server, its disks or its users rather than on data.
+_STATEMENTS = frozenset({"system", "backup", "restore", "attach", "detach", "kill", "grant", "revoke",
+                         "install", "undrop"})
+# Settings a client may not set in its SQL: the server's limits for readers.
+_PROTECTED_SETTINGS = frozenset({"readonly", "max_execution_time", "timeout_overflow_mode",
+                                 "max_execution_time_leaf", "allow_ddl", "allow_introspection_functions"})
+
+
+class UnsafeSql(ValueError):
+    """A statement the embedded store will not run; the message says what it names."""
+
+
+def _words(sql: str) -> Iterator[str]:
+    """Identifiers and single characters of ``sql``, lowercased; strings, comments and space dropped.
+    A quoted identifier counts as its name (```file`(...)`` calls file())."""
+    for match in _TOKEN.finditer(sql):
+        kind = match.lastgroup
+        text = match.group()
+        if kind in ("space", "comment", "string"):
+            continue
+        if kind == "quoted":
+            yield text[1:-1].replace(text[0] * 2, text[0]).lower()
+        else:
+            yield text.lower()
+
+
+def check_sql(sql: str) -> None:
+    """Raise :class:`UnsafeSql` when ``sql`` reaches outside the store's own tables."""
+    words = list(_words(sql))
+    for i, word in enumerate(words):
+        after = words[i + 1] if i + 1 < len(words) else ""
+        if after == "(" and _FUNCTION_FAMILIES.match(word):
+            raise UnsafeSql(f"the embedded store does not run {word}(): it reaches files or the network")
+        if (word == "into" and after == "outfile") or (word == "from" and after == "infile"):
+            raise UnsafeSql(f"the embedded store does not run {word.upper()} {after.upper()}")
+        if word == "engine" and after == "=" and i + 2 < len(words) and _ENGINES.match(words[i + 2]):
+            raise UnsafeSql(f"the embedded store does not create {words[i + 2]} tables")
+        if word == "dictionary" and i > 0 and words[i - 1] in ("create", "replace"):
+            raise UnsafeSql("the embedded store does not create dictionaries (their sources reach out)")
+        if word in _PROTECTED_SETTINGS and after == "=":
+            raise UnsafeSql(f"the setting {word} is the server's to set")
+    first = next((w for w in words if w not in ("(", ";")), "")
+    if first in _STATEMENTS:
+        raise UnsafeSql(f"the embedded store does not run {first.upper()} statements")
+
+
+def is_read(sql: str) -> bool:
+    """True for statements that only read (SELECT, WITH, SHOW, DESCRIBE, EXISTS, EXPLAIN)."""
+    first = next((w for w in _words(sql) if w not in ("(", ";")), "")
+    return first in ("select", "with", "show", "describe", "desc", "exists", "explain")
