@@ -26,6 +26,7 @@ from maskwatch import kafka
 from maskwatch.config import Settings
 from maskwatch.notify.config import NotifyConfig, NotifyConfigError, RateLimit, load_config
 from maskwatch.notify.delivery import TokenBucket
+from maskwatch.notify.messages import slack_text, teams_text
 from maskwatch.notify.service import Notifier, NotifyStats
 from maskwatch.schemas.events import Alert, DeadLetter
 from maskwatch.schemas.parse import parse_event
@@ -216,13 +217,13 @@ def test_one_post_per_destination_in_its_format(settings: Settings, hooks: Hooks
     assert isinstance(slack.body["text"], str) and "cam-1" in slack.body["text"]
     assert [b["type"] for b in slack.body["blocks"]] == ["header", "section", "context"]
     fields = " ".join(f["text"] for f in slack.body["blocks"][1]["fields"])
-    assert alert.alert_id in fields and "3 of 5" in fields
+    assert slack_text(alert.alert_id) in fields and "3 of 5" in fields
     assert len(slack.body["blocks"][1]["fields"]) <= 10
 
     [teams] = hooks.received("/teams")
     assert teams.body["@type"] == "MessageCard" and teams.body["@context"] == "https://schema.org/extensions"
     facts = {f["name"]: f["value"] for f in teams.body["sections"][0]["facts"]}
-    assert facts["Camera"] == "cam-1" and facts["Alert id"] == alert.alert_id
+    assert facts["Camera"] == "cam-1" and facts["Alert id"] == teams_text(alert.alert_id)
 
     generic = hooks.received("/generic")
     assert sorted(parse_event(Alert, json.dumps(p.body)).alert_id for p in generic) == sorted(
@@ -449,3 +450,89 @@ def test_cli_check_and_graceful_sigterm(settings: Settings, hooks: Hooks, tmp_pa
     assert proc.returncode == 0, out
     assert "notifier stopped" in out and "posted=1" in out
     assert "SECRET" not in out
+
+
+class RawHook:
+    """A loopback 'webhook' that answers every request with the same raw bytes, then closes."""
+
+    def __init__(self, answer: bytes) -> None:
+        import socket
+
+        self.answer = answer
+        self.hits = 0
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(16)
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}/hook"
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            with conn:
+                conn.settimeout(5)
+                try:
+                    conn.recv(65536)
+                    self.hits += 1
+                    conn.sendall(self.answer)
+                except OSError:
+                    pass
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def test_redirects_are_never_followed_and_malformed_answers_are_failed_attempts(
+    settings: Settings, hooks: Hooks, tmp_path: Path
+) -> None:
+    """A webhook that redirects (to the store server, say) or answers garbage: no redirect is followed,
+    nothing crashes, each bad answer is a failed attempt (retried, then dead-lettered), and the alert still
+    reaches the healthy destination once."""
+    redirect = RawHook(f"HTTP/1.1 302 Found\r\nLocation: {hooks.base}/steal\r\nContent-Length: 0\r\n\r\n"
+                       .encode())
+    bad_status = RawHook(b"HTTP/1.1 abc\r\n\r\n")
+    cut_short = RawHook(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nshort")
+    huge_headers = RawHook(b"HTTP/1.1 200 OK\r\n" + b"X-Pad: " + b"a" * 200_000 + b"\r\n\r\n")
+    odd_reason = RawHook(b"HTTP/1.1 500 <script>\x1b[31m" + b"!" * 5000 + b"\r\nContent-Length: 0\r\n\r\n")
+    raws = {"redirect": redirect, "bad_status": bad_status, "cut_short": cut_short,
+            "huge_headers": huge_headers, "odd_reason": odd_reason}
+    try:
+        alert = make_alert()
+        produce(settings, [alert_record(alert)])
+        destinations = [{"name": name, "url": hook.url} for name, hook in raws.items()]
+        destinations.append({"name": "ok", "url": f"{hooks.base}/ok"})
+        with Running(notifier(settings, tmp_path, destinations)) as running:
+            running.wait(lambda s: s.failed == len(raws) and s.posted == 1)
+        assert hooks.requests.get("/steal") is None, "a redirect was followed"
+        assert redirect.hits == 1, "a redirect is not retried"
+        for name in ("bad_status", "cut_short", "huge_headers", "odd_reason"):
+            assert raws[name].hits == FAST_RETRY["attempts"], name
+        records = {r.stage: r for r in dead_letters(settings, len(raws))}
+        assert set(records) == {f"notify:{name}" for name in raws}
+        assert "redirect, not followed" in records["notify:redirect"].error
+        odd = records["notify:odd_reason"].error
+        assert "<script>" not in odd and "\x1b" not in odd and len(odd) < 400
+        assert len(hooks.received("/ok")) == 1
+    finally:
+        for hook in raws.values():
+            hook.close()
+
+
+def test_camera_text_reads_as_text_in_slack_and_teams(settings: Settings, hooks: Hooks,
+                                                      tmp_path: Path) -> None:
+    alert = make_alert().model_copy(update={
+        "message": "<!channel> <https://evil.example|click here> [x](https://evil.example) <img src=x>"})
+    produce(settings, [alert_record(alert)])
+    destinations = [{"name": "slack", "url": f"{hooks.base}/slack", "format": "slack"},
+                    {"name": "teams", "url": f"{hooks.base}/teams", "format": "teams"}]
+    with Running(notifier(settings, tmp_path, destinations)) as running:
+        running.wait(lambda s: s.posted == 2)
+    slack = json.dumps(hooks.received("/slack")[0].body)
+    assert "<!channel>" not in slack and "<https://evil.example|" not in slack and "&lt;!channel&gt;" in slack
+    [teams] = hooks.received("/teams")
+    section = teams.body["sections"][0]
+    assert section["markdown"] is False
+    assert "<img" not in json.dumps(teams.body)

@@ -4,19 +4,22 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import sqlite3
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
+
 from maskwatch.notify.config import RateLimit, RetryPolicy, host_of
 
 log = logging.getLogger(__name__)
+# httpx logs each request with its full URL at INFO, and a webhook URL's path is often its secret.
+logging.getLogger("httpx").setLevel(logging.WARNING)
 
 # Statuses worth another try; any other 4xx means the request itself is wrong and would fail again.
 RETRYABLE = {408, 425, 429, 500, 502, 503, 504}
@@ -92,26 +95,50 @@ class PostResult:
     interrupted: bool = False  # stopped (SIGTERM) before an outcome: leave the alert uncommitted
 
 
+# What of a webhook's answer is read: its status and headers, and this much of its body (then dropped).
+MAX_ANSWER_BYTES = 64 * 1024
+# A reason phrase is words: anything else in it (markup, escape sequences, control bytes) is replaced.
+_NOT_PLAIN = re.compile(r"[^A-Za-z0-9 .,:;_()/'=-]")
+
+
+def _phrase(text: str, limit: int = 120) -> str:
+    """Text the receiver controls (reason phrase, protocol error) made safe to log, store and show."""
+    return _NOT_PLAIN.sub("?", text[: limit * 2])[:limit]
+
+
 def post_once(url: str, body: bytes, timeout_s: float) -> tuple[int | None, str, float | None]:
-    """(status, error, retry-after seconds). Errors never quote the URL, whose path may be a secret."""
-    request = urllib.request.Request(url, data=body, method="POST",
-                                     headers={"Content-Type": "application/json",
-                                              "User-Agent": "maskwatch-notify"})
+    """(status, error, retry-after seconds). Errors never quote the URL, whose path may be a secret.
+
+    A redirect is not followed (it could point anywhere, the store server included): it is a failed
+    attempt. An answer that is cut short, malformed or over-long is a failed attempt too, never a crash."""
+    headers = {"Content-Type": "application/json", "User-Agent": "maskwatch-notify"}
     try:
-        with urllib.request.urlopen(request, timeout=timeout_s) as response:
-            response.read()
-            return response.status, "", None
-    except urllib.error.HTTPError as exc:
-        retry_after = exc.headers.get("Retry-After") if exc.headers else None
-        try:
-            after = float(retry_after) if retry_after else None
-        except ValueError:
-            after = None
-        return exc.code, f"HTTP {exc.code} {exc.reason}", after
-    except urllib.error.URLError as exc:
-        return None, f"cannot connect to {host_of(url)}: {exc.reason}", None
-    except (TimeoutError, OSError) as exc:
-        return None, f"{host_of(url)}: {type(exc).__name__}: {exc}", None
+        with httpx.Client(follow_redirects=False, timeout=httpx.Timeout(timeout_s)) as client, \
+                client.stream("POST", url, content=body, headers=headers) as response:
+            received = 0
+            for chunk in response.iter_raw():
+                received += len(chunk)
+                if received >= MAX_ANSWER_BYTES:
+                    break
+            status = response.status_code
+            if 200 <= status < 300:
+                return status, "", None
+            if response.is_redirect:
+                return status, f"HTTP {status}: a redirect, not followed", None
+            retry_after = response.headers.get("Retry-After")
+            try:
+                after = float(retry_after) if retry_after else None
+            except ValueError:
+                after = None
+            if after is not None and not 0 <= after < 86400:  # nan, inf or nonsense
+                after = None
+            return status, f"HTTP {status} {_phrase(response.reason_phrase)}", after
+    except httpx.TimeoutException as exc:
+        return None, f"{host_of(url)}: timed out ({type(exc).__name__})", None
+    except httpx.HTTPError as exc:  # refused, reset, malformed or cut-short answers (h11 says which)
+        return None, f"{host_of(url)}: {type(exc).__name__}: {_phrase(str(exc))}", None
+    except (OSError, ValueError) as exc:
+        return None, f"{host_of(url)}: {type(exc).__name__}: {_phrase(str(exc))}", None
 
 
 def deliver(url: str, payload: dict[str, Any], policy: RetryPolicy, wait: Callable[[float], bool],

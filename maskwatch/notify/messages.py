@@ -6,6 +6,19 @@ from typing import Any
 
 from maskwatch.schemas.events import Alert
 
+# Camera names, sites, zones and messages are typed by people who are not the channel's readers: in a
+# chat they must read as text, never as a link, a mention or formatting.
+
+
+def slack_text(text: str) -> str:
+    """Text for Slack's mrkdwn: &, < and > escaped, so no <link|label>, <!channel> or <@user> forms."""
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def teams_text(text: str) -> str:
+    """Text for a Teams card with markdown off: HTML escaped (the card renders a subset of it)."""
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
 
 def _where(alert: Alert) -> str:
     return " / ".join(part for part in (alert.site, alert.zone, alert.camera_id) if part)
@@ -28,9 +41,9 @@ def _facts(alert: Alert) -> list[tuple[str, str]]:
 
 
 def slack(alert: Alert) -> dict[str, Any]:
-    fields = [{"type": "mrkdwn", "text": f"*{name}*\n{value}"} for name, value in _facts(alert)]
+    fields = [{"type": "mrkdwn", "text": f"*{name}*\n{slack_text(value)}"} for name, value in _facts(alert)]
     return {
-        "text": summary(alert),  # shown in notifications and by clients without Block Kit
+        "text": slack_text(summary(alert)),  # shown in notifications and by clients without Block Kit
         "blocks": [
             {"type": "header", "text": {"type": "plain_text", "text": f"No-mask alert: {_where(alert)}"}},
             {"type": "section", "fields": fields[:10]},  # Slack allows at most 10 fields per section
@@ -44,14 +57,14 @@ def teams(alert: Alert) -> dict[str, Any]:
     return {
         "@type": "MessageCard",
         "@context": "https://schema.org/extensions",
-        "summary": summary(alert),
+        "summary": teams_text(summary(alert)),
         "themeColor": "D13438",
-        "title": f"No-mask alert: {_where(alert)}",
+        "title": teams_text(f"No-mask alert: {_where(alert)}"),
         "sections": [{
-            "activityTitle": alert.rule,
+            "activityTitle": teams_text(alert.rule),
             "activitySubtitle": f"triggered {alert.triggered_at:%Y-%m-%d %H:%M:%S} UTC",
-            "facts": [{"name": name, "value": value} for name, value in _facts(alert)],
-            "markdown": True,
+            "facts": [{"name": name, "value": teams_text(value)} for name, value in _facts(alert)],
+            "markdown": False,  # card text is plain: no links or images from camera-controlled text
         }],
     }
 
