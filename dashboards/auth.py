@@ -25,13 +25,16 @@ user signs them out, and a changed role applies, at their next click.
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import hmac
 import logging
 import os
 import secrets
 import tempfile
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -175,6 +178,63 @@ def lock_seconds(failures: int) -> float:
     return min(LOCK_BASE_S * 2 ** (failures - FREE_ATTEMPTS), LOCK_MAX_S)
 
 
+class SignInLimiter:
+    """Failed sign-ins in a row per user name and per client address, for the whole dashboard process:
+    a new browser session (or a script that opens one per guess) meets the same lock as the last one.
+
+    >>> limiter = SignInLimiter(clock=lambda: 100.0)
+    >>> for _ in range(FREE_ATTEMPTS):
+    ...     _ = limiter.failed(["user:alice", "addr:10.0.0.9"])
+    >>> limiter.locked_for(["user:alice"]) > 0, limiter.locked_for(["user:bob", "addr:10.0.0.9"]) > 0
+    (True, True)
+    """
+
+    MAX_KEYS = 10_000  # kept in memory: the oldest go first when an attacker cycles through names
+
+    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._failures: dict[str, tuple[int, float]] = {}  # key -> (failures in a row, locked until)
+
+    def locked_for(self, keys: list[str]) -> float:
+        """Seconds until every one of ``keys`` may try again (0: now)."""
+        now = self._clock()
+        with self._lock:
+            return max([self._failures.get(k, (0, 0.0))[1] - now for k in keys] + [0.0])
+
+    def failed(self, keys: list[str]) -> float:
+        """Count a failure against every key; returns the lock it now carries (seconds, 0 for none)."""
+        now = self._clock()
+        lock = 0.0
+        with self._lock:
+            for key in keys:
+                count = self._failures.pop(key, (0, 0.0))[0] + 1
+                until = now + lock_seconds(count) if lock_seconds(count) else 0.0
+                self._failures[key] = (count, until)
+                lock = max(lock, lock_seconds(count))
+            while len(self._failures) > self.MAX_KEYS:
+                self._failures.pop(next(iter(self._failures)))
+        return lock
+
+    def succeeded(self, keys: list[str]) -> None:
+        with self._lock:
+            for key in keys:
+                self._failures.pop(key, None)
+
+
+LIMITER = SignInLimiter()
+
+
+def _limit_keys(name: str) -> list[str]:
+    import streamlit as st
+
+    keys = [f"user:{name.strip().lower()[:200]}"]
+    with contextlib.suppress(Exception):  # no client address outside a served app (AppTest)
+        if st.context.ip_address:
+            keys.append(f"addr:{st.context.ip_address}")
+    return keys
+
+
 # --- Streamlit ---------------------------------------------------------------------------------------
 
 
@@ -242,7 +302,6 @@ def _sign_in_page(users: dict[str, Account]) -> None:
     notice = state.pop("auth_notice", None)
     if notice:
         st.info(notice)
-    locked_until = float(state.get("auth_locked_until", 0))
     with st.form("sign_in", clear_on_submit=True):  # the password never stays in the page
         name = st.text_input("User name", key="auth_name")
         password = st.text_input("Password", type="password", key="auth_password")
@@ -250,20 +309,17 @@ def _sign_in_page(users: dict[str, Account]) -> None:
     if not submitted:
         return
     now = time.time()
-    if now < locked_until:
-        st.error(f"Too many failed attempts: try again in {int(locked_until - now) + 1} s.")
+    keys = _limit_keys(name)
+    wait = LIMITER.locked_for(keys)
+    if wait > 0:
+        st.error(f"Too many failed attempts: try again in {int(wait) + 1} s.")
         return
     if check_credentials(users, name.strip(), password):
-        for key in ("auth_failures", "auth_locked_until"):
-            state.pop(key, None)
+        LIMITER.succeeded(keys)
         state["auth_user"], state["auth_seen"] = name.strip(), now
         state["auth_role"] = users[name.strip()].role
-        log.info("dashboard: %s signed in", name.strip())
+        log.info("dashboard: %s signed in", ascii(name.strip()))
         st.rerun()
-    failures = int(state.get("auth_failures", 0)) + 1
-    state["auth_failures"] = failures
-    lock = lock_seconds(failures)
-    if lock:
-        state["auth_locked_until"] = now + lock
-    log.warning("dashboard: failed sign-in (%d in a row in this session)", failures)
+    lock = LIMITER.failed(keys)
+    log.warning("dashboard: failed sign-in as %s", ascii(name.strip()[:80]))
     st.error("Wrong user name or password." + (f" Sign-in locked for {int(lock)} s." if lock else ""))

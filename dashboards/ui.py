@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, date, datetime, time, timedelta
@@ -168,14 +169,39 @@ def snapshot_file(path: str, settings: Settings) -> Path | None:
     return candidate
 
 
+_MARKDOWN_MARKS = re.compile(r"([!-/:-@\[-`{-~])")
+
+
+def plain(value: object) -> str:
+    """Text from the store (camera names, sites, zones, alert messages, camera errors: typed by operators
+    or sent by cameras) for a Streamlit markdown string: every ASCII punctuation mark backslash-escaped
+    (CommonMark allows it for all of them), so it shows as typed and never as a link, an image, a
+    directive (``:red[...]``) or formatting; line breaks become spaces."""
+    text = " ".join(str(value if value is not None else "").split())
+    return _MARKDOWN_MARKS.sub(r"\\\1", text)
+
+
+# A spreadsheet runs a cell that starts with one of these as a formula (CSV injection).
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
 def export(frame: pl.DataFrame, fmt: Literal["csv", "parquet"]) -> bytes:
-    """A table as a downloadable file; lists become JSON text in CSV (CSV has no nested values)."""
+    """A table as a downloadable file; lists become JSON text in CSV (CSV has no nested values), and text
+    cells that a spreadsheet would run as a formula start with a ' (shown as text)."""
     buffer = io.BytesIO()
     if fmt == "parquet":
         frame.write_parquet(buffer)
     else:
         flat = frame.with_columns(
             pl.col(name).list.join(",") for name, dtype in frame.schema.items() if isinstance(dtype, pl.List)
+        )
+        flat = flat.with_columns(
+            pl.when(pl.any_horizontal(pl.col(name).str.starts_with(mark) for mark in _FORMULA_START))
+            .then(pl.lit("'") + pl.col(name))
+            .otherwise(pl.col(name))
+            .alias(name)
+            for name, dtype in flat.schema.items()
+            if dtype == pl.String
         )
         flat.write_csv(buffer)
     return buffer.getvalue()

@@ -3,9 +3,11 @@ before decoding, and the dashboard login (AppTest on the real store server)."""
 
 from __future__ import annotations
 
+import csv
 import json
 import logging
 import os
+import re
 import socket
 import stat
 import struct
@@ -32,7 +34,7 @@ from maskwatch.config import ConfigError, Settings
 from maskwatch.dashboards import auth, data, seed
 from maskwatch.dashboards.cli import dashboard
 from maskwatch.notify.messages import render
-from maskwatch.schemas.events import Alert
+from maskwatch.schemas.events import Alert, CameraHealth
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 APP = REPO_ROOT / "dashboards" / "app.py"
@@ -355,7 +357,8 @@ def _texts(at: AppTest) -> str:
     parts += [f"{m.label} {m.value}" for m in at.metric]
     parts += [e.value.to_csv() for e in at.dataframe]
     parts += [str(w.value) for w in at.text_input if w.proto.type != TextInputProto.PASSWORD]
-    return "\n".join(parts)
+    # As a person reads it: markdown's backslash escapes are not shown.
+    return re.sub(r"\\([!-/:-@\[-`{-~])", r"\1", "\n".join(parts))
 
 
 @pytest.fixture(scope="module")
@@ -431,6 +434,12 @@ def test_right_password_renders_the_pages_and_signs_out(with_login: Path) -> Non
     assert _signed_out(at) and any("Signed out" in i.value for i in at.info)
 
 
+@pytest.fixture(autouse=True)
+def fresh_sign_in_limiter(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The limiter is the dashboard process's; each test is a dashboard of its own."""
+    monkeypatch.setattr(auth, "LIMITER", auth.SignInLimiter())
+
+
 def test_failed_attempts_lock_the_session(with_login: Path) -> None:
     at = AppTest.from_file(str(APP), default_timeout=60)
     at.run()
@@ -439,6 +448,18 @@ def test_failed_attempts_lock_the_session(with_login: Path) -> None:
     assert any("Sign-in locked for 30 s" in e.value for e in at.error)
     _sign_in(at, "alice", PASSWORD)  # right password, but the session is locked
     assert _signed_out(at) and any("Too many failed attempts" in e.value for e in at.error)
+
+
+def test_a_new_session_meets_the_same_lock(with_login: Path) -> None:
+    """Guessing from a fresh browser session each time used to reset the count; the lock is the user's."""
+    for _ in range(auth.FREE_ATTEMPTS):
+        at = AppTest.from_file(str(APP), default_timeout=60)
+        at.run()
+        _sign_in(at, "Alice ", "guess")  # spelled another way: the same user
+    fresh = AppTest.from_file(str(APP), default_timeout=60)
+    fresh.run()
+    _sign_in(fresh, "alice", PASSWORD)
+    assert _signed_out(fresh) and any("Too many failed attempts" in e.value for e in fresh.error)
 
 
 def test_no_streamlit_pages_folder_next_to_the_app() -> None:
@@ -578,3 +599,55 @@ def test_operator_acknowledges_as_themself(with_login: Path) -> None:
                            {"id": alert_id}, Settings())
     store.close_clients()
     assert ack == [{"acknowledged_by": "olga", "note": "checked"}]
+
+
+HOSTILE_TEXT = "![x](https://evil.example/p.png) [click](https://evil.example) :red[boom] <b>bold</b>"
+
+
+def _raw_markdown(at: AppTest) -> list[str]:
+    return [str(e.value) for kind in ("markdown", "caption", "error", "warning", "info", "success")
+            for e in getattr(at, kind)]
+
+
+def test_store_text_renders_as_plain_text(with_login: Path) -> None:
+    """Alert messages and camera error texts (a camera's HTTP reason phrase is in them) are shown as
+    typed: no link, image or directive of theirs reaches the page's markdown."""
+    now = datetime.now(UTC).replace(microsecond=0)
+    alert = Alert(alert_id=f"cam-001:md:{uuid.uuid4().hex}", camera_id="cam-001", rule="test",
+                  triggered_at=now, window_start=now - timedelta(minutes=1), window_end=now, faces=3,
+                  nomask_faces=3, nomask_ratio=1.0, message=HOSTILE_TEXT)
+    store.insert_models("alerts", [alert], Settings())
+    health = [CameraHealth(camera_id="cam-001", tick_id=f"cam-001:{i}", scheduled_at=now, observed_at=now,
+                           status="fetch_error", consecutive_failures=5, state="down",
+                           error=f"HTTP 500 {HOSTILE_TEXT}") for i in range(3)]
+    store.insert_models("camera_health", health, Settings())
+    store.close_clients()
+    data.clear_alerts()
+    data.clear_cameras()
+    at = AppTest.from_file(str(APP), default_timeout=60)
+    at.run()
+    _sign_in(at, "vic", PASSWORD)
+    pages = []
+    for page in ("views/alerts.py", "views/cameras.py"):
+        at.switch_page(page).run()
+        assert not at.exception
+        pages += _raw_markdown(at)
+    joined = "\n".join(pages)
+    assert HOSTILE_TEXT in re.sub(r"\\([!-/:-@\[-`{-~])", r"\1", joined), "the text is shown, as typed"
+    for form in ("](https://evil", "![", ":red[", "<b>"):
+        assert form not in joined, form
+
+
+def test_csv_exports_neutralise_formula_cells(migrated: Settings) -> None:
+    now = datetime.now(UTC).replace(microsecond=0)
+    formulas = ["=HYPERLINK(\"https://evil.example\",\"open\")", "+1+1", "-2+3", "@SUM(A1)", "\t=1"]
+    store.insert_models("alerts", [
+        Alert(alert_id=f"cam-001:csv:{i}", camera_id="cam-001", rule="test", triggered_at=now,
+              window_start=now - timedelta(minutes=1), window_end=now, faces=1, nomask_faces=1,
+              nomask_ratio=1.0, message=text) for i, text in enumerate(formulas)], migrated)
+    from maskwatch.dashboards import ui
+
+    rows = store.query_df("SELECT message FROM alerts FINAL ORDER BY alert_id", settings=migrated)
+    exported = ui.export(rows, "csv").decode().splitlines()[1:]
+    cells = [next(csv.reader([line])) for line in exported]
+    assert sorted(c[0] for c in cells) == sorted("'" + f for f in formulas)

@@ -32,7 +32,8 @@ def feed() -> None:
         return
     newest = rows.row(0, named=True)
     st.markdown(f"**{rows.height:,}{'+' if rows.height >= queries.FEED_LIMIT else ''} alerts** · newest "
-                f"{newest['triggered_at']:%H:%M:%S} UTC, {newest['camera_id']}: {newest['message']}")
+                f"{newest['triggered_at']:%H:%M:%S} UTC, {ui.plain(newest['camera_id'])}: "
+                f"{ui.plain(newest['message'])}")
     # Alert ids are opaque (hashes, from the flow), so the detail picker shows time, camera and count.
     st.session_state["alert_labels"] = {
         r["alert_id"]: f"{r['triggered_at']:%Y-%m-%d %H:%M:%S} · {r['camera_id']} · "
@@ -70,7 +71,7 @@ selected = st.selectbox("Alert", list(labels), key="alert_id", format_func=lambd
 with ui.store_errors(settings):
     found = data.alert(settings, selected)
 if found.is_empty():
-    st.warning(f"Alert {selected!r} is no longer in the store.")
+    st.warning(f"Alert {ui.plain(selected)} is no longer in the store.")
     st.stop()
 row = found.row(0, named=True)
 
@@ -84,13 +85,15 @@ cols[2].metric("Frames with no-mask", ui.pct(row["nomask_ratio"]), border=True,
                help="Share of the window's frames that had at least one face without a mask")
 cols[3].metric("Status", "Acknowledged" if row["acknowledged"] else "Open", border=True)
 st.markdown(
-    f"**{row['camera_id']}** · {row['site']} / {row['zone']} · rule `{row['rule']}`  \n"
+    f"**{ui.plain(row['camera_id'])}** · {ui.plain(row['site'])} / {ui.plain(row['zone'])} · rule "
+    f"{ui.plain(row['rule'])}  \n"
     f"Window {row['window_start']:%Y-%m-%d %H:%M:%S} → {row['window_end']:%H:%M:%S} UTC, "
-    f"triggered {row['triggered_at']:%Y-%m-%d %H:%M:%S} UTC  \n{row['message']}"
+    f"triggered {row['triggered_at']:%Y-%m-%d %H:%M:%S} UTC  \n{ui.plain(row['message'])}"
 )
 if row["acknowledged"]:
-    st.caption(f"Acknowledged by {row['acknowledged_by']} at {row['acknowledged_at']:%Y-%m-%d %H:%M:%S} UTC"
-               + (f": {row['note']}" if row["note"] else ""))
+    st.caption(f"Acknowledged by {ui.plain(row['acknowledged_by'])} at "
+               f"{row['acknowledged_at']:%Y-%m-%d %H:%M:%S} UTC"
+               + (f": {ui.plain(row['note'])}" if row["note"] else ""))
 
 with ui.store_errors(settings):
     frames = data.alert_frames(settings, selected)
@@ -121,5 +124,6 @@ elif not row["acknowledged"]:
             with ui.store_errors(settings):
                 queries.acknowledge(settings, selected, who, note)
             data.clear_alerts()
-            st.session_state["alert_flash"] = f"Alert acknowledged by {who.strip() or 'dashboard'}."
+            by = ui.plain(who.strip() or "dashboard")
+            st.session_state["alert_flash"] = f"Alert acknowledged by {by}."
             st.rerun()

@@ -61,5 +61,6 @@ if down.height:
     st.subheader("Down")
     for row in down.sort("camera_id").iter_rows(named=True):
         reason = redact_text(row["last_error"] or row["last_status"])
-        st.error(f"**{row['camera_id']}** ({row['site']} / {row['zone']}): {reason} · last frame "
-                 f"{row['last_frame_at'] or 'never in this range'}", icon=":material/error:")
+        st.error(f"**{ui.plain(row['camera_id'])}** ({ui.plain(row['site'])} / {ui.plain(row['zone'])}): "
+                 f"{ui.plain(reason)} · last frame {row['last_frame_at'] or 'never in this range'}",
+                 icon=":material/error:")

@@ -36,7 +36,7 @@ choice = st.selectbox("Camera", [NEW, *cameras["id"].to_list()], key="manage_cam
                       f"{c} · {cameras.filter(cameras['id'] == c)['name'].item()}")
 current = None if choice == NEW else registry.get_camera(choice, settings)
 if choice != NEW and current is None:
-    st.warning(f"Camera {choice!r} was removed meanwhile.")
+    st.warning(f"Camera {ui.plain(choice)} was removed meanwhile.")
     data.clear_cameras()
     st.stop()
 
@@ -60,7 +60,7 @@ with st.form("camera_form", clear_on_submit=False):
     site = left.text_input("Site", value=current.site if current else "", key=f"site:{slot}")
     zone = right.text_input("Zone", value=current.zone if current else "", key=f"zone:{slot}")
     if current:
-        st.caption(f"Current source: `{current.display_url}` (credentials masked)")
+        st.caption(f"Current source: {ui.plain(current.display_url)} (credentials masked)")
     source = st.text_input(
         "Source URL" + (" (leave empty to keep the current one and its credentials)" if current else ""),
         value="", type="password",  # it may hold credentials: never echoed on screen
@@ -111,18 +111,20 @@ if submitted:
         st.error("Not saved: only an admin can put a camera on a private network or change the source of "
                  "a camera that is on one.", icon=":material/lock:")
     elif current is None and fields["id"] and registry.get_camera(fields["id"], settings) is not None:
-        st.error(f"A camera with id {fields['id']!r} already exists; pick it in the list above to edit it.")
+        st.error(f"A camera with id {ui.plain(fields['id'])} already exists; pick it in the list above "
+                 "to edit it.")
     else:
         try:
             with ui.store_errors(settings):
                 saved = registry.put_camera(registry.parse_camera(fields), settings)
         except (SchemaError, ValueError) as exc:
-            st.error(f"Not saved: {exc}", icon=":material/error:")
+            st.error(f"Not saved: {ui.plain(exc)}", icon=":material/error:")
         else:
             data.clear_cameras()
             for key in [k for k in st.session_state if str(k).endswith(":new")]:
                 del st.session_state[key]  # an empty form next time "New camera" is picked
-            st.session_state["manage_flash"] = f"Saved {saved.id} (source {saved.display_url})."
+            st.session_state["manage_flash"] = (f"Saved {ui.plain(saved.id)} "
+                                                f"(source {ui.plain(saved.display_url)}).")
             st.session_state["manage_select_next"] = saved.id
             st.rerun()
 
@@ -133,13 +135,14 @@ if current:
         with ui.store_errors(settings):
             registry.set_enabled(current.id, not current.enabled, settings)
         data.clear_cameras()
-        st.session_state["manage_flash"] = f"{current.id} {'disabled' if current.enabled else 'enabled'}."
+        done = "disabled" if current.enabled else "enabled"
+        st.session_state["manage_flash"] = f"{ui.plain(current.id)} {done}."
         st.rerun()
     confirm = b.checkbox("I want to remove this camera", key="confirm_remove")
     if b.button("Remove camera", disabled=not confirm, key="remove"):
         with ui.store_errors(settings):
             registry.remove_camera(current.id, settings)
         data.clear_cameras()
-        st.session_state["manage_flash"] = f"{current.id} removed (its history stays in the store)."
+        st.session_state["manage_flash"] = f"{ui.plain(current.id)} removed (its history stays in the store)."
         st.session_state["manage_select_next"] = NEW
         st.rerun()
