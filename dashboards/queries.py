@@ -106,6 +106,17 @@ def cameras(settings: Settings) -> pl.DataFrame:
 # --- overview -------------------------------------------------------------------------------------------
 
 
+def serving_models(settings: Settings) -> pl.DataFrame:
+    """The models that processed the newest frames of the last hour, newest first (one row per pair)."""
+    return _df(
+        settings,
+        "SELECT detector_model, classifier_model, max(processed_at) AS last_seen FROM frames "
+        "WHERE processed_at >= now64(3) - INTERVAL 1 HOUR AND status = 'ok' "
+        "GROUP BY detector_model, classifier_model ORDER BY last_seen DESC LIMIT 3",
+        {},
+    )
+
+
 def kpis(settings: Settings, scope: Scope) -> pl.DataFrame:
     """One row per period ('current', 'previous'): frames, faces, nomask_faces, compliance, alerts."""
     both = replace(scope, start=scope.previous().start)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from typing import Any
 
 from maskwatch.config import Settings
 from maskwatch.flows.batching import BatchProcessor, TickOutcome
@@ -34,15 +35,25 @@ class FlowRuntime:
                 self._registry = RegistryCache(store_loader(self.settings), self.opts.registry_refresh_s)
             return self._registry
 
+    def wanted_models(self) -> tuple[str, str]:
+        """The detector and classifier this flow should serve now: the ones the options name, else the
+        defaults, which become the tuned ones once `maskwatch models tune` has built them."""
+        from maskwatch.inference.serving.engine import default_models
+
+        detector, classifier = default_models(self.settings.models_dir)
+        return self.opts.detector or detector, self.opts.classifier or classifier
+
+    def _engine(self, detector: str, classifier: str) -> Any:
+        from maskwatch.inference.serving.engine import InferenceEngine
+        from maskwatch.inference.session import cpu_count
+
+        return InferenceEngine.default(detector, classifier, models_dir=self.settings.models_dir,
+                                       threads=max(1, cpu_count() // self.opts.workers))
+
     def processor(self) -> BatchProcessor:
         proc: BatchProcessor | None = getattr(self._local, "processor", None)
         if proc is None:
-            from maskwatch.inference.serving.engine import InferenceEngine
-            from maskwatch.inference.session import cpu_count
-
-            engine = InferenceEngine.default(self.opts.detector or None, self.opts.classifier or None,
-                                             models_dir=self.settings.models_dir,
-                                             threads=max(1, cpu_count() // self.opts.workers))
+            engine = self._engine(*self.wanted_models())
             snapshots = self.settings.home / "snapshots" if self.opts.snapshots else None
             proc = BatchProcessor(
                 Fetcher(self.opts.fetch), engine, snapshots, detector_model=engine.detector_spec.name,
@@ -52,12 +63,31 @@ class FlowRuntime:
             self._local.processor = proc
         return proc
 
+    def _swap_models(self, proc: BatchProcessor) -> None:
+        """Serve newly built models without a restart: the first run serves the shipped models at once and
+        `maskwatch models tune` builds the tuned ones beside them; each worker loads them when they appear
+        (a frame's row says which models saw it)."""
+        wanted = self.wanted_models()
+        if wanted == (proc.detector_model, proc.classifier_model):
+            return
+        try:
+            engine = self._engine(*wanted)
+        except Exception as exc:  # a model half-written or broken: keep serving the current pair
+            log.warning("models %s + %s not loadable yet (%s); still serving %s + %s", *wanted, exc,
+                        proc.detector_model, proc.classifier_model)
+            return
+        log.info("serving new models: detector %s -> %s, classifier %s -> %s", proc.detector_model,
+                 engine.detector_spec.name, proc.classifier_model, engine.classifier_spec.name)
+        proc.engine = engine
+        proc.detector_model, proc.classifier_model = engine.detector_spec.name, engine.classifier_spec.name
+
     def process(self, ticks: list[Tick]) -> list[TickOutcome]:
         proc = self.processor()
         now = time.monotonic()
         if now - getattr(self._local, "retained_at", 0.0) > self.opts.registry_refresh_s:
             # Close stream connections of cameras that were removed or disabled.
             proc.fetcher.retain(self.registry.enabled_ids())
+            self._swap_models(proc)
             self._local.retained_at = now
         # The camera (with its source URL) is looked up only here, never carried in operator state, so
         # credentials do not end up in recovery snapshots. A camera removed meanwhile drops its tick.

@@ -42,10 +42,15 @@ def pull_command(models_dir: Path | None, names: tuple[str, ...]) -> None:
 def list_command(models_dir: Path | None) -> None:
     """Show the pulled models: name, kind, input size, file size, source."""
     from maskwatch.config import Settings
-    from maskwatch.inference.models.manifest import DEFAULT_CLASSIFIER, DEFAULT_DETECTOR, load_manifest
+    from maskwatch.inference.models.manifest import load_manifest
+    from maskwatch.inference.serving.engine import default_models, resolve_spec
 
     base = models_dir or Settings().models_dir
     specs = load_manifest(base)
+    serving = default_models(base)
+    for name in serving:  # tuned models live beside the manifest, as <name>.yaml
+        if name not in specs:
+            specs[name] = resolve_spec(name, base)
     if not specs:
         click.echo(f"no models in {base}; run `maskwatch models pull`")
         return
@@ -53,14 +58,15 @@ def list_command(models_dir: Path | None) -> None:
     for spec in specs.values():
         path = Path(spec.file)
         size = f"{path.stat().st_size / 1e6:.1f} MB" if path.exists() else "MISSING"
-        default = " *" if spec.name in (DEFAULT_DETECTOR, DEFAULT_CLASSIFIER) else ""
+        default = " *" if spec.name in serving else ""
         p = spec.preprocess
         source = f"{spec.source.wheel}:{spec.source.member}" if spec.source else "user"
         rows.append((spec.name + default, spec.kind, f"{p.width}x{p.height}", size, source))
     widths = [max(len(r[i]) for r in rows) for i in range(4)]
     for r in rows:
         click.echo("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=False)) + "  " + r[4])
-    click.echo(f"(* default pair; directory {base})")
+    click.echo(f"(* the pair the flow serves by default: the tuned models once `maskwatch models tune` built "
+               f"them, which a running flow picks up; directory {base})")
 
 
 @click.command("eval")

@@ -178,3 +178,64 @@ def test_tuned_classifier_keeps_its_held_out_figures() -> None:
     assert got["accuracy"] >= 0.94, got
     assert got["nomask_recall"] >= 0.87 and got["nomask_precision"] >= 0.83, got
     assert got["threshold_for_recall_0.90"]["precision"] >= 0.85, got
+
+
+def test_an_interrupted_build_resumes_from_its_checkpoint_and_ends_where_an_uninterrupted_one_does(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The recipe on a tiny train set (2 epochs): a build stopped after its first fold model's first epoch
+    resumes there, trains nothing twice, and writes the model an uninterrupted build writes."""
+    from maskwatch.inference.models.manifest import get_spec
+    from maskwatch.inference.training import classifier
+    from maskwatch.progress import Progress
+
+    monkeypatch.setattr(classifier, "EPOCHS", 2)
+    small = tmp_path / "dataset"
+    (small / "images").mkdir(parents=True)
+    (small / "annotations").mkdir()
+    train = [s for s in load_dataset(DATASET, split="train") if "no_mask" in s.labels][:12]
+    for s in train:
+        (small / "images" / s.image.name).symlink_to(s.image)
+        xml = DATASET / "annotations" / f"{s.image.stem}.xml"
+        (small / "annotations" / xml.name).symlink_to(xml)
+    base = get_spec(DEFAULT_CLASSIFIER)
+    models = Settings().models_dir
+
+    def build(out_dir: Path) -> np.ndarray:
+        spec = classifier.finetune(small, base, "tiny", out_dir, size=64)
+        assert not (out_dir / ".checkpoints" / "tiny.pt").exists()  # dropped once the model is out
+        x = np.random.default_rng(1).uniform(-1, 1, (4, 3, 64, 64)).astype(np.float32)
+        return OrtModel(Path(spec.file)).run(x)[0]
+
+    for name in ("manifest.json", "wheels"):
+        for out in ("whole", "interrupted"):
+            (tmp_path / out).mkdir(exist_ok=True)
+            (tmp_path / out / name).symlink_to(models / name)
+    whole = build(tmp_path / "whole")
+
+    from maskwatch.inference.training.checkpoint import Checkpoint
+
+    saved: list[int] = []
+    original = Checkpoint.save
+
+    def stop_after_the_first_epoch(self: Checkpoint, state: dict) -> None:
+        original(self, state)
+        saved.append(state["epoch"])
+        raise KeyboardInterrupt("stopped")  # as a SIGINT after that epoch's checkpoint
+
+    monkeypatch.setattr(Checkpoint, "save", stop_after_the_first_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        classifier.finetune(small, base, "tiny", tmp_path / "interrupted", size=64)
+    assert saved == [1] and (tmp_path / "interrupted" / ".checkpoints" / "tiny.pt").is_file()
+    monkeypatch.setattr(Checkpoint, "save", original)
+    resumes: list[str] = []
+    def record(self: Progress, detail: str = "", n: int = 1) -> str:
+        resumes.append(detail)
+        return detail
+
+    monkeypatch.setattr(Progress, "step", record)
+    resumed = build(tmp_path / "interrupted")
+    assert resumes[0] == "resuming a checkpoint: 0 of 3 trainings done"
+    assert resumes[1] == "resumed from the checkpoint at epoch 1/2"
+    assert sum(d.startswith("epoch 1/2") for d in resumes) == 2  # the first fold's epoch 1 is not redone
+    assert np.allclose(resumed, whole, atol=1e-4)

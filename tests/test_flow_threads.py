@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -68,3 +69,40 @@ def test_cpu_batches_run_split_across_single_threaded_runs() -> None:
     (whole,) = model.session.run(model.output_names, {model.input_name: batch})
     assert split.shape == whole.shape and np.allclose(split, whole, atol=1e-5)
     assert OrtModel(spec.path(Settings().models_dir), device="cpu", threads=1)._pool is None
+
+
+def test_the_flow_serves_tuned_models_once_they_appear_without_a_restart(tmp_path: Path,
+                                                                         dataset_dir: Path) -> None:
+    """A first run serves the shipped models; when `maskwatch models tune` writes the tuned ones beside
+    them, each worker loads them at its next registry refresh and the frames say which models saw them."""
+    from datetime import UTC, datetime
+
+    from maskwatch.schemas.events import Camera, Tick
+
+    cache = Settings().models_dir
+    models = tmp_path / "models"
+    models.mkdir()
+    for name in ("manifest.json", "rfb640.onnx", "mobilenetv2-mask.onnx"):
+        (models / name).symlink_to(cache / name)
+    settings = Settings(models_dir=models, home=tmp_path / "home")
+    runtime = FlowRuntime(settings, FlowOptions.from_settings(workers=1, cluster_workers=1))
+    proc = runtime.processor()
+    assert (proc.detector_model, proc.classifier_model) == ("rfb640", "mobilenetv2-mask")
+    runtime._swap_models(proc)
+    assert proc.detector_model == "rfb640"  # nothing new: nothing reloaded
+    # A tuned detector appears, its spec written last (as the build does): the next refresh serves it.
+    (models / "rfb640-ft.onnx").symlink_to(cache / "rfb640-ft.onnx")
+    (models / "rfb640-ft.yaml").write_text((cache / "rfb640-ft.yaml").read_text())
+    runtime._swap_models(proc)
+    assert (proc.detector_model, proc.classifier_model) == ("rfb640-ft", "mobilenetv2-mask")
+    images = dataset_dir / "images"
+    now = datetime.now(UTC).replace(microsecond=0)
+    ms = round(now.timestamp() * 1000)
+    camera = Camera(id="c1", source_url=(images / "maksssksksss1.jpg").as_uri())
+    tick = Tick(camera_id="c1", tick_id=f"c1:{ms}", scheduled_at=now, emitted_at=now)
+    [outcome] = proc.process([(tick, camera)])
+    assert outcome.frame.detector_model == "rfb640-ft" and outcome.frame.status == "ok", outcome.frame.error
+    # A spec that names a file not there yet (a build half-way) keeps the current pair serving.
+    (models / "mobilenetv2-mask-ft.yaml").write_text((cache / "mobilenetv2-mask-ft.yaml").read_text())
+    runtime._swap_models(proc)
+    assert proc.classifier_model == "mobilenetv2-mask"

@@ -13,6 +13,12 @@ scope = ui.scope()
 
 st.title("Mask compliance")
 st.caption(f"{ui.describe(scope)} · compared with the previous {ui.span_text(scope.span)}")
+serving = data.serving_models(settings)
+if serving.height:
+    newest = serving.row(0, named=True)
+    st.caption(f"Models serving: detector {ui.plain(newest['detector_model'])}, classifier "
+               f"{ui.plain(newest['classifier_model'])}"
+               + (" (tuned models swapped in during the last hour)" if serving.height > 1 else ""))
 
 kpis = data.kpis(settings, scope)
 now, before = (kpis.filter(pl.col("period") == p).row(0, named=True) for p in ("current", "previous"))

@@ -39,6 +39,8 @@ from maskwatch.inference.datasets import Sample, load_dataset
 from maskwatch.inference.evaluation.metrics import TARGET_RECALL
 from maskwatch.inference.preprocess import BatchPreprocessor, decode_image
 from maskwatch.inference.spec import ModelSpec, save_spec
+from maskwatch.inference.training.checkpoint import Checkpoint
+from maskwatch.progress import Progress
 
 log = logging.getLogger(__name__)
 
@@ -295,8 +297,17 @@ def finetune(
             carried = split.run_prefix(torch.from_numpy(np.ascontiguousarray(x)).to(device))
         return split.run_suffix(carried, train=train)
 
-    def fit(rows: np.ndarray) -> None:
-        """Train the re-trained layers from their shipped weights on faces `rows`, class-balanced."""
+    # The work in face-epochs: each of THRESHOLD_FOLDS fold models sees all faces but one fold's, then the
+    # served model sees them all.
+    progress = Progress(f"fine-tuning {name}: face-epochs", EPOCHS * THRESHOLD_FOLDS * len(y), log)
+    # After every epoch the whole training state goes to a checkpoint, so an interrupted build (a stopped
+    # `maskwatch up`, a killed CI job) resumes at the epoch it reached; it is dropped once the model is out.
+    checkpoint = Checkpoint(models_dir / ".checkpoints" / f"{name}.pt", recipe(base) | {"size": size})
+    resumed = checkpoint.load()
+
+    def fit(rows: np.ndarray, phase: int) -> None:
+        """Train the re-trained layers from their shipped weights on faces `rows`, class-balanced; phase
+        says which training of the build this is (fold models first, then the served one)."""
         with torch.no_grad():
             for p, p0 in zip(params, initial, strict=True):
                 p.copy_(p0)
@@ -308,7 +319,18 @@ def finetune(
         )
         opt = torch.optim.AdamW(params, lr=LR, weight_decay=WEIGHT_DECAY)
         schedule = torch.optim.lr_scheduler.CosineAnnealingLR(opt, EPOCHS * -(-len(rows) // BATCH))
-        for epoch in range(EPOCHS):
+        start = 0
+        if resumed is not None and resumed["phase"] == phase:
+            with torch.no_grad():
+                for p, saved in zip(params, resumed["params"], strict=True):
+                    p.copy_(saved)
+            opt.load_state_dict(resumed["opt"])
+            schedule.load_state_dict(resumed["schedule"])
+            rng.bit_generator.state = resumed["rng"]
+            torch.set_rng_state(resumed["torch_rng"])
+            start = resumed["epoch"]
+            progress.step(f"resumed from the checkpoint at epoch {start}/{EPOCHS}", n=start * len(rows))
+        for epoch in range(start, EPOCHS):
             x = faces.augmented(rng)[rows]
             order = rng.permutation(len(rows))
             total = 0.0
@@ -325,7 +347,13 @@ def finetune(
                 opt.step()
                 schedule.step()
                 total += float(loss.detach()) * len(idx)
-            log.info("epoch %d/%d: train loss %.4f", epoch + 1, EPOCHS, total / len(rows))
+            loss_per_face = total / len(rows)
+            progress.step(f"epoch {epoch + 1}/{EPOCHS} of {len(rows)} faces, train loss {loss_per_face:.4f}",
+                          n=len(rows))
+            checkpoint.save({"phase": phase, "epoch": epoch + 1, "oof": oof, "fold_of": fold_of,
+                             "params": [p.detach().cpu().clone() for p in params],
+                             "opt": opt.state_dict(), "schedule": schedule.state_dict(),
+                             "rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state()})
 
     def nomask_probs(x: np.ndarray) -> np.ndarray:
         with torch.no_grad():
@@ -336,16 +364,23 @@ def finetune(
     plain = faces.plain()
     fold_of = np.arange(len(samples)) % THRESHOLD_FOLDS
     rng.shuffle(fold_of)
-    face_fold = fold_of[faces.image]
     oof = np.zeros(len(y), np.float32)
-    for k in range(THRESHOLD_FOLDS):
+    first_phase = 0
+    if resumed is not None:
+        fold_of, oof, first_phase = resumed["fold_of"], resumed["oof"], resumed["phase"]
+        # Phases the checkpoint had finished count as done.
+        done = sum(int((fold_of[faces.image] != k).sum()) for k in range(first_phase)) * EPOCHS
+        progress.step(f"resuming a checkpoint: {first_phase} of {THRESHOLD_FOLDS + 1} trainings done", n=done)
+    face_fold = fold_of[faces.image]
+    for k in range(first_phase, THRESHOLD_FOLDS):
         log.info("threshold fold %d/%d", k + 1, THRESHOLD_FOLDS)
-        fit(np.flatnonzero(face_fold != k))
+        fit(np.flatnonzero(face_fold != k), phase=k)
         scored = np.flatnonzero(face_fold == k)
         oof[scored] = nomask_probs(plain[scored])
+        resumed = None  # a later phase starts fresh
     threshold = recall_threshold(oof, y, TARGET_RECALL)
     log.info("no-mask threshold %.3f (out-of-fold recall %.2f on train)", threshold, TARGET_RECALL)
-    fit(np.arange(len(y)))
+    fit(np.arange(len(y)), phase=THRESHOLD_FOLDS)
     head["cfg"]["activation"] = "softmax"
     spec = spec.model_copy(update={"score_threshold": threshold})
     for p in params:
@@ -363,5 +398,6 @@ def finetune(
         quantize_int8(fp32_path, onnx_path, plain[pick])
     spec = spec.model_copy(update={"file": onnx_path.name})
     save_spec(spec, models_dir / f"{name}.yaml")
+    checkpoint.clear()
     log.info("wrote %s and %s.yaml", onnx_path, name)
     return spec.model_copy(update={"file": str(onnx_path)})

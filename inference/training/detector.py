@@ -22,7 +22,6 @@ is never seen.
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -33,6 +32,7 @@ from maskwatch.inference.datasets import load_dataset
 from maskwatch.inference.postprocess import iou_matrix
 from maskwatch.inference.preprocess import BatchPreprocessor, decode_image
 from maskwatch.inference.spec import ModelSpec, save_spec
+from maskwatch.progress import Progress
 
 if TYPE_CHECKING:
     import onnx
@@ -325,8 +325,8 @@ def finetune_detector(
     log.info(
         "re-training %s from %s on %d train images, %d epochs", base.name, FIRST_TRAINED, len(samples), epochs
     )
-    t0 = time.perf_counter()
-    for epoch in range(epochs):
+    progress = Progress(f"re-training {name}: epoch", epochs, log)
+    for _epoch in range(epochs):
         batches = epoch_batches()
         tail.train()
         for m in tail.modules():
@@ -342,13 +342,7 @@ def finetune_detector(
             opt.step()
             sched.step()
             total += float(loss.detach())
-        log.info(
-            "epoch %d/%d: loss %.3f (%.0f s)",
-            epoch + 1,
-            epochs,
-            total / len(batches),
-            time.perf_counter() - t0,
-        )
+        progress.step(f"loss {total / len(batches):.3f}")
 
     models_dir.mkdir(parents=True, exist_ok=True)
     onnx_path = models_dir / f"{name}.onnx"

@@ -8,6 +8,7 @@ the demo, add one ``App`` line to ``APPS``.
 
 from __future__ import annotations
 
+import shutil
 import sys
 import time
 from dataclasses import dataclass
@@ -19,6 +20,8 @@ from maskwatch.devservices.process import ManagedProcess, ServiceError, tail
 # The checkout this runs from: `maskwatch up` is the embedded default of a source tree (bin/dev up).
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SAMPLE_CAMERAS = REPO_ROOT / "samples" / "cameras.yaml"
+# The labelled set the tuned models are built from (the train split only), beside the checkout.
+DATASET = (REPO_ROOT.parent / "shared" / "datasets" / "kaggle-face-mask").resolve()
 
 
 @dataclass(frozen=True)
@@ -27,6 +30,9 @@ class App:
 
     name: str
     args: tuple[str, ...]
+    # A job that ends by itself (exit 0 is success, not a failed start), run at a lower CPU priority so
+    # the flow keeps serving while it works.
+    oneshot: bool = False
 
     def process(self, settings: Settings) -> ManagedProcess:
         # The marker tells our live process from an unrelated one that reused the pid.
@@ -34,22 +40,32 @@ class App:
                               marker=" ".join(("-m maskwatch.cli", *self.args)))
 
     def argv(self) -> list[str]:
-        return [sys.executable, "-m", "maskwatch.cli", *self.args]
+        command = [sys.executable, "-m", "maskwatch.cli", *self.args]
+        nice = shutil.which("nice")
+        return [nice, "-n", "10", *command] if self.oneshot and nice else command
 
 
-# Started in this order by `up`, stopped in reverse by `down`.
+# Started in this order by `up`, stopped in reverse by `down`. The flow starts on the shipped models
+# at once; `tune` builds the tuned ones in the background (minutes, cached) and the flow serves them as
+# soon as they are written, without a restart.
 APPS: list[App] = [
     App("ticker", ("ticker",)),
     App("flow", ("flow", "run")),  # recovery state in $MASKWATCH_HOME/recovery
     App("dashboard", ("dashboard", "run")),  # port: MASKWATCH_DASHBOARD_PORT (default 8501)
+    App("tune", ("models", "tune", str(DATASET)), oneshot=True),
 ]
+
+
+def wanted_apps() -> list[App]:
+    """The apps of this machine: the tuning job only where the labelled set is."""
+    return [a for a in APPS if a.name != "tune" or DATASET.is_dir()]
 
 
 def start_apps(settings: Settings, startup_s: float = 2.0) -> list[str]:
     """Start the apps that are not running; one that dies within ``startup_s`` is an error with its log."""
     messages = []
     started = []
-    for app in APPS:
+    for app in wanted_apps():
         proc = app.process(settings)
         pid = proc.pid()
         if pid is not None:
@@ -62,11 +78,16 @@ def start_apps(settings: Settings, startup_s: float = 2.0) -> list[str]:
         while proc.exited() is None and time.monotonic() < deadline:
             time.sleep(0.1)
         code = proc.exited()
+        if code == 0 and app.oneshot:
+            proc.pid_file.unlink(missing_ok=True)
+            messages.append(f"{app.name}: done (log {proc.log_file})")
+            continue
         if code is not None:
             proc.pid_file.unlink(missing_ok=True)
             raise ServiceError(f"{app.name} exited during start-up (code {code}); log {proc.log_file}:\n"
                                f"{tail(proc.log_file)}")
-        messages.append(f"{app.name}: started (pid {pid}), log {proc.log_file}")
+        what = "started in the background" if app.oneshot else "started"
+        messages.append(f"{app.name}: {what} (pid {pid}), log {proc.log_file}")
     return messages
 
 
