@@ -161,6 +161,9 @@ def demo_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> DemoEnv:
     monkeypatch.setenv("MASKWATCH_TOPIC_ALERTS", f"demo.alerts.{suffix}")
     monkeypatch.setenv("MASKWATCH_TOPIC_DEAD_LETTER", f"demo.dead.{suffix}")
     monkeypatch.setenv("MASKWATCH_DASHBOARD_PORT", str(free_port()))
+    # As a new user has it: no store password configured; `maskwatch up` makes one under the home.
+    monkeypatch.delenv("MASKWATCH_STORE_PASSWORD_FILE", raising=False)
+    monkeypatch.delenv("MASKWATCH_STORE_PASSWORD", raising=False)
     from tests.flowkit import DemoEnv
 
-    return DemoEnv(Settings(), broker_port, store_port)
+    return DemoEnv(broker_port, store_port)

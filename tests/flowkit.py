@@ -378,6 +378,10 @@ def run_maskwatch(*args: str, timeout: float = 240) -> subprocess.CompletedProce
 class DemoEnv:
     """What the `demo_env` fixture set up for a private `maskwatch up`."""
 
-    settings: Settings
     broker_port: int
     store_port: int
+
+    @property
+    def settings(self) -> Settings:
+        """Read afresh: the store's password exists only once `maskwatch up` made it."""
+        return Settings()

@@ -39,11 +39,15 @@ def _ticks(settings: Settings, want: set[str], timeout: float = 40) -> dict[str,
 
 
 def test_up_then_down(demo_env: DemoEnv, dataset_dir: Path) -> None:
-    settings, broker_port, store_port = demo_env.settings, demo_env.broker_port, demo_env.store_port
-    home = settings.home
+    broker_port, store_port = demo_env.broker_port, demo_env.store_port
+    home = demo_env.settings.home
     try:
         up = run_maskwatch("up", timeout=180)
         assert up.returncode == 0, up.stdout + up.stderr
+        credential = home / "secrets" / "store_password"
+        assert credential.stat().st_mode & 0o777 == 0o600 and len(credential.read_text().strip()) >= 32
+        settings = demo_env.settings
+        assert settings.store_password_value() == credential.read_text().strip()
         assert f"127.0.0.1:{broker_port}" in up.stdout and f"127.0.0.1:{store_port}" in up.stdout
         assert "3 added" in up.stdout and "ticker: started" in up.stdout
         assert "maskwatch ticker tail" in up.stdout

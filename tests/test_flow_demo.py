@@ -17,12 +17,12 @@ from tests.flowkit import DemoEnv, read_topic, run_maskwatch
 
 @pytest.mark.slow
 def test_up_raises_alerts_within_a_minute(demo_env: DemoEnv, dataset_dir: Path) -> None:
-    settings = demo_env.settings
-    home = settings.home
+    home = demo_env.settings.home
     flow_pid = None
     try:
         up = run_maskwatch("up")
         assert up.returncode == 0, up.stdout + up.stderr
+        settings = demo_env.settings  # with the store password `up` made
         assert "flow: started" in up.stdout
         flow_pid = int((home / "run" / "flow.pid").read_text())
         started = time.monotonic()

@@ -82,6 +82,7 @@ def up_command(cameras_file: Path, durable: bool) -> None:
     try:
         for line in manager.up(settings, durable=durable):
             click.echo(line)
+        settings = Settings()  # again: the store's password may have been made just now
         applied = store.migrate(settings)
         click.echo(f"store: migrations {', '.join(applied) if applied else 'up to date'}")
         result = registry.import_yaml(cameras_file, settings)
