@@ -53,6 +53,8 @@ def main(fresh_models: bool, wait_tuned: bool, timeout_s: float) -> None:
                         text=True, timeout=timeout_s)
     marks["bin/dev up returned"] = _since(t0)
     if up.returncode != 0:
+        subprocess.run([sys.executable, "-m", "maskwatch.cli", "down"], env=env, cwd=REPO_ROOT,
+                       capture_output=True, timeout=120)
         raise click.ClickException(f"bin/dev up failed:\n{up.stdout[-2000:]}\n{up.stderr[-2000:]}")
     for key, value in env.items():
         os.environ[key] = value
