@@ -98,6 +98,8 @@ def main(store_url: str | None, target: int, n_cameras: int, days: int, repeat: 
             server = StoreService(home=Path(tmp), port=free_port(), data_dir=Path(tmp) / "chdb")
             server.start()
             store_url = f"{server.url}/?database=bench"
+            if server.credential.is_file():  # the password it made (none was configured)
+                os.environ["MASKWATCH_STORE_PASSWORD_FILE"] = str(server.credential)
         os.environ["MASKWATCH_STORE_URL"] = store_url
         os.environ["MASKWATCH_HOME"] = str(Path(tmp) / "home")
         try:

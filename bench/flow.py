@@ -89,7 +89,7 @@ def services(home: Path) -> Iterator[Settings]:
     try:
         for line in manager.up(settings, broker_port=broker_port, store_port=store_port, topics=False):
             log.info("%s", line)
-        yield settings
+        yield settings.replace()  # read again: the store's password may have been made just now
     finally:
         for line in manager.down(settings):
             log.info("%s", line)
