@@ -133,3 +133,27 @@ def test_default_detector_is_the_tuned_one_and_beats_calibration_held_out() -> N
     ap_cal = _face_ap(InferenceEngine(calibrated, classifier, score_threshold=0.01), held_out)
     ap_tuned = _face_ap(InferenceEngine(tuned, classifier, score_threshold=0.01), held_out)
     assert ap_tuned > ap_cal + 0.01, (ap_cal, ap_tuned)
+
+
+def test_an_interrupted_detector_build_resumes_and_ends_where_an_uninterrupted_one_does(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from maskwatch.inference.training.checkpoint import Checkpoint
+
+    base = resolve_spec(DEFAULT_DETECTOR)
+    whole = finetune_detector(DATASET, base, "tiny-ft", tmp_path / "whole", epochs=2, limit=8)
+    original = Checkpoint.save
+
+    def stop_after_the_first_epoch(self: Checkpoint, state: dict) -> None:
+        original(self, state)
+        raise KeyboardInterrupt("stopped")
+
+    monkeypatch.setattr(Checkpoint, "save", stop_after_the_first_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        finetune_detector(DATASET, base, "tiny-ft", tmp_path / "cut", epochs=2, limit=8)
+    monkeypatch.setattr(Checkpoint, "save", original)
+    resumed = finetune_detector(DATASET, base, "tiny-ft", tmp_path / "cut", epochs=2, limit=8)
+    assert not (tmp_path / "cut" / ".checkpoints" / "tiny-ft.pt").exists()
+    x = np.random.default_rng(0).uniform(-1, 1, (1, 3, 480, 640)).astype(np.float32)
+    a, b = OrtModel(Path(whole.file)).run(x)[0], OrtModel(Path(resumed.file)).run(x)[0]
+    assert np.allclose(a, b, atol=1e-4)

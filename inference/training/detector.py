@@ -32,6 +32,7 @@ from maskwatch.inference.datasets import load_dataset
 from maskwatch.inference.postprocess import iou_matrix
 from maskwatch.inference.preprocess import BatchPreprocessor, decode_image
 from maskwatch.inference.spec import ModelSpec, save_spec
+from maskwatch.inference.training.checkpoint import Checkpoint
 from maskwatch.progress import Progress
 
 if TYPE_CHECKING:
@@ -326,7 +327,20 @@ def finetune_detector(
         "re-training %s from %s on %d train images, %d epochs", base.name, FIRST_TRAINED, len(samples), epochs
     )
     progress = Progress(f"re-training {name}: epoch", epochs, log)
-    for _epoch in range(epochs):
+    # The state after every epoch, so an interrupted build resumes there (dropped once the model is out).
+    checkpoint = Checkpoint(models_dir / ".checkpoints" / f"{name}.pt",
+                            recipe(base) | {"epochs": epochs, "limit": limit})
+    start = 0
+    resumed = checkpoint.load()
+    if resumed is not None:
+        tail.load_state_dict(resumed["tail"])
+        opt.load_state_dict(resumed["opt"])
+        sched.load_state_dict(resumed["sched"])
+        rng.bit_generator.state = resumed["rng"]
+        torch.set_rng_state(resumed["torch_rng"])
+        start = resumed["epoch"]
+        progress.step(f"resumed from the checkpoint at epoch {start}/{epochs}", n=start)
+    for epoch in range(start, epochs):
         batches = epoch_batches()
         tail.train()
         for m in tail.modules():
@@ -343,6 +357,9 @@ def finetune_detector(
             sched.step()
             total += float(loss.detach())
         progress.step(f"loss {total / len(batches):.3f}")
+        checkpoint.save({"epoch": epoch + 1, "tail": tail.state_dict(), "opt": opt.state_dict(),
+                         "sched": sched.state_dict(), "rng": rng.bit_generator.state,
+                         "torch_rng": torch.get_rng_state()})
 
     models_dir.mkdir(parents=True, exist_ok=True)
     onnx_path = models_dir / f"{name}.onnx"
@@ -359,6 +376,7 @@ def finetune_detector(
     tmp.replace(onnx_path)
     spec = base.model_copy(update={"name": name, "file": onnx_path.name, "box_adjust": None, "source": None})
     save_spec(spec, models_dir / f"{name}.yaml")
+    checkpoint.clear()
     log.info("wrote %s and %s.yaml", onnx_path, name)
     return spec.model_copy(update={"file": str(onnx_path)})
 
