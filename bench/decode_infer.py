@@ -28,7 +28,9 @@ from typing import Any
 import cv2
 import numpy as np
 
-from maskwatch.inference.preprocess import decode_image as decode  # the flow's own decode (flows/fetch.py)
+from maskwatch.inference.preprocess import (
+    decode_image as decode,  # the flow's own decode (maskwatch/cameras/capture/images.py)
+)
 
 READY_TIMEOUT_S = 90.0  # model load + the first call (on CUDA: cuDNN's exhaustive search per shape)
 

@@ -19,7 +19,7 @@ STAGES = [
     ("postprocess+nms", re.compile(r"inference/postprocess\.py")),
     ("snapshot", re.compile(r"flows/snapshots\.py")),
     ("decode", re.compile(r"imdecode|decode_image")),
-    ("fetch", re.compile(r"flows/fetch\.py")),
+    ("fetch", re.compile(r"cameras/capture/")),
     ("store", re.compile(r"clickhouse_connect|maskwatch/store\.py|flows/sinks\.py")),
     ("kafka (incl. waiting for ticks)", re.compile(r"confluent_kafka|connectors/kafka")),
     ("rules", re.compile(r"flows/rules\.py")),
@@ -71,7 +71,7 @@ def summarise_pyspy(raw: Path, top: int = 15) -> dict[str, Any]:
         if not frames or _IDLE_LEAF.search(frames[-1]):
             continue
         if any("concurrent/futures/thread.py" in f for f in frames):
-            fetch_busy += n if any("flows/fetch.py" in f for f in frames) else 0
+            fetch_busy += n if any("cameras/capture/" in f for f in frames) else 0
             continue
         if not any(("flows/" in f or "bytewax" in f) for f in frames):
             continue

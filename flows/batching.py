@@ -21,8 +21,8 @@ from bytewax.dataflow import Stream
 from bytewax.operators import KeyedStream
 
 from maskwatch import metrics
+from maskwatch.cameras.capture.fetcher import Fetched, Fetcher, FetchRequest
 from maskwatch.cameras.sources import mask_values, resolve_source_url
-from maskwatch.flows.fetch import Fetched, Fetcher, FetchRequest
 from maskwatch.flows.routing import shard_labels
 from maskwatch.flows.snapshots import BoxedFace, save_snapshot
 from maskwatch.schemas.events import Camera, CameraHealth, FaceDetection, FrameResult, Tick

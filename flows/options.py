@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from maskwatch.cameras.capture.fetcher import FetchOptions
 from maskwatch.config import FlowSettings
-from maskwatch.flows.fetch import FetchOptions
 from maskwatch.flows.rules import RuleConfig
 
 
@@ -70,6 +70,9 @@ class FlowOptions:
                 connect_timeout_s=s.fetch_connect_timeout_s,
                 read_timeout_s=s.fetch_read_timeout_s,
                 max_bytes=s.fetch_max_bytes,
+                backoff_after=s.fetch_backoff_after,
+                backoff_max_s=s.fetch_backoff_max_s,
+                ca_file=str(s.fetch_ca_file or ""),
             ),
             bucket_s=s.bucket_s,
             lateness_s=s.lateness_s,

@@ -7,9 +7,9 @@ import threading
 import time
 from typing import Any
 
+from maskwatch.cameras.capture.fetcher import Fetcher
 from maskwatch.config import Settings
 from maskwatch.flows.batching import BatchProcessor, TickOutcome
-from maskwatch.flows.fetch import Fetcher
 from maskwatch.flows.options import FlowOptions
 from maskwatch.flows.registry_cache import RegistryCache, store_loader
 from maskwatch.flows.rules import RuleConfig, parse_scope

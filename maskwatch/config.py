@@ -246,12 +246,28 @@ class FlowSettings(_Section):
     shards: int | None = Field(
         default=None, ge=1, le=4096, description="micro-batch shards (default: one per worker of the cluster)"
     )
-    fetch_concurrency: int = Field(default=8, ge=1, le=1024, description="frames fetched at once per worker")
-    fetch_deadline_s: float = Field(default=5.0, ge=0.1, le=300, description="wall-clock limit of one fetch")
+    fetch_concurrency: int = Field(
+        default=8, ge=1, le=1024, description="threads per worker decoding frames (network waits hold none)"
+    )
+    fetch_deadline_s: float = Field(
+        default=5.0, ge=0.1, le=300, description="wall-clock limit of one camera's fetch, from its start"
+    )
     fetch_connect_timeout_s: float = Field(default=2.0, ge=0.1, le=300, description="TCP connect timeout")
-    fetch_read_timeout_s: float = Field(default=3.0, ge=0.1, le=300, description="socket read timeout")
+    fetch_read_timeout_s: float = Field(
+        default=3.0, ge=0.1, le=300, description="RTSP: seconds without a packet before reconnecting"
+    )
     fetch_max_bytes: int = Field(
         default=10 * 1024**2, ge=1024, description="largest snapshot accepted, bytes"
+    )
+    fetch_backoff_after: int = Field(
+        default=3, ge=1, le=1000, description="failed ticks in a row before a camera is backed off"
+    )
+    fetch_backoff_max_s: float = Field(
+        default=300.0, ge=1, le=86400,
+        description="longest wait between probes of a backed-off camera (10 s at first, doubling)",
+    )
+    fetch_ca_file: Path | None = Field(
+        default=None, description="CA bundle for HTTPS cameras with a private CA (default: the system's)"
     )
     bucket_s: int = Field(
         default=10, ge=1, le=3600, description="event-time bucket the rules count in, seconds"

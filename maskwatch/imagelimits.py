@@ -2,7 +2,8 @@
 
 A camera (or whoever answers at its URL) controls the bytes we decode. A 100 KB PNG can declare
 50000 x 50000 pixels and make the decoder allocate gigabytes, so the dimensions are read from the JPEG/PNG
-header first and checked against ``MASKWATCH_MAX_IMAGE_PIXELS``; the payload size is checked against
+header (JPEG, PNG, WebP or BMP: the formats cameras and replay directories hold) first and checked against
+``MASKWATCH_MAX_IMAGE_PIXELS``; the payload size is checked against
 ``MASKWATCH_MAX_IMAGE_BYTES``. Call ``check_image_header(data)`` before ``cv2.imdecode``; frames that
 arrive already decoded (RTSP) can be checked with ``check_dimensions``.
 """
@@ -63,8 +64,41 @@ def _jpeg_size(data: bytes) -> tuple[int, int]:
         i += length
 
 
+def _webp_size(data: bytes) -> tuple[int, int]:
+    if len(data) < 30:
+        raise ImageLimitError("truncated WebP header")
+    chunk = data[12:16]
+    if chunk == b"VP8 ":  # lossy: a keyframe start code, then 14-bit sizes
+        if data[23:26] != b"\x9d\x01\x2a":
+            raise ImageLimitError("corrupt WebP: no VP8 keyframe start code")
+        width, height = struct.unpack("<HH", data[26:30])
+        return width & 0x3FFF, height & 0x3FFF
+    if chunk == b"VP8L":  # lossless: a signature byte, then 14-bit sizes minus one
+        if data[20] != 0x2F:
+            raise ImageLimitError("corrupt WebP: no VP8L signature")
+        (bits,) = struct.unpack("<I", data[21:25])
+        return (bits & 0x3FFF) + 1, ((bits >> 14) & 0x3FFF) + 1
+    if chunk == b"VP8X":  # extended: 24-bit canvas sizes minus one
+        return (int.from_bytes(data[24:27], "little") + 1, int.from_bytes(data[27:30], "little") + 1)
+    raise ImageLimitError(f"corrupt WebP: unknown chunk {chunk!r}")
+
+
+def _bmp_size(data: bytes) -> tuple[int, int]:
+    if len(data) < 26:
+        raise ImageLimitError("truncated BMP header")
+    (header_size,) = struct.unpack("<I", data[14:18])
+    if header_size == 12:  # OS/2 BITMAPCOREHEADER: 16-bit sizes
+        width, height = struct.unpack("<hh", data[18:22])
+    elif header_size >= 40:
+        width, height = struct.unpack("<ii", data[18:26])
+    else:
+        raise ImageLimitError(f"corrupt BMP: DIB header of {header_size} bytes")
+    return width, abs(height)  # a negative height is a top-down bitmap
+
+
 def image_size(data: bytes) -> tuple[int, int]:
-    """(width, height) from a JPEG or PNG header, without decoding; ImageLimitError for anything else."""
+    """(width, height) from a JPEG, PNG, WebP or BMP header, without decoding; ImageLimitError for
+    anything else."""
     if data.startswith(_PNG_SIGNATURE):
         if len(data) < 24 or data[12:16] != b"IHDR":
             raise ImageLimitError("corrupt PNG: no IHDR header")
@@ -72,7 +106,11 @@ def image_size(data: bytes) -> tuple[int, int]:
         return width, height
     if data.startswith(b"\xff\xd8"):
         return _jpeg_size(data)
-    raise ImageLimitError(f"not a JPEG or PNG image (starts with {data[:8].hex() or 'nothing'})")
+    if data.startswith(b"RIFF") and data[8:12] == b"WEBP":
+        return _webp_size(data)
+    if data.startswith(b"BM"):
+        return _bmp_size(data)
+    raise ImageLimitError(f"not a JPEG, PNG, WebP or BMP image (starts with {data[:8].hex() or 'nothing'})")
 
 
 def check_dimensions(width: int, height: int) -> None:
@@ -86,7 +124,7 @@ def check_dimensions(width: int, height: int) -> None:
 
 
 def check_image_header(data: bytes) -> tuple[int, int]:
-    """Check an encoded image before decoding it: size in bytes, format (JPEG/PNG), declared dimensions.
+    """Check an encoded image before decoding it: size in bytes, format (JPEG/PNG/WebP/BMP), dimensions.
 
     Returns (width, height); raises ``ImageLimitError`` naming the problem."""
     limit = max_image_bytes()

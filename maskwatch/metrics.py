@@ -38,6 +38,8 @@ RULE_EVALUATIONS = Counter("maskwatch_rule_evaluations", "No-mask rule evaluatio
 ALERTS = Counter("maskwatch_alerts", "Alerts raised by the flow")
 SINK_LAG = Gauge("maskwatch_sink_lag_seconds",
                  "Seconds between a tick's scheduled time and its rows reaching the store (last write)")
+CAMERAS_BACKED_OFF = Gauge("maskwatch_cameras_backed_off",
+                           "Cameras whose ticks are skipped until their next probe (failed repeatedly)")
 BUFFER_DEPTH = Gauge("maskwatch_buffer_depth", "Rows waiting in the store buffer (store slow or down)")
 FLOW_LATE_TICKS = Counter("maskwatch_flow_late_ticks", "Ticks that arrived after their bucket closed")
 FLOW_DEAD_LETTERS = Counter("maskwatch_flow_dead_letters", "Tick records sent to the dead-letter topic",

@@ -106,12 +106,19 @@ def _check_file(url: str) -> None:
     path = Path(unquote(parts.path))
     if not path.is_absolute():
         raise SourcePolicyError(f"file:// source {redact_url(url)!r} must be an absolute path")
+    check_file_path(path)
+
+
+def check_file_path(path: Path, roots: list[Path] | None = None) -> Path:
+    """``path`` with its symlinks and ``..`` resolved, if that is under an allowed root; else
+    ``SourcePolicyError``. Directory cameras call it for every entry they list, not only the directory."""
     real = path.resolve()
-    roots = file_roots()
+    roots = [r.resolve() for r in (file_roots() if roots is None else roots)]
     if not any(real == root or real.is_relative_to(root) for root in roots):
         allowed = os.pathsep.join(str(r) for r in roots) or "(none)"
         raise SourcePolicyError(f"file:// source {real} is outside the allowed directories {allowed}; "
                                 "add its directory to MASKWATCH_FILE_ROOTS")
+    return real
 
 
 def resolve_and_check(url: str, allow_private: bool) -> list[str]:

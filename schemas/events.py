@@ -169,9 +169,13 @@ class CameraHealth(Event):
     zone: Label = ""
     scheduled_at: UtcDatetime
     observed_at: UtcDatetime
-    status: Literal["ok", "fetch_error", "decode_error", "timeout", "blocked", "oversized"] = Field(
+    status: Literal[
+        "ok", "fetch_error", "decode_error", "timeout", "blocked", "oversized", "skipped"
+    ] = Field(
         description="This tick's outcome: blocked = the source address is refused by the network policy "
-                    "(no request made); oversized = the image is over the byte or pixel limits.")
+                    "(no request made); oversized = the image is over the byte or pixel limits; skipped = "
+                    "not fetched: the camera is backed off after failing repeatedly (the error says until "
+                    "when).")
     latency_ms: float = Field(default=0.0, ge=0)
     consecutive_failures: int = Field(default=0, ge=0)
     state: Literal["ok", "degraded", "down"] = "ok"

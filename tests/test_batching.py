@@ -14,8 +14,8 @@ import pytest
 from bytewax.dataflow import Dataflow
 from bytewax.testing import TestingSink, TestingSource, cluster_main, run_main
 
+from maskwatch.cameras.capture.fetcher import Fetcher, FetchOptions
 from maskwatch.flows.batching import BatchProcessor, micro_batches, shard_key
-from maskwatch.flows.fetch import Fetcher, FetchOptions
 from maskwatch.flows.routing import shard_labels
 from maskwatch.schemas.events import Camera, Tick
 

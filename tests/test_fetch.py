@@ -14,7 +14,8 @@ import cv2
 import numpy as np
 import pytest
 
-from maskwatch.flows.fetch import Fetcher, FetchOptions, FetchRequest, RtspReader, replay_index
+from maskwatch.cameras.capture.fetcher import Fetcher, FetchOptions, FetchRequest
+from maskwatch.cameras.capture.files import replay_index
 from maskwatch.ports import free_port
 
 
@@ -31,6 +32,12 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     def do_GET(self) -> None:
         _Handler.auth_seen.append(self.headers.get("Authorization"))
         _Handler.hosts_seen.append(self.headers.get("Host"))
+        if self.path.startswith("/basic") and not self.headers.get("Authorization"):
+            self.send_response(401)
+            self.send_header("WWW-Authenticate", 'Basic realm="cam"')
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
         if self.path.startswith("/hang"):
             time.sleep(10)
             return
@@ -86,9 +93,10 @@ OPTS = FetchOptions(concurrency=4, deadline_s=1.5, connect_timeout_s=0.5, read_t
 def test_http_ok_hang_refused_and_404_in_one_batch(http_camera: str) -> None:
     fetcher = Fetcher(OPTS)
     refused = f"http://admin:s3cret@127.0.0.1:{free_port()}/snap.jpg"
+    _Handler.auth_seen.clear()
     started = time.monotonic()
     out = fetcher.fetch_batch([
-        req(f"http://user:pw%40x@{http_camera.removeprefix('http://')}/snap.jpg", "ok"),
+        req(f"http://user:pw%40x@{http_camera.removeprefix('http://')}/basic/snap.jpg", "ok"),
         req(f"{http_camera}/hang", "hang"),
         req(refused, "refused"),
         req(f"{http_camera}/missing", "missing"),
@@ -97,9 +105,10 @@ def test_http_ok_hang_refused_and_404_in_one_batch(http_camera: str) -> None:
     assert elapsed < OPTS.deadline_s + 1.0, "a hanging camera held the batch past the deadline"
     by = {f.camera_id: f for f in out}
     assert by["ok"].status == "ok" and by["ok"].frame is not None and by["ok"].frame.shape[2] == 3
-    assert "Basic dXNlcjpwd0B4" in _Handler.auth_seen  # user:pw@x from the URL, decoded
+    # user:pw@x from the URL, decoded, sent only once the camera asked for Basic auth
+    assert _Handler.auth_seen[0] is None and "Basic dXNlcjpwd0B4" in _Handler.auth_seen
     assert by["hang"].status in ("timeout", "fetch_error")
-    assert by["refused"].status == "fetch_error" and "Connection" in by["refused"].error
+    assert by["refused"].status == "fetch_error" and "refused" in by["refused"].error.lower()
     assert "s3cret" not in by["refused"].error and "admin" not in by["refused"].error
     assert by["missing"].status == "fetch_error" and "404" in by["missing"].error
     fetcher.close()
@@ -157,28 +166,6 @@ def test_video_file_replay_seeks_by_tick(tmp_path: Path) -> None:
     fetcher.close()
 
 
-def test_stream_reader_keeps_latest_frame_and_reconnects(tmp_path: Path) -> None:
-    # The RTSP reader drives any FFmpeg URL; a short file "drops" at its end and must be reopened.
-    video = _video(tmp_path / "stream.avi", frames=3)
-    reader = RtspReader(str(video), max_backoff_s=0.2)
-    try:
-        frame = reader.latest(max_age_s=5, deadline=time.monotonic() + 5)
-        assert frame.shape == (48, 64, 3)
-        time.sleep(1.0)  # several end-of-stream/reconnect cycles
-        assert reader.latest(max_age_s=1.0, deadline=time.monotonic() + 3).shape == (48, 64, 3)
-    finally:
-        reader.close()
-    dead = RtspReader(f"rtsp://u:pw@127.0.0.1:{free_port()}/live", max_backoff_s=0.2)
-    try:
-        from maskwatch.flows.fetch import FetchError
-
-        with pytest.raises(FetchError) as err:
-            dead.latest(max_age_s=1, deadline=time.monotonic() + 1)
-        assert "pw" not in str(err.value)
-    finally:
-        dead.close()
-
-
 def test_unsupported_scheme() -> None:
     out = Fetcher(OPTS).fetch_batch([req("ftp://127.0.0.1/x.jpg")])
     assert out[0].status == "blocked" and "scheme must be one of" in out[0].error
@@ -229,3 +216,39 @@ def _jpeg(frame: np.ndarray) -> bytes:
     ok, buf = cv2.imencode(".jpg", frame)
     assert ok
     return buf.tobytes()
+
+
+def test_directory_entries_are_checked_one_by_one(tmp_path: Path, dataset_dir: Path) -> None:
+    """A replay directory inside the roots holding a link out of them, a FIFO and a directory named like
+    an image: only the regular files inside the roots are frames, and no fetch blocks on the FIFO."""
+    import os
+
+    replay = tmp_path / "replay"
+    replay.mkdir()
+    photo = cv2.imread(str(dataset_dir / "images" / "maksssksksss0.jpg"))
+    assert photo is not None
+    photo = cv2.resize(photo, (160, 120))  # a BMP of it stays under the test's 100 KB limit
+    for suffix in (".jpg", ".png", ".webp", ".bmp"):
+        assert cv2.imwrite(str(replay / f"a{suffix}"), photo)
+    (replay / "b-out.jpg").symlink_to(dataset_dir / "images" / "maksssksksss1.jpg")  # outside the roots
+    os.mkfifo(replay / "c-fifo.jpg")
+    (replay / "d-dir.jpg").mkdir()
+    (replay / "e-in.jpg").symlink_to(replay / "a.png")  # a link that stays inside: allowed
+    fetcher = Fetcher(OPTS)
+    try:
+        got = fetcher.fetch_batch([req(replay.as_uri(), ms=i * 1000) for i in range(10)])
+        assert all(f.status == "ok" for f in got), [(f.status, f.error) for f in got]
+        # a.bmp, a.jpg, a.png, a.webp, e-in.jpg: every listed suffix decodes, to the same photo
+        for f in got:
+            assert f.frame is not None and f.frame.shape == photo.shape
+            assert float(np.abs(f.frame.astype(np.int16) - photo).mean()) < 6
+        # Named directly, each refused entry says why instead of blocking or escaping the roots.
+        out = fetcher.fetch_batch([req((replay / "b-out.jpg").as_uri(), "link"),
+                                   req((replay / "c-fifo.jpg").as_uri(), "fifo"),
+                                   req((replay / "d-dir.jpg").as_uri(), "dir")])
+        by = {f.camera_id: f for f in out}
+        assert by["link"].status == "blocked" and "MASKWATCH_FILE_ROOTS" in by["link"].error
+        assert by["fifo"].status == "fetch_error" and "not a regular file" in by["fifo"].error
+        assert by["dir"].status == "fetch_error", by["dir"]
+    finally:
+        fetcher.close()

@@ -7,16 +7,17 @@ this part: its ``-rtsp_flags listen`` makes it an RTSP server that *receives* a 
 serves players.) ``bin/dev test`` installs the packages; without them this test fails, it does not skip.
 
 Through ``BatchProcessor`` (the flow's fetch step, with a stub engine) for an ``rtsp://user:pass@`` camera:
-frames have the clip's size and content; consecutive ticks reuse one connection (one ``RtspReader``, one
-client connection seen by the server); a killed server turns into a failed health status within the fetch
-deadline; the server restarted on the same port is reconnected to and frames flow again; a wrong
-password gets no frame. The password never shows in health rows, logs or FFmpeg's own stderr.
+frames have the clip's size and content; consecutive ticks reuse one connection (one ``RtspStream``,
+no new client connection after the first tick's); a killed server turns into a failed health status
+within the fetch deadline; the server restarted on the same port is reconnected to and frames flow
+again; a wrong password gets no frame. The password never shows in health rows, logs or FFmpeg's own stderr.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import socket
 import subprocess
 import threading
 import time
@@ -30,15 +31,16 @@ import cv2
 import numpy as np
 import pytest
 
-import maskwatch.flows.fetch
+import maskwatch.cameras.capture.fetcher
+from maskwatch.cameras.capture.fetcher import Fetcher, FetchOptions, FetchRequest
+from maskwatch.cameras.capture.rtsp import RtspStream
 from maskwatch.flows.batching import BatchProcessor, TickOutcome
-from maskwatch.flows.fetch import Fetcher, FetchOptions
 from maskwatch.ports import free_port
 from maskwatch.schemas.events import Camera, Tick
 
 SYSTEM_PYTHON = "/usr/bin/python3"  # Debian's, where python3-gi lives (not the project's venv)
 DEBIAN_PACKAGES = ("python3-gi gir1.2-gst-rtsp-server-1.0 gstreamer1.0-plugins-base "
-                   "gstreamer1.0-plugins-good gstreamer1.0-plugins-bad")
+                   "gstreamer1.0-plugins-good gstreamer1.0-plugins-bad gstreamer1.0-plugins-ugly")
 USER, PASSWORD, WRONG_PASSWORD = "alice", "Rt5p-s3cret-Pw", "Wr0ng-guess-Pw"
 SIZE = (320, 240)  # width, height of the served frames
 
@@ -70,6 +72,14 @@ for perm in (GstRtspServer.RTSP_PERM_MEDIA_FACTORY_ACCESS, GstRtspServer.RTSP_PE
     perms.add_permission_for_role("viewer", perm, True)
 factory.set_permissions(perms)
 server.get_mount_points().add_factory("/live", factory)
+# H.264 at 1280x720, 25 fps, a keyframe a second: what IP cameras send. One encoder shared by every client.
+h264 = GstRtspServer.RTSPMediaFactory()
+h264.set_launch('( videotestsrc is-live=true pattern=ball ! video/x-raw,width=1280,height=720,framerate=25/1 '
+                '! x264enc tune=zerolatency speed-preset=ultrafast key-int-max=25 bitrate=2000 '
+                '! rtph264pay name=pay0 pt=96 config-interval=-1 )')
+h264.set_shared(True)
+h264.set_permissions(perms)
+server.get_mount_points().add_factory("/h264", h264)
 server.connect("client-connected", lambda *_: print("client", flush=True))
 if server.attach(None) == 0:
     sys.exit(f"cannot listen on 127.0.0.1:{port}")
@@ -83,7 +93,8 @@ gi.require_version("Gst", "1.0")
 gi.require_version("GstRtspServer", "1.0")
 from gi.repository import Gst, GstRtspServer
 Gst.init(None)
-missing = [e for e in ("multifilesrc", "jpegparse", "rtpjpegpay") if Gst.ElementFactory.find(e) is None]
+elements = ("multifilesrc", "jpegparse", "rtpjpegpay", "videotestsrc", "x264enc", "rtph264pay")
+missing = [e for e in elements if Gst.ElementFactory.find(e) is None]
 assert not missing, f"GStreamer elements missing: {missing}"
 """
 
@@ -180,15 +191,17 @@ def test_rtsp_camera_through_the_flow_fetch_path(
     caplog: pytest.LogCaptureFixture, capfd: pytest.CaptureFixture[str],
 ) -> None:
     caplog.set_level(logging.DEBUG)
-    readers: list[maskwatch.flows.fetch.RtspReader] = []
+    readers: list[RtspStream] = []
 
-    class CountingReader(maskwatch.flows.fetch.RtspReader):
-        def __init__(self, url: str, max_backoff_s: float = 30.0):
-            super().__init__(url, max_backoff_s)
+    class CountingStream(RtspStream):
+        def __init__(self, *args: Any, **kwargs: Any):
+            super().__init__(*args, **kwargs)
             readers.append(self)
 
-    monkeypatch.setattr(maskwatch.flows.fetch, "RtspReader", CountingReader)
-    opts = FetchOptions(concurrency=2, deadline_s=2.0, rtsp_max_age_s=0.5)
+    monkeypatch.setattr(maskwatch.cameras.capture.fetcher, "RtspStream", CountingStream)
+    # Back-off after 3 failures, probing again after 0.5 s, 1 s, 2 s: the restart below is found quickly.
+    opts = FetchOptions(concurrency=2, deadline_s=2.0, rtsp_max_age_s=0.5, backoff_base_s=0.5,
+                        backoff_max_s=2.0)
     fetcher = Fetcher(opts)
     engine = StubEngine()
     processor = BatchProcessor(fetcher, engine, None)
@@ -225,6 +238,8 @@ def test_rtsp_camera_through_the_flow_fetch_path(
         # 1. Frames flow; consecutive ticks use one reader and one RTSP connection.
         first = until("ok", within_s=10)
         assert first.health(0).status == "ok", first.health(0)
+        time.sleep(0.5)  # the server reports its clients on a pipe: let it catch up
+        per_connect = server.clients  # our DESCRIBE (the redirect check), then FFmpeg's handshake
         for _ in range(3):
             time.sleep(0.15)
             outcome = tick()
@@ -233,8 +248,10 @@ def test_rtsp_camera_through_the_flow_fetch_path(
         assert len(engine.frames) >= 4
         for frame in engine.frames:
             check_frame(frame)
-        assert len(readers) == 1, "consecutive fetches of one camera opened more than one RtspReader"
-        assert server.clients == 1, f"the server saw {server.clients} client connections for one camera"
+        assert len(readers) == 1, "consecutive fetches of one camera opened more than one RtspStream"
+        # One connection held for every tick: the ticks after the first opened none.
+        assert server.clients == per_connect, f"the server saw {server.clients} client connections"
+        assert readers[0].connects == 1
 
         # 2. The server dies: ticks fail (within the deadline), the reader is kept for reconnecting.
         server.stop()
@@ -249,7 +266,9 @@ def test_rtsp_camera_through_the_flow_fetch_path(
         before = len(engine.frames)
         back = until("ok", within_s=12)
         assert back.health(0).status == "ok", f"no frame after the server came back: {back.health(0)}"
-        assert len(readers) == 1 and server.clients == 2  # one new connection, by the same reader
+        assert len(readers) == 1 and readers[0].connects == 2  # reconnected by the same stream
+        time.sleep(0.5)
+        assert server.clients == 2 * per_connect
         for frame in engine.frames[before:]:
             check_frame(frame)
 
@@ -261,7 +280,7 @@ def test_rtsp_camera_through_the_flow_fetch_path(
         [denied] = processor.process([(Tick(camera_id=intruder.id, tick_id=f"{intruder.id}:{ms}",
                                             scheduled_at=now, emitted_at=now), intruder)])
         health.append((denied, 0.0))
-        assert denied.health(1).status == "fetch_error" and "cannot open stream" in denied.error, denied.error
+        assert denied.health(1).status == "fetch_error" and "401" in denied.error, denied.error
     finally:
         fetcher.close()
 
@@ -274,3 +293,153 @@ def test_rtsp_camera_through_the_flow_fetch_path(
     for secret in (PASSWORD, WRONG_PASSWORD):
         assert secret not in caplog.text
         assert secret not in native.out + native.err
+
+
+@pytest.fixture
+def resolver(monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    """Host names the tests control (no DNS server can run here): name -> address. Only the lookup is
+    replaced; the network policy's real code judges the address it returns. FFmpeg resolves with the C
+    library and cannot see these names, so a stream that works through one proves FFmpeg was handed the
+    checked address, not the name."""
+    table: dict[str, str] = {}
+    real = socket.getaddrinfo
+
+    def getaddrinfo(host: Any, port: Any, *args: Any, **kwargs: Any) -> Any:
+        if host in table:
+            address = (table[host], int(port or 0))
+            return [(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP, "", address)]
+        return real(host, port, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    return table
+
+
+def _fetch(fetcher: Fetcher, camera_id: str, url: str) -> Any:
+    ms = round(time.time() * 1000)
+    [out] = fetcher.fetch_batch([FetchRequest(camera_id, f"{camera_id}:{ms}", url, ms, 1.0, True)])
+    return out
+
+
+def _until(fetcher: Fetcher, camera_id: str, url: str, status: str, within_s: float) -> Any:
+    end = time.monotonic() + within_s
+    while True:
+        out = _fetch(fetcher, camera_id, url)
+        if out.status == status or time.monotonic() > end:
+            return out
+        time.sleep(0.2)
+
+
+def test_h264_stream_is_demuxed_continuously_and_decoded_only_per_tick(
+    server: RtspServer, resolver: dict[str, str], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    resolver["camera.test"] = "127.0.0.1"
+    decoded: list[int] = []
+    real_decode = RtspStream.decode_packets
+
+    def counting(self: RtspStream, packets: list[Any], key: tuple[float, int]) -> np.ndarray:
+        decoded.append(len({p.pts for p in packets}))  # pictures (a picture may be several slices)
+        return real_decode(self, packets, key)
+
+    monkeypatch.setattr(RtspStream, "decode_packets", counting)
+    fetcher = Fetcher(FetchOptions(deadline_s=5.0, rtsp_max_age_s=2.0))
+    url = f"rtsp://{USER}:{PASSWORD}@camera.test:{server.port}/h264"
+    try:
+        first = _until(fetcher, "h264", url, "ok", within_s=15)
+        assert first.status == "ok", first.error
+        frames = []
+        for _ in range(4):
+            time.sleep(0.5)
+            out = _fetch(fetcher, "h264", url)
+            frames.append(out)
+            assert out.status == "ok", out.error
+            assert out.frame.shape == (720, 1280, 3) and out.frame.max() > 200  # the white ball, decoded
+            # The newest keyframe (one a second), not a buffered old picture.
+            assert out.captured_at is not None
+            assert (datetime.now(UTC) - out.captured_at).total_seconds() <= 1.5
+        stream = fetcher.streams["h264"]
+        # 2.5 s of 25 fps demuxed, but one keyframe decoded per tick: nothing decodes between ticks.
+        assert stream.packets >= 40, stream.packets
+        assert decoded and all(n == 1 for n in decoded) and len(decoded) <= len(frames) + 1, decoded
+    finally:
+        fetcher.close()
+
+
+class Redirector:
+    """An RTSP 'camera' on 127.0.0.1 that answers every request with a 302 to ``target``."""
+
+    def __init__(self, target: str):
+        self.target = target
+        self.requests = 0
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            with conn:
+                data = conn.recv(65536)
+                if not data:
+                    continue
+                self.requests += 1
+                cseq = next((line.split(":", 1)[1].strip() for line in data.decode("latin-1").split("\r\n")
+                             if line.lower().startswith("cseq:")), "1")
+                reply = f"RTSP/1.0 302 Moved\r\nCSeq: {cseq}\r\nLocation: {self.target}\r\n\r\n"
+                conn.sendall(reply.encode())
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def test_rtsp_redirects_are_followed_only_to_addresses_the_policy_allows(
+    server: RtspServer, clip: tuple[str, list[np.ndarray]],
+) -> None:
+    to_metadata = Redirector("rtsp://169.254.169.254/live")
+    to_camera = Redirector(f"rtsp://127.0.0.1:{server.port}/live")  # same host: credentials carried
+    fetcher = Fetcher(FetchOptions(deadline_s=3.0))
+    try:
+        refused = _until(fetcher, "evil", f"rtsp://{USER}:{PASSWORD}@127.0.0.1:{to_metadata.port}/live",
+                         "blocked", within_s=6)
+        assert refused.status == "blocked" and "metadata" in refused.error, refused.error
+        assert PASSWORD not in refused.error
+        followed = _until(fetcher, "moved", f"rtsp://{USER}:{PASSWORD}@127.0.0.1:{to_camera.port}/live",
+                          "ok", within_s=10)
+        assert followed.status == "ok", followed.error
+        closest = min(float(np.abs(followed.frame.astype(np.int16) - f).mean()) for f in clip[1])
+        assert closest < 4
+    finally:
+        fetcher.close()
+        to_metadata.close()
+        to_camera.close()
+
+
+def test_policy_is_checked_again_on_every_reconnect_and_disabled_cameras_are_closed(
+    server: RtspServer, resolver: dict[str, str],
+) -> None:
+    resolver["camera.test"] = "127.0.0.1"
+    url = f"rtsp://{USER}:{PASSWORD}@camera.test:{server.port}/live"
+    fetcher = Fetcher(FetchOptions(deadline_s=2.0, backoff_after=100))
+    try:
+        assert _until(fetcher, "cam", url, "ok", within_s=10).status == "ok"
+        stream = fetcher.streams["cam"]
+        # The name now points at a refused address (DNS rebinding); the stream drops and reconnects.
+        resolver["camera.test"] = "169.254.169.254"
+        server.stop()
+        blocked = _until(fetcher, "cam", url, "blocked", within_s=8)
+        assert blocked.status == "blocked" and "metadata" in blocked.error, blocked.error
+        clients = server.clients
+        server.start()
+        time.sleep(2.0)  # reconnect attempts meanwhile: each refused before any connection
+        assert _fetch(fetcher, "cam", url).status == "blocked"
+        assert server.clients == clients, "a refused camera was connected to"
+        # Disabled (no longer in the registry): its stream is closed.
+        fetcher.retain(set())
+        end = time.monotonic() + 8
+        while stream.alive and time.monotonic() < end:
+            time.sleep(0.1)
+        assert not stream.alive and "cam" not in fetcher.streams
+    finally:
+        fetcher.close()
