@@ -4,6 +4,7 @@
                   -> resolve camera in the registry (unknown/disabled dropped, counted)
                   -> micro-batch per shard (op.collect) -> fetch concurrently -> two-stage inference
                   -> frames, detections, camera health -> ClickHouse
+                  -> camera health changes (down, back up, ...) -> ClickHouse and the camera-health topic
                   -> event-time buckets per camera (and zone/site) -> rules -> alerts
                   -> alerts to ClickHouse and the alert topic
 
@@ -18,7 +19,7 @@ import logging
 from datetime import timedelta
 
 import bytewax.operators as op
-from bytewax.connectors.kafka import KafkaSink, KafkaSource
+from bytewax.connectors.kafka import KafkaSink, KafkaSinkMessage, KafkaSource
 from bytewax.dataflow import Dataflow
 
 from maskwatch import metrics
@@ -26,14 +27,14 @@ from maskwatch.config import Settings
 from maskwatch.flows.alerts import observations, to_alert
 from maskwatch.flows.batching import TickOutcome, micro_batches
 from maskwatch.flows.cluster import running
-from maskwatch.flows.health import count_health
+from maskwatch.flows.health import HealthState, HealthThresholds, track
 from maskwatch.flows.options import FlowOptions
 from maskwatch.flows.rules import AlertDecision, Observation
 from maskwatch.flows.runtime import FlowRuntime
 from maskwatch.flows.sinks import AlertTopicSink, StoreItem, StoreSink, dead_letter_rows, store_writer
 from maskwatch.flows.ticks import dead_letter_message, first_delivery, is_tick, parse_tick
 from maskwatch.flows.windows import windowed_alerts
-from maskwatch.schemas.events import Alert, Tick
+from maskwatch.schemas.events import Alert, CameraHealthEvent, Tick
 from maskwatch.schemas.redaction import redact_text
 
 log = logging.getLogger(__name__)
@@ -82,10 +83,17 @@ def build_flow(settings: Settings | None = None, opts: FlowOptions | None = None
     by_camera = op.key_on("by_camera", outcomes, lambda o: o.frame.camera_id)
     frames = op.flat_map("frame_rows", outcomes, lambda o: [("frames", o.frame)]
                          + [("detections", d) for d in o.faces])
-    def track_health(failures: int | None, outcome: TickOutcome) -> tuple[int, StoreItem]:
-        return count_health(failures, outcome, opts.health_degraded_after, opts.health_down_after)
+    thresholds = HealthThresholds(opts.health_degraded_after, opts.health_down_after,
+                                  opts.health_recover_after)
 
-    health = op.key_rm("health_rm", op.stateful_map("health", by_camera, track_health))
+    def track_health(state: HealthState | None, outcome: TickOutcome
+                     ) -> tuple[HealthState, tuple[StoreItem, CameraHealthEvent | None]]:
+        camera = rt.registry.get(outcome.frame.camera_id)
+        return track(state, outcome, thresholds, camera.name if camera is not None else "")
+
+    tracked = op.key_rm("health_rm", op.stateful_map("health", by_camera, track_health))
+    health = op.map("health_rows", tracked, lambda pair: pair[0])
+    changes = op.filter_map("health_changes", tracked, lambda pair: pair[1])
 
     # 5. Rules: event-time buckets per scope (camera, and zone/site if enabled), then the pure decision
     #    with per-camera overrides.
@@ -102,7 +110,8 @@ def build_flow(settings: Settings | None = None, opts: FlowOptions | None = None
     alerts = op.map("alerts", op.key_rm("alerts_rm", decisions), alert)
 
     # 6. Sinks: every row to the store (buffered on disk while it is down), alerts also to Kafka.
-    rows = op.merge("rows", frames, health, op.map("alert_rows", alerts, lambda a: ("alerts", a)))
+    rows = op.merge("rows", frames, health, op.map("alert_rows", alerts, lambda a: ("alerts", a)),
+                    op.map("health_change_rows", changes, lambda c: ("camera_health_events", c)))
     buffer_dir = settings.home / "buffer" / "store"
     refused = dead_letter_rows(settings.kafka_config(), settings.topic_dead_letter,
                                buffer_dir / "refused-rows.jsonl")
@@ -110,6 +119,11 @@ def build_flow(settings: Settings | None = None, opts: FlowOptions | None = None
                                        opts.store_retry_max_s, refused))
     op.output("alert_topic", alerts, AlertTopicSink(dict(settings.kafka_config()), settings.topic_alerts,
                                                     opts.alert_dedup_horizon_s))
+    # Health changes: at least once (a replay may publish one again; its event_id says it is the same).
+    health_messages = op.map("health_message", changes, lambda c: KafkaSinkMessage(
+        c.camera_id.encode(), c.model_dump_json().encode()))
+    op.output("camera_health_topic", health_messages,
+              KafkaSink(brokers, settings.topic_camera_health, add_config=kafka_conf))
     return flow
 
 

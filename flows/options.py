@@ -40,6 +40,7 @@ class FlowOptions:
     # Camera health state from failures in a row: ok below degraded_after, down from down_after on.
     health_degraded_after: int = 1
     health_down_after: int = 3
+    health_recover_after: int = 2  # good ticks in a row back to ok: a flapping camera is not news each tick
     # Store writes: failures go to an on-disk buffer, retried with backoff up to this cap.
     store_retry_max_s: float = 30.0
     buffer_max_bytes: int = 512 * 1024**2
@@ -88,6 +89,7 @@ class FlowOptions:
             registry_refresh_s=s.registry_refresh_s,
             health_degraded_after=s.health_degraded_after,
             health_down_after=s.health_down_after,
+            health_recover_after=s.health_recover_after,
             store_retry_max_s=s.store_retry_max_s,
             buffer_max_bytes=s.buffer_max_bytes,
             snapshots=s.snapshots,

@@ -5,8 +5,10 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from datetime import UTC, datetime
 from typing import Any
 
+from maskwatch import metrics
 from maskwatch.cameras.capture.fetcher import Fetcher
 from maskwatch.config import Settings
 from maskwatch.flows.batching import BatchProcessor, TickOutcome
@@ -92,6 +94,9 @@ class FlowRuntime:
         # The camera (with its source URL) is looked up only here, never carried in operator state, so
         # credentials do not end up in recovery snapshots. A camera removed meanwhile drops its tick.
         batch = [(t, c) for t in ticks if (c := self.registry.resolve(t.camera_id)[0]) is not None]
+        if ticks:
+            newest = max(t.scheduled_at for t in ticks)
+            metrics.TICK_LAG.set(max(0.0, (datetime.now(UTC) - newest).total_seconds()))
         return proc.process(batch)
 
     def rule_config(self, scope: str) -> tuple[Camera | None, RuleConfig]:

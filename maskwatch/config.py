@@ -129,6 +129,10 @@ class Settings(_Section):
     topic_dead_letter: str = Field(
         default="maskwatch.dead-letter", min_length=1, description="dead-letter topic"
     )
+    topic_camera_health: str = Field(
+        default="maskwatch.camera-health", min_length=1,
+        description="camera health changes (down, back up, ...), keyed by camera id",
+    )
     tick_partitions: int = Field(default=8, ge=1, description="partitions of a tick topic maskwatch creates")
     models_dir: Path = Field(
         default=Path.home() / ".cache" / "maskwatch" / "models",
@@ -311,6 +315,9 @@ class FlowSettings(_Section):
         default=1, ge=1, description="failures in a row that make a camera degraded"
     )
     health_down_after: int = Field(default=3, ge=1, description="failures in a row that make a camera down")
+    health_recover_after: int = Field(
+        default=2, ge=1, description="good ticks in a row that make a degraded or down camera ok again"
+    )
     store_retry_max_s: float = Field(
         default=30.0, ge=0.1, le=3600, description="longest backoff of store retries"
     )

@@ -38,6 +38,13 @@ RULE_EVALUATIONS = Counter("maskwatch_rule_evaluations", "No-mask rule evaluatio
 ALERTS = Counter("maskwatch_alerts", "Alerts raised by the flow")
 SINK_LAG = Gauge("maskwatch_sink_lag_seconds",
                  "Seconds between a tick's scheduled time and its rows reaching the store (last write)")
+CAMERA_DOWN = Gauge("maskwatch_camera_down", "1 while the camera is down (failed ticks in a row), else 0",
+                    ["camera", "site"])
+CAMERA_HEALTH_CHANGES = Counter("maskwatch_camera_health_changes",
+                                "Camera health changes published (degraded, down, up, recovered)", ["kind"])
+TICK_LAG = Gauge("maskwatch_tick_lag_seconds",
+                 "Seconds between the newest fetched tick's scheduled time and its fetch: how far the flow "
+                 "is behind the tick topic (consumer lag, in time)")
 CAMERAS_BACKED_OFF = Gauge("maskwatch_cameras_backed_off",
                            "Cameras whose ticks are skipped until their next probe (failed repeatedly)")
 BUFFER_DEPTH = Gauge("maskwatch_buffer_depth", "Rows waiting in the store buffer (store slow or down)")

@@ -16,9 +16,9 @@ class TopicError(RuntimeError):
 
 def wanted_topics(settings: Settings) -> dict[str, int]:
     """Topic name -> partitions. Ticks are spread over partitions (one flow worker per partition at most);
-    alerts and dead letters are low-volume and keep one partition for total order."""
+    alerts, camera health changes and dead letters are low-volume and keep one partition for total order."""
     return {settings.topic_ticks: settings.tick_partitions, settings.topic_alerts: 1,
-            settings.topic_dead_letter: 1}
+            settings.topic_dead_letter: 1, settings.topic_camera_health: 1}
 
 
 def ensure_topics(settings: Settings, timeout: float = 30.0) -> dict[str, int]:

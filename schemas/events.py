@@ -182,6 +182,32 @@ class CameraHealth(Event):
     error: SafeText = ""
 
 
+HealthState = Literal["ok", "degraded", "down"]
+
+
+class CameraHealthEvent(Event):
+    """A camera's health changed: published on the camera-health topic (keyed by camera id), stored, and
+    delivered by the notifier. ``kind`` says what changed: ``degraded`` (ok -> degraded), ``down``
+    (-> down), ``up`` (down -> ok: back up), ``recovered`` (degraded -> ok). Changes are debounced: a camera
+    goes down only after ``MASKWATCH_FLOW_HEALTH_DOWN_AFTER`` failed ticks in a row, and back to ok only
+    after ``MASKWATCH_FLOW_HEALTH_RECOVER_AFTER`` good ones."""
+
+    event_id: str = Field(max_length=400, description="f'{tick_id}:{state}': the same change is one event, "
+                                                     "however often it is replayed")
+    camera_id: CameraId
+    camera_name: DisplayName = ""
+    site: Label = ""
+    zone: Label = ""
+    kind: Literal["degraded", "down", "up", "recovered"]
+    state: HealthState
+    previous_state: HealthState
+    tick_id: TickId = Field(description="the tick that changed the state")
+    changed_at: UtcDatetime = Field(description="that tick's scheduled time")
+    consecutive_failures: int = Field(default=0, ge=0)
+    status: str = Field(default="", max_length=32, description="that tick's outcome (CameraHealth.status)")
+    error: SafeText = ""
+
+
 class DeadLetter(Event):
     """A record a stage could not process, kept with its reason instead of being dropped."""
 
@@ -271,6 +297,7 @@ EVENT_MODELS: dict[str, type[BaseModel]] = {
     "face_detection": FaceDetection,
     "alert": Alert,
     "camera_health": CameraHealth,
+    "camera_health_event": CameraHealthEvent,
     "dead_letter": DeadLetter,
     "camera": Camera,
 }

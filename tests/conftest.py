@@ -118,6 +118,7 @@ def mw_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, broker: Broker, stor
     monkeypatch.setenv("MASKWATCH_TOPIC_TICKS", f"maskwatch.ticks.{suffix}")
     monkeypatch.setenv("MASKWATCH_TOPIC_ALERTS", f"maskwatch.alerts.{suffix}")
     monkeypatch.setenv("MASKWATCH_TOPIC_DEAD_LETTER", f"maskwatch.dead-letter.{suffix}")
+    monkeypatch.setenv("MASKWATCH_TOPIC_CAMERA_HEALTH", f"maskwatch.camera-health.{suffix}")
     return Settings()
 
 
@@ -160,6 +161,7 @@ def demo_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> DemoEnv:
     monkeypatch.setenv("MASKWATCH_TOPIC_TICKS", f"demo.ticks.{suffix}")
     monkeypatch.setenv("MASKWATCH_TOPIC_ALERTS", f"demo.alerts.{suffix}")
     monkeypatch.setenv("MASKWATCH_TOPIC_DEAD_LETTER", f"demo.dead.{suffix}")
+    monkeypatch.setenv("MASKWATCH_TOPIC_CAMERA_HEALTH", f"demo.health.{suffix}")
     monkeypatch.setenv("MASKWATCH_DASHBOARD_PORT", str(free_port()))
     # As a new user has it: no store password configured; `maskwatch up` makes one under the home.
     monkeypatch.delenv("MASKWATCH_STORE_PASSWORD_FILE", raising=False)

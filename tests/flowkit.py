@@ -202,6 +202,7 @@ def flow_env(settings: Settings, tmp_path: Path, dataset_dir: Path) -> dict[str,
             "MASKWATCH_KAFKA_BOOTSTRAP": settings.kafka_bootstrap, "MASKWATCH_STORE_URL": settings.store_url,
             "MASKWATCH_TOPIC_TICKS": settings.topic_ticks, "MASKWATCH_TOPIC_ALERTS": settings.topic_alerts,
             "MASKWATCH_TOPIC_DEAD_LETTER": settings.topic_dead_letter,
+            "MASKWATCH_TOPIC_CAMERA_HEALTH": settings.topic_camera_health,
             # file:// replay sources live in this test's tmp dir (and link into the dataset).
             "MASKWATCH_FILE_ROOTS": os.pathsep.join([str(tmp_path), str(dataset_dir)])}
 
@@ -325,6 +326,7 @@ def variant(settings: Settings, name: str) -> Settings:
         home=settings.home / name, store_url=settings.store_url.split("?")[0] + f"?database={db}",
         topic_ticks=f"maskwatch.ticks.{suffix}", topic_alerts=f"maskwatch.alerts.{suffix}",
         topic_dead_letter=f"maskwatch.dead-letter.{suffix}",
+        topic_camera_health=f"maskwatch.camera-health.{suffix}",
     )
 
 

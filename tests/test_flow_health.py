@@ -1,5 +1,6 @@
 """Camera health through the real flow (broker, store, models): a camera that goes dead and recovers walks
-ok -> degraded -> down -> ok; a camera whose address the network policy refuses at fetch time is
+ok -> degraded -> down -> ok, and each change is a row of camera_health_events and an event on the
+camera-health topic; a camera whose address the network policy refuses at fetch time is
 ``blocked`` without a request; an image over the pixel limit is ``oversized`` and never decoded. The
 flow's Prometheus metrics count all of it."""
 
@@ -15,7 +16,8 @@ from maskwatch import store
 from maskwatch.cameras import registry
 from maskwatch.config import Settings
 from maskwatch.ports import free_port
-from maskwatch.schemas.events import Camera, Tick
+from maskwatch.schemas.events import Camera, CameraHealthEvent, Tick
+from maskwatch.schemas.parse import parse_event
 from maskwatch.topics import ensure_topics
 
 from tests.flowkit import (
@@ -26,6 +28,7 @@ from tests.flowkit import (
     metric_values,
     pick_images,
     produce,
+    read_topic,
     scenario_base_ms,
     start_flow,
     stop,
@@ -34,8 +37,10 @@ from tests.flowkit import (
 
 # flaky's replay directory, one image per tick: good, four corrupt, good, good.
 FLAKY = ["good", "bad", "bad", "bad", "bad", "good", "good"]
-# With the default thresholds (degraded from 1 failure in a row, down from 3).
-EXPECTED_STATES = ["ok", "degraded", "degraded", "down", "down", "ok", "ok"]
+# With the default thresholds (degraded from 1 failure in a row, down from 3, ok again after 2 good).
+EXPECTED_STATES = ["ok", "degraded", "degraded", "down", "down", "down", "ok"]
+# The changes published, one per change: (kind, the tick index that made it).
+EXPECTED_CHANGES = [("degraded", 1), ("down", 3), ("up", 6)]
 
 
 @pytest.fixture
@@ -83,6 +88,10 @@ def test_health_states_blocked_and_oversized(tmp_path: Path, mw_env: Settings, d
            "MASKWATCH_KAFKA_BOOTSTRAP": mw_env.kafka_bootstrap, "MASKWATCH_STORE_URL": mw_env.store_url,
            "MASKWATCH_TOPIC_TICKS": mw_env.topic_ticks, "MASKWATCH_TOPIC_ALERTS": mw_env.topic_alerts,
            "MASKWATCH_TOPIC_DEAD_LETTER": mw_env.topic_dead_letter,
+           "MASKWATCH_TOPIC_CAMERA_HEALTH": mw_env.topic_camera_health,
+           # Every tick fetched, even of cameras failing in a row: this test follows each tick's state
+           # (back-off, which would skip some, has its own tests).
+           "MASKWATCH_FLOW_FETCH_BACKOFF_AFTER": "100",
            "MASKWATCH_FILE_ROOTS": os.pathsep.join([str(tmp_path), str(dataset_dir)]),
            "MASKWATCH_METRICS_PORT": str(free_port())}
     log_path = tmp_path / "flow.log"
@@ -114,6 +123,21 @@ def test_health_states_blocked_and_oversized(tmp_path: Path, mw_env: Settings, d
     everything = str(store.query_rows("SELECT * FROM camera_health", settings=mw_env))
     assert "s3cret" not in everything
 
+    # Changes, debounced: one per change, in the store and on the topic, the same events.
+    changes = store.query_rows("SELECT camera_id, kind, state, previous_state, tick_id, error "
+                               "FROM camera_health_events FINAL ORDER BY camera_id, changed_at",
+                               settings=mw_env)
+    flaky_ticks = [t.tick_id for t in ticks if t.camera_id == "flaky"]
+    assert [(c["kind"], c["tick_id"]) for c in changes if c["camera_id"] == "flaky"] == [
+        (kind, flaky_ticks[i]) for kind, i in EXPECTED_CHANGES]
+    assert [c["kind"] for c in changes if c["camera_id"] == "private"] == ["degraded", "down"]
+    assert "s3cret" not in str(changes)
+    messages = read_topic(mw_env, mw_env.topic_camera_health, expect_at_least=len(changes))
+    published = [parse_event(CameraHealthEvent, m.value()) for m in messages]
+    assert sorted((e.camera_id, e.kind, e.tick_id) for e in published) == sorted(
+        (str(c["camera_id"]), str(c["kind"]), str(c["tick_id"])) for c in changes)
+    assert all(m.key() == e.camera_id.encode() for m, e in zip(messages, published, strict=True))
+
     def m(name: str, **labels: str) -> float:
         key = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
         return metrics.get(f"{name}{{{key}}}" if key else name, 0.0)
@@ -128,3 +152,7 @@ def test_health_states_blocked_and_oversized(tmp_path: Path, mw_env: Settings, d
     assert m("maskwatch_inference_seconds_count") == m("maskwatch_batch_size_count")
     assert m("maskwatch_rule_evaluations_total") >= 3  # closed buckets of the three cameras
     assert m("maskwatch_buffer_depth") == 0 and m("maskwatch_sink_lag_seconds") > 0
+    assert m("maskwatch_camera_down", camera="private", site="") == 1
+    assert m("maskwatch_camera_down", camera="flaky", site="") == 0
+    assert m("maskwatch_camera_health_changes_total", kind="up") == 1
+    assert m("maskwatch_tick_lag_seconds") > 0

@@ -28,7 +28,7 @@ from maskwatch.notify.config import NotifyConfig, NotifyConfigError, RateLimit, 
 from maskwatch.notify.delivery import TokenBucket
 from maskwatch.notify.messages import slack_text, teams_text
 from maskwatch.notify.service import Notifier, NotifyStats
-from maskwatch.schemas.events import Alert, DeadLetter
+from maskwatch.schemas.events import Alert, CameraHealthEvent, DeadLetter
 from maskwatch.schemas.parse import parse_event
 from maskwatch.topics import ensure_topics
 
@@ -536,3 +536,46 @@ def test_camera_text_reads_as_text_in_slack_and_teams(settings: Settings, hooks:
     section = teams.body["sections"][0]
     assert section["markdown"] is False
     assert "<img" not in json.dumps(teams.body)
+
+
+def health_event(kind: str, state: str, previous: str, n: int, camera: str = "cam-1", site: str = "hq"
+                 ) -> CameraHealthEvent:
+    at = datetime(2026, 11, 26, 9, 0, tzinfo=UTC) + timedelta(seconds=5 * n)
+    tick = f"{camera}:{int(at.timestamp() * 1000)}"
+    return CameraHealthEvent(event_id=f"{tick}:{state}", camera_id=camera, camera_name="Front <door>",
+                             site=site, kind=kind, state=state, previous_state=previous,  # type: ignore[arg-type]
+                             tick_id=tick, changed_at=at, consecutive_failures=3 if state == "down" else 0,
+                             status="timeout" if state != "ok" else "ok",
+                             error="no frame within the 5s deadline" if state != "ok" else "")
+
+
+def test_cameras_going_down_and_back_up_are_posted_once_each(settings: Settings, hooks: Hooks,
+                                                             tmp_path: Path) -> None:
+    events = [health_event("degraded", "degraded", "ok", 0), health_event("down", "down", "degraded", 2),
+              health_event("up", "ok", "down", 9), health_event("down", "down", "degraded", 2),  # replayed
+              health_event("down", "down", "ok", 3, camera="cam-9", site="warehouse")]
+    producer = kafka.producer(settings, linger_ms=0)
+    for e in events:
+        producer.produce(settings.topic_camera_health, key=e.camera_id.encode(),
+                         value=e.model_dump_json().encode())
+    producer.produce(settings.topic_camera_health, key=b"x", value=b'{"kind": "down"}')  # not an event
+    assert producer.flush(30) == 0
+    destinations: list[dict[str, Any]] = [
+        {"name": "ops", "url": f"{hooks.base}/slack", "format": "slack", "sites": ["hq"]},
+        {"name": "audit", "url": f"{hooks.base}/generic", "format": "generic"},
+        {"name": "alerts-only", "url": f"{hooks.base}/alerts", "format": "generic", "events": ["alerts"]},
+    ]
+    with Running(notifier(settings, tmp_path, destinations)) as running:
+        stats = running.wait(lambda s: s.health == 4 and s.posted == 5 and s.invalid == 1)
+        time.sleep(1.0)  # room for a stray post
+    assert stats.duplicates == 2  # the replayed "down", once per destination that had it
+    ops = [p.body["text"] for p in hooks.received("/slack")]
+    assert len(ops) == 2 and "3 failed" in ops[0]
+    assert ops[0].startswith("Camera down: hq / Front &lt;door&gt;")  # a name reads as text
+    assert ops[1].startswith("Camera back up: hq / Front &lt;door&gt;")
+    generic = [parse_event(CameraHealthEvent, json.dumps(p.body)) for p in hooks.received("/generic")]
+    assert sorted((e.camera_id, e.kind) for e in generic) == [("cam-1", "down"), ("cam-1", "up"),
+                                                              ("cam-9", "down")]
+    assert hooks.received("/alerts") == []  # degraded is never posted; this one takes alerts only
+    [dead] = dead_letters(settings, 1)
+    assert dead.stage == "notify_parse" and dead.topic == settings.topic_camera_health

@@ -44,6 +44,7 @@ def home_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[Path]:
     monkeypatch.setenv("MASKWATCH_TOPIC_TICKS", f"ticks.{suffix}")
     monkeypatch.setenv("MASKWATCH_TOPIC_ALERTS", f"alerts.{suffix}")
     monkeypatch.setenv("MASKWATCH_TOPIC_DEAD_LETTER", f"dead.{suffix}")
+    monkeypatch.setenv("MASKWATCH_TOPIC_CAMERA_HEALTH", f"health.{suffix}")
     yield home
     manager.down(Settings())
 
@@ -182,6 +183,7 @@ def test_ensure_topics_is_idempotent_and_warns_on_too_few_partitions(
     monkeypatch.setenv("MASKWATCH_TOPIC_TICKS", f"t.{suffix}")
     monkeypatch.setenv("MASKWATCH_TOPIC_ALERTS", f"a.{suffix}")
     monkeypatch.setenv("MASKWATCH_TOPIC_DEAD_LETTER", f"d.{suffix}")
+    monkeypatch.setenv("MASKWATCH_TOPIC_CAMERA_HEALTH", f"h.{suffix}")
     monkeypatch.setenv("MASKWATCH_TICK_PARTITIONS", "4")
     admin = AdminClient({"bootstrap.servers": broker.bootstrap})
     admin.create_topics([NewTopic(f"a.{suffix}", 1, 1)])[f"a.{suffix}"].result(10)  # one exists already

@@ -8,6 +8,7 @@ Example ``notify.yaml``::
         url_env: SLACK_WEBHOOK_URL      # the URL from $SLACK_WEBHOOK_URL or the file $SLACK_WEBHOOK_URL_FILE
         format: slack                   # slack | teams | generic
         sites: [hq]                     # optional filters; empty = every alert
+        events: [alerts, camera_health] # the default: alerts, and cameras going down / back up
         rate: {per_minute: 20, burst: 5}
       - name: audit
         url: http://audit.internal:8080/alerts
@@ -27,7 +28,10 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from maskwatch.config import secret
-from maskwatch.schemas.events import Alert
+from maskwatch.schemas.events import Alert, CameraHealthEvent
+
+EventKind = Literal["alerts", "camera_health"]
+EVENT_KINDS: tuple[EventKind, ...] = ("alerts", "camera_health")
 
 
 class NotifyConfigError(ValueError):
@@ -65,6 +69,8 @@ class Destination(BaseModel):
     sites: list[str] = Field(default_factory=list)
     zones: list[str] = Field(default_factory=list)
     cameras: list[str] = Field(default_factory=list)
+    # What this destination is told of: no-mask alerts, and cameras going down and coming back up.
+    events: list[EventKind] = Field(default_factory=lambda: list(EVENT_KINDS), min_length=1)
     rate: RateLimit = Field(default_factory=RateLimit)
 
     @model_validator(mode="after")
@@ -95,10 +101,12 @@ class Destination(BaseModel):
                                     f"(host {parts.hostname})") from None
         return url
 
-    def matches(self, alert: Alert) -> bool:
-        return ((not self.sites or alert.site in self.sites)
-                and (not self.zones or alert.zone in self.zones)
-                and (not self.cameras or alert.camera_id in self.cameras))
+    def matches(self, event: Alert | CameraHealthEvent) -> bool:
+        kind = "alerts" if isinstance(event, Alert) else "camera_health"
+        return (kind in self.events
+                and (not self.sites or event.site in self.sites)
+                and (not self.zones or event.zone in self.zones)
+                and (not self.cameras or event.camera_id in self.cameras))
 
 
 class NotifyConfig(BaseModel):

@@ -1,10 +1,11 @@
-"""Webhook bodies for an alert: Slack (text + Block Kit), Microsoft Teams (MessageCard), or the alert JSON."""
+"""Webhook bodies for an alert or a camera health change: Slack (text + Block Kit), Microsoft Teams
+(MessageCard), or the event's JSON."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from maskwatch.schemas.events import Alert
+from maskwatch.schemas.events import Alert, CameraHealthEvent
 
 # Camera names, sites, zones and messages are typed by people who are not the channel's readers: in a
 # chat they must read as text, never as a link, a mention or formatting.
@@ -78,3 +79,27 @@ FORMATTERS = {"slack": slack, "teams": teams, "generic": generic}
 
 def render(alert: Alert, fmt: str) -> dict[str, Any]:
     return FORMATTERS[fmt](alert)
+
+
+def health_summary(event: CameraHealthEvent) -> str:
+    name = event.camera_name or event.camera_id
+    where = " / ".join(part for part in (event.site, event.zone, name) if part)
+    if event.kind == "up":
+        return f"Camera back up: {where} (since {event.changed_at:%Y-%m-%d %H:%M:%S} UTC)"
+    why = f": {event.error}" if event.error else f" ({event.status})"
+    return (f"Camera down: {where} after {event.consecutive_failures} failed checks in a row{why} "
+            f"(since {event.changed_at:%Y-%m-%d %H:%M:%S} UTC)")
+
+
+def render_health(event: CameraHealthEvent, fmt: str) -> dict[str, Any]:
+    """A camera going down or back up, in the destination's format (plain text: names are typed by
+    people and errors quote what the camera answered)."""
+    text = health_summary(event)
+    if fmt == "slack":
+        return {"text": slack_text(text)}
+    if fmt == "teams":
+        return {"@type": "MessageCard", "@context": "https://schema.org/extensions",
+                "summary": teams_text(text), "themeColor": "D13438" if event.kind == "down" else "107C10",
+                "title": teams_text(text), "sections": [{"text": teams_text(event.camera_id),
+                                                         "markdown": False}]}
+    return event.model_dump(mode="json")

@@ -1,4 +1,6 @@
-"""``maskwatch notify``: alerts from the alert topic to Slack / Teams / generic webhooks, at least once.
+"""``maskwatch notify``: alerts from the alert topic, and cameras going down or coming back up from the
+camera-health topic, to Slack / Teams / generic webhooks, at least once. (Health changes to ``degraded``
+and back are on the topic and the dashboard, not posted: one failed check is not worth a page.)
 
 The consumer commits an alert's offset only after every matching destination has it (or the failure went to
 the dead-letter topic), so a crash redelivers it; a SQLite record of (alert id, destination) pairs already
@@ -20,8 +22,8 @@ from maskwatch import metrics
 from maskwatch.config import Settings
 from maskwatch.notify.config import Destination, NotifyConfig, host_of
 from maskwatch.notify.delivery import DeliveryStore, TokenBucket, deliver
-from maskwatch.notify.messages import render
-from maskwatch.schemas.events import Alert, DeadLetter
+from maskwatch.notify.messages import render, render_health
+from maskwatch.schemas.events import Alert, CameraHealthEvent, DeadLetter
 from maskwatch.schemas.parse import SchemaError, parse_event
 
 log = logging.getLogger(__name__)
@@ -41,6 +43,7 @@ class DeadLetterError(RuntimeError):
 @dataclass
 class NotifyStats:
     alerts: int = 0
+    health: int = 0  # cameras down / back up
     posted: int = 0
     duplicates: int = 0  # already delivered to that destination (redelivery or a re-published alert)
     failed: int = 0  # gave up after retries or a permanent error; went to the dead-letter topic
@@ -70,10 +73,11 @@ class Notifier:
     def run(self, stop: threading.Event) -> NotifyStats:
         """Until ``stop`` is set; the alert in hand when it is set stays uncommitted unless finished."""
         self._stop = stop
-        self.consumer.subscribe([self.settings.topic_alerts])
+        self.consumer.subscribe([self.settings.topic_alerts, self.settings.topic_camera_health])
         shown = ", ".join(f"{d.name}:{d.format}->{host_of(self.urls[d.name])}"
                           for d in self.config.destinations)
-        log.info("notifier: destinations [%s], topic %s", shown, self.settings.topic_alerts)
+        log.info("notifier: destinations [%s], topics %s and %s", shown, self.settings.topic_alerts,
+                 self.settings.topic_camera_health)
         try:
             while not stop.is_set():
                 msg = self.consumer.poll(0.5)
@@ -104,36 +108,49 @@ class Notifier:
 
     def handle(self, msg: Any) -> bool:
         """True when the record is done with (delivered, duplicate or dead-lettered) and may be committed."""
+        health = msg.topic() == self.settings.topic_camera_health
+        model: type[Alert] | type[CameraHealthEvent] = CameraHealthEvent if health else Alert
         try:
-            alert = parse_event(Alert, msg.value() or b"")
+            event = parse_event(model, msg.value() or b"")
         except SchemaError as exc:
             self.stats.invalid += 1
-            log.error("invalid alert at %s[%d]@%d: %s", msg.topic(), msg.partition(), msg.offset(), exc)
+            log.error("invalid %s at %s[%d]@%d: %s", "camera health event" if health else "alert",
+                      msg.topic(), msg.partition(), msg.offset(), exc)
             self.dead_letter(msg, "notify_parse", str(exc))
             return True
-        self.stats.alerts += 1
+        if isinstance(event, CameraHealthEvent):
+            if event.kind not in ("down", "up"):
+                return True
+            self.stats.health += 1
+            key, what = event.event_id, f"camera {event.kind} {event.camera_id}"
+        else:
+            self.stats.alerts += 1
+            key, what = event.alert_id, f"alert {event.alert_id}"
         for destination in self.config.destinations:
-            if not destination.matches(alert):
+            if not destination.matches(event):
                 continue
-            if not self._deliver(alert, destination, msg):
+            body = (render_health(event, destination.format) if isinstance(event, CameraHealthEvent)
+                    else render(event, destination.format))
+            if not self._deliver(key, what, body, destination, msg):
                 return False
         return True
 
-    def _deliver(self, alert: Alert, destination: Destination, msg: Any) -> bool:
+    def _deliver(self, key: str, what: str, body: dict[str, Any], destination: Destination, msg: Any
+                 ) -> bool:
         name = destination.name
-        if self.store.delivered(alert.alert_id, name):
+        if self.store.delivered(key, name):
             self.stats.duplicates += 1
             POSTS.labels(name, "duplicate").inc()
-            log.info("alert %s already delivered to %s; not posting again", alert.alert_id, name)
+            log.info("%s already delivered to %s; not posting again", what, name)
             return True
-        label = f"alert {alert.alert_id} -> {name} ({host_of(self.urls[name])})"
-        result = deliver(self.urls[name], render(alert, destination.format), self.config.retry,
+        label = f"{what} -> {name} ({host_of(self.urls[name])})"
+        result = deliver(self.urls[name], body, self.config.retry,
                          wait=self._wait, acquire=lambda: self._take_token(name), label=label)
         self.stats.retries += max(0, result.attempts - 1)
         if result.interrupted:
             return False
         if result.ok:
-            self.store.mark(alert.alert_id, name)
+            self.store.mark(key, name)
             self.stats.posted += 1
             POSTS.labels(name, "posted").inc()
             log.info("%s: delivered (HTTP %s, %d tries)", label, result.status, result.attempts)

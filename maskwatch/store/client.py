@@ -25,7 +25,7 @@ from clickhouse_connect.driver.client import Client
 from pydantic import BaseModel
 
 from maskwatch.config import Retention, Settings
-from maskwatch.schemas.events import Alert, CameraHealth, FaceDetection, FrameResult
+from maskwatch.schemas.events import Alert, CameraHealth, CameraHealthEvent, FaceDetection, FrameResult
 from maskwatch.schemas.redaction import redact_url
 
 log = logging.getLogger(__name__)
@@ -41,6 +41,7 @@ EVENT_TABLES: dict[type[BaseModel], str] = {
     FaceDetection: "detections",
     Alert: "alerts",
     CameraHealth: "camera_health",
+    CameraHealthEvent: "camera_health_events",
 }
 
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
