@@ -21,6 +21,7 @@ timeseries = _cache(queries.timeseries)
 heatmap = _cache(queries.heatmap)
 leaderboard = _cache(queries.leaderboard)
 camera_status = _cache(queries.camera_status)
+health_changes = _cache(queries.health_changes)
 alerts = _live(queries.alerts)
 alert = _live(queries.alert)
 alert_frames = _cache(queries.alert_frames)
@@ -36,3 +37,4 @@ def clear_alerts() -> None:
 def clear_cameras() -> None:
     cameras.clear()
     camera_status.clear()
+    health_changes.clear()

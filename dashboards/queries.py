@@ -23,7 +23,8 @@ _FINAL_SETTINGS = "SETTINGS do_not_merge_across_partitions_select_final = 1"
 MAX_BUCKETS = 2000
 DOWNLOAD_LIMIT = 200_000
 FEED_LIMIT = 200
-TABLES = ("frames", "detections", "alerts", "camera_health", "alert_acks", "cameras")
+TABLES = ("frames", "detections", "alerts", "camera_health", "camera_health_events", "alert_acks",
+          "cameras")
 
 
 def _ms(value: datetime) -> int:
@@ -282,6 +283,18 @@ def camera_status(settings: Settings, scope: Scope) -> pl.DataFrame:
         .then((pl.col("faces") - pl.col("nomask_faces")) / pl.col("faces"))
         .otherwise(None)
         .alias("compliance"),
+    )
+
+
+def health_changes(settings: Settings, scope: Scope, limit: int = 200) -> pl.DataFrame:
+    """Cameras' health changes in the range (down, back up, degraded, recovered), newest first."""
+    return _df(
+        settings,
+        "SELECT changed_at, camera_id, camera_name, site, zone, kind, state, previous_state, "
+        "consecutive_failures, status, error "
+        f"FROM camera_health_events FINAL WHERE {where('changed_at')} ORDER BY changed_at DESC "
+        f"LIMIT {int(limit)} {_FINAL_SETTINGS}",
+        scope.params(),
     )
 
 

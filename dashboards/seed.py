@@ -123,6 +123,7 @@ def seed(
         "AND has({ids:Array(String)}, camera_id)"
     )
     client.command(_HEALTH_SQL.replace("{where}", in_seed), parameters=params)
+    client.command(_HEALTH_CHANGES_SQL, parameters=params)
     client.command(_DETECTIONS_SQL.replace("{where}", in_seed), parameters=params)
     client.command(_ALERTS_SQL.replace("{where}", in_seed), parameters=params)
     client.command(_ACKS_SQL, parameters=params)
@@ -182,6 +183,25 @@ SELECT 1, camera_id, tick_id, site, zone, scheduled_at, processed_at,
     if(status = 'ok', 'ok', if(cityHash64(tick_id) % 3 = 0, 'timeout', 'fetch_error')),
     fetch_ms, if(status = 'ok', 0, 1), error
 FROM frames WHERE {where}
+"""
+
+# The first camera fails for the last two hours (see _FRAMES_SQL): it went degraded, then down.
+_HEALTH_CHANGES_SQL = """
+INSERT INTO camera_health_events (schema_version, event_id, camera_id, site, zone, kind, state,
+    previous_state, tick_id, changed_at, consecutive_failures, status, error)
+SELECT 1, concat(tick_id, ':', state), camera_id, site, zone, kind, state, previous, tick_id, scheduled_at,
+    failures, 'fetch_error', error
+FROM (
+    SELECT camera_id, site, zone, tick_id, scheduled_at, error,
+        row_number() OVER (ORDER BY scheduled_at) AS n
+    FROM frames
+    WHERE camera_id = {ids:Array(String)}[1] AND status != 'ok'
+        AND scheduled_at >= fromUnixTimestamp64Milli({end_ms:Int64} - 7200000, 'UTC')
+        AND scheduled_at < fromUnixTimestamp64Milli({end_ms:Int64}, 'UTC')
+    ORDER BY scheduled_at LIMIT 3
+) ARRAY JOIN [1, 3] AS at, ['degraded', 'down'] AS state, ['ok', 'degraded'] AS previous,
+    ['degraded', 'down'] AS kind, [1, 3] AS failures
+WHERE n = at
 """
 
 _DETECTIONS_SQL = """

@@ -205,6 +205,14 @@ def test_cameras_page_health_and_no_credentials(seeded: Settings) -> None:
     down = sum(1 for row in health if row["last"] != "ok")
     assert down >= 1  # the seed takes cam-001 down for the last two hours
     assert metrics(at)["Down now"][0] == str(down)
+    # Its health changes, newest first, as the store holds them (the flow writes these rows).
+    changes = at.dataframe[1].value
+    expected = store.query_rows(
+        f"SELECT camera_id, kind FROM camera_health_events FINAL WHERE {window(scope, 'changed_at')} "
+        "ORDER BY changed_at DESC", {}, seeded)
+    assert [(r["camera_id"], r["kind"]) for r in expected] == [("cam-001", "down"), ("cam-001", "degraded")]
+    assert list(zip(changes["camera_id"], changes["kind"], strict=True)) == [
+        (r["camera_id"], r["kind"]) for r in expected]
     page = texts(at)
     assert "rtsp://***@" in page
     for secret in SECRETS:

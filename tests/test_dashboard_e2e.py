@@ -222,6 +222,9 @@ def test_dashboard_in_a_real_browser(
     text = browser.text()
     html = browser.js("document.documentElement.outerHTML")
     assert "cam-001" in text
+    # The seeded outage of the first camera shows as its changes: degraded, then down.
+    browser.wait_for("document.body.innerText.includes('Health changes')")
+    browser.wait_for("document.querySelectorAll('[data-testid=\"stDataFrame\"]').length >= 2")
     for secret in ("s3cret", "pw-7-"):
         assert secret not in html
     browser.screenshot(tmp_path / "cameras.png")

@@ -498,3 +498,30 @@ def test_partitions_made_per_pod_run_and_resume_a_real_bytewax_cluster(tmp_path:
         with sqlite3.connect(folder / f"part-{i}.sqlite3") as db:
             assert db.execute("SELECT count(*) FROM snaps").fetchone()[0] > 0, f"no snapshots in part-{i}"
     assert run_cluster() == [], "resumed after the end: nothing is processed twice"
+
+
+def test_alert_rules_parse_and_name_real_metrics(compose: dict[str, Any]) -> None:
+    """docker/alerts.yml: every expression is valid PromQL (parsed by promql-parser, Prometheus' grammar)
+    over metrics maskwatch really exports, and Prometheus is told to load the file."""
+    import promql_parser
+    from prometheus_client.metrics import MetricWrapperBase
+
+    from maskwatch import metrics
+
+    exported: set[str] = set()
+    for collector in [v for v in vars(metrics).values() if isinstance(v, MetricWrapperBase)]:
+        for family in collector.collect():
+            exported |= {family.name} | {s.name for s in family.samples}
+    rules = yaml.safe_load((DOCKER / "alerts.yml").read_text())["groups"][0]["rules"]
+    names = {r["alert"] for r in rules}
+    assert {"MaskwatchCameraDown", "MaskwatchFlowLagging", "MaskwatchStoreBufferGrowing"} <= names
+    for rule in rules:
+        promql_parser.parse(rule["expr"])  # raises on a syntax error
+        used = set(re.findall(r"\bmaskwatch_[a-z_]+", rule["expr"]))
+        assert used <= exported | {n + "_total" for n in exported}, (rule["alert"], used - exported)
+        assert rule["labels"]["severity"] in ("warning", "critical") and rule["annotations"]["summary"]
+    prometheus = yaml.safe_load((DOCKER / "prometheus.yml").read_text())
+    mounted = {c["target"]: compose["configs"][c["source"]]["file"]
+               for c in compose["services"]["prometheus"]["configs"]}
+    for path in prometheus["rule_files"]:
+        assert Path(mounted[path]).name == "alerts.yml", path

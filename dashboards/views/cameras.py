@@ -64,3 +64,30 @@ if down.height:
         st.error(f"**{ui.plain(row['camera_id'])}** ({ui.plain(row['site'])} / {ui.plain(row['zone'])}): "
                  f"{ui.plain(reason)} · last frame {row['last_frame_at'] or 'never in this range'}",
                  icon=":material/error:")
+
+changes = data.health_changes(settings, scope)
+st.subheader("Health changes")
+st.caption("When cameras went down and came back up (debounced: down after "
+           "`MASKWATCH_FLOW_HEALTH_DOWN_AFTER` failed checks in a row, back up after "
+           "`MASKWATCH_FLOW_HEALTH_RECOVER_AFTER` good ones); the notifier posts the downs and ups.")
+if changes.is_empty():
+    st.info("No camera changed state in this range.", icon=":material/check_circle:")
+else:
+    st.dataframe(
+        changes.with_columns(
+            pl.col("error").map_elements(redact_text, return_dtype=pl.String),
+        ).select("changed_at", "camera_id", "camera_name", "site", "zone", "kind", "previous_state", "state",
+                 "consecutive_failures", "status", "error"),
+        hide_index=True,
+        width="stretch",
+        column_config={
+            "changed_at": st.column_config.DatetimeColumn("Changed at", format="YYYY-MM-DD HH:mm:ss"),
+            "camera_id": st.column_config.TextColumn("Camera"),
+            "camera_name": st.column_config.TextColumn("Name"),
+            "kind": st.column_config.TextColumn("Change"),
+            "previous_state": st.column_config.TextColumn("From"),
+            "state": st.column_config.TextColumn("To"),
+            "consecutive_failures": st.column_config.NumberColumn("Failures in a row"),
+            "error": st.column_config.TextColumn("Error", width="large"),
+        },
+    )
