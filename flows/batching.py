@@ -9,7 +9,8 @@ from __future__ import annotations
 import logging
 import time
 import zlib
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import Future, wait
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -18,7 +19,7 @@ from typing import Any, Literal, Protocol
 import bytewax.operators as op
 import numpy as np
 from bytewax.dataflow import Stream
-from bytewax.operators import KeyedStream
+from bytewax.operators import KeyedStream, StatefulLogic
 
 from maskwatch import metrics
 from maskwatch.cameras.capture.fetcher import Fetched, Fetcher, FetchRequest
@@ -74,6 +75,19 @@ class TickOutcome:
         )
 
 
+@dataclass
+class Pending:
+    """A tick whose fetch is under way (``future`` None: it failed before any request, with ``error``)."""
+
+    tick: Tick
+    camera: Camera
+    request: FetchRequest
+    filled: list[str]
+    future: Future[Fetched] | None
+    error: str = ""
+    suspect: bool = False
+
+
 def _norm(v: float, size: int) -> float:
     return min(1.0, max(0.0, v / size)) if size else 0.0
 
@@ -93,29 +107,58 @@ class BatchProcessor:
         self.blur_faces = blur_faces
 
     def process(self, batch: Sequence[tuple[Tick, Camera]]) -> list[TickOutcome]:
-        requests: list[FetchRequest] = []
-        unresolved: dict[int, str] = {}
-        filled: dict[int, list[str]] = {}
-        for i, (tick, cam) in enumerate(batch):
-            try:
-                url, filled[i] = resolve_source_url(cam)
-            except LookupError as exc:  # a ${SECRET} placeholder that this host does not define
-                unresolved[i], url = str(exc), "unresolved://"
+        """Fetch and infer the whole batch: one outcome per tick, in order."""
+        return self.finish(self.start(batch), wait=True)[0]
+
+    def process_detaching(self, batch: Sequence[tuple[Tick, Camera]]
+                          ) -> tuple[list[TickOutcome], list[Pending]]:
+        """As ``process``, but the ticks of suspect cameras (failed or slow last time), and of any camera
+        not done within ``batch_wait_s``, are not waited for: they come back as pending fetches, to
+        ``finish`` later, so one slow camera does not hold the healthy ones of its batch until its
+        deadline."""
+        pending = self.start(batch)
+        # Healthy cameras answer in well under a second; one that does not is detached too, so a camera
+        # that has just started to hang stalls its batch for batch_wait_s once, not for its deadline.
+        wait([p.future for p in pending if not p.suspect and p.future is not None],
+             timeout=min(self.fetcher.opts.batch_wait_s, self.fetcher.opts.deadline_s))
+        ready = [p for p in pending if not p.suspect and (p.future is None or p.future.done())]
+        outcomes, _ = self.finish(ready, wait=True)
+        taken = {id(p) for p in ready}
+        return outcomes, [p for p in pending if id(p) not in taken]
+
+    def start(self, batch: Sequence[tuple[Tick, Camera]]) -> list[Pending]:
+        """Start every tick's fetch (a ``${SECRET}`` this host lacks fails at once)."""
+        out: list[Pending] = []
+        for tick, cam in batch:
             ms = round(tick.scheduled_at.timestamp() * 1000)
-            requests.append(FetchRequest(cam.id, tick.tick_id, url, ms, cam.interval_s,
-                                         cam.allow_private_network))
-        todo = [r for i, r in enumerate(requests) if i not in unresolved]
-        fetched_iter = iter(self.fetcher.fetch_batch(todo))
-        fetched = [
-            Fetched(r.camera_id, r.tick_id, "fetch_error", error=unresolved[i]) if i in unresolved
-            else next(fetched_iter)
-            for i, r in enumerate(requests)
-        ]
+            try:
+                url, filled = resolve_source_url(cam)
+            except LookupError as exc:  # a ${SECRET} placeholder that this host does not define
+                req = FetchRequest(cam.id, tick.tick_id, "unresolved://", ms, cam.interval_s)
+                out.append(Pending(tick, cam, req, [], None, str(exc)))
+                continue
+            req = FetchRequest(cam.id, tick.tick_id, url, ms, cam.interval_s, cam.allow_private_network)
+            out.append(Pending(tick, cam, req, filled, self.fetcher.submit(req), "",
+                               self.fetcher.suspect(cam.id)))
+        return out
+
+    def finish(self, pending: Sequence[Pending], wait: bool) -> tuple[list[TickOutcome], list[Pending]]:
+        """Outcomes of the fetches that are done (all of them if ``wait``), inferred together; and the
+        fetches still running."""
+        done = [p for p in pending if wait or p.future is None or p.future.done()]
+        running = [p for p in pending if not (wait or p.future is None or p.future.done())]
+        if not done:
+            return [], running
+        fetched = [Fetched(p.request.camera_id, p.request.tick_id, "fetch_error", error=p.error)
+                   if p.future is None else self.fetcher.result(p.request, p.future) for p in done]
         # Error texts quote what the camera answered and the URL that was fetched: whatever the redaction
         # rules do not recognise as a credential, the values filled into the URL are masked here.
-        for i, f in enumerate(fetched):
-            if f.error and filled.get(i):
-                f.error = mask_values(f.error, filled[i])
+        for p, f in zip(done, fetched, strict=True):
+            if f.error and p.filled:
+                f.error = mask_values(f.error, p.filled)
+        return self._infer([(p.tick, p.camera) for p in done], fetched), running
+
+    def _infer(self, batch: Sequence[tuple[Tick, Camera]], fetched: list[Fetched]) -> list[TickOutcome]:
         good = [i for i, f in enumerate(fetched) if f.status == "ok" and f.frame is not None]
         results: dict[int, Any] = {}
         infer_error = ""
@@ -182,3 +225,42 @@ class BatchProcessor:
             inference_ms=result.timings.get("total_ms", infer_ms), snapshot_path=snapshot, **models,
         )
         return TickOutcome(frame, faces, "ok", fetched.latency_ms, "", now)
+
+
+class FetchInfer(StatefulLogic[list[Tick], TickOutcome, list[Tick]]):
+    """The ``fetch_infer`` step of one shard: each micro-batch is fetched and inferred, and its outcomes
+    go on at once, except those of suspect cameras (failed or slow last time), which follow on their
+    own when their fetch ends (by the camera's deadline). Ticks still being fetched are the state, so a
+    restart from a snapshot fetches them again instead of losing them."""
+
+    POLL = timedelta(milliseconds=100)
+
+    def __init__(self, process: Callable[[list[Tick]], tuple[list[TickOutcome], list[Pending]]],
+                 finish: Callable[[list[Pending], bool], tuple[list[TickOutcome], list[Pending]]],
+                 resume: list[Tick] | None):
+        self._process, self._finish = process, finish
+        self._resume = list(resume or [])
+        self._pending: list[Pending] = []
+
+    def on_item(self, value: list[Tick]) -> tuple[Iterable[TickOutcome], bool]:
+        ticks, self._resume = self._resume + value, []
+        outcomes, detached = self._process(ticks)
+        self._pending += detached
+        return outcomes, StatefulLogic.RETAIN
+
+    def on_notify(self) -> tuple[Iterable[TickOutcome], bool]:
+        outcomes, self._pending = self._finish(self._pending, False)
+        if self._resume:
+            resumed, self._resume = self.on_item([])[0], []
+            outcomes = [*outcomes, *resumed]
+        return outcomes, StatefulLogic.RETAIN
+
+    def on_eof(self) -> tuple[Iterable[TickOutcome], bool]:
+        outcomes, self._pending = self._finish(self._pending, True)
+        return outcomes, StatefulLogic.RETAIN
+
+    def notify_at(self) -> datetime | None:
+        return datetime.now(UTC) + self.POLL if self._pending or self._resume else None
+
+    def snapshot(self) -> list[Tick]:
+        return [*self._resume, *(p.tick for p in self._pending)]

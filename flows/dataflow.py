@@ -25,7 +25,7 @@ from bytewax.dataflow import Dataflow
 from maskwatch import metrics
 from maskwatch.config import Settings
 from maskwatch.flows.alerts import observations, to_alert
-from maskwatch.flows.batching import TickOutcome, micro_batches
+from maskwatch.flows.batching import FetchInfer, TickOutcome, micro_batches
 from maskwatch.flows.cluster import running
 from maskwatch.flows.health import HealthState, HealthThresholds, track
 from maskwatch.flows.options import FlowOptions
@@ -76,7 +76,9 @@ def build_flow(settings: Settings | None = None, opts: FlowOptions | None = None
 
     # 3. Micro-batches that mix cameras, fetched concurrently and inferred together.
     batches = micro_batches(unique, opts.shards, timedelta(seconds=opts.batch_timeout_s), opts.batch_max)
-    inferred = op.flat_map_value("fetch_infer", batches, rt.process)
+    # A suspect camera's tick does not hold its batch: its outcome follows when its own fetch ends.
+    inferred = op.stateful("fetch_infer", batches,
+                           lambda resume: FetchInfer(rt.process_detaching, rt.finish, resume))
     outcomes = op.key_rm("unshard", inferred)
 
     # 4. Rows for the store: frames, detections and per-camera health (failures in a row are state).

@@ -5,19 +5,21 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from maskwatch import metrics
 from maskwatch.cameras.capture.fetcher import Fetcher
 from maskwatch.config import Settings
-from maskwatch.flows.batching import BatchProcessor, TickOutcome
+from maskwatch.flows.batching import BatchProcessor, Pending, TickOutcome
 from maskwatch.flows.options import FlowOptions
 from maskwatch.flows.registry_cache import RegistryCache, store_loader
 from maskwatch.flows.rules import RuleConfig, parse_scope
 from maskwatch.schemas.events import Camera, Tick
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 class FlowRuntime:
@@ -84,6 +86,18 @@ class FlowRuntime:
         proc.detector_model, proc.classifier_model = engine.detector_spec.name, engine.classifier_spec.name
 
     def process(self, ticks: list[Tick]) -> list[TickOutcome]:
+        """Fetch and infer a micro-batch, waiting for every tick."""
+        return self._resolved(ticks, lambda proc, batch: proc.process(batch))
+
+    def process_detaching(self, ticks: list[Tick]) -> tuple[list[TickOutcome], list[Pending]]:
+        """Fetch and infer a micro-batch; suspect cameras' ticks come back pending (see ``finish``)."""
+        return self._resolved(ticks, lambda proc, batch: proc.process_detaching(batch))
+
+    def finish(self, pending: list[Pending], wait: bool) -> tuple[list[TickOutcome], list[Pending]]:
+        return self.processor().finish(pending, wait)
+
+    def _resolved(self, ticks: list[Tick],
+                  run: Callable[[BatchProcessor, list[tuple[Tick, Camera]]], T]) -> T:
         proc = self.processor()
         now = time.monotonic()
         if now - getattr(self._local, "retained_at", 0.0) > self.opts.registry_refresh_s:
@@ -97,7 +111,7 @@ class FlowRuntime:
         if ticks:
             newest = max(t.scheduled_at for t in ticks)
             metrics.TICK_LAG.set(max(0.0, (datetime.now(UTC) - newest).total_seconds()))
-        return proc.process(batch)
+        return run(proc, batch)
 
     def rule_config(self, scope: str) -> tuple[Camera | None, RuleConfig]:
         """A camera's rule config with its overrides; zones and sites use the defaults."""

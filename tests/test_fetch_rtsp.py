@@ -38,54 +38,12 @@ from maskwatch.flows.batching import BatchProcessor, TickOutcome
 from maskwatch.ports import free_port
 from maskwatch.schemas.events import Camera, Tick
 
-SYSTEM_PYTHON = "/usr/bin/python3"  # Debian's, where python3-gi lives (not the project's venv)
+from bench.rtsp_server import PASSWORD, SERVER, SYSTEM_PYTHON, USER
+
 DEBIAN_PACKAGES = ("python3-gi gir1.2-gst-rtsp-server-1.0 gstreamer1.0-plugins-base "
                    "gstreamer1.0-plugins-good gstreamer1.0-plugins-bad gstreamer1.0-plugins-ugly")
-USER, PASSWORD, WRONG_PASSWORD = "alice", "Rt5p-s3cret-Pw", "Wr0ng-guess-Pw"
+WRONG_PASSWORD = "Wr0ng-guess-Pw"
 SIZE = (320, 240)  # width, height of the served frames
-
-# Run by Debian's python3: serve a loop of JPEG files at rtsp://127.0.0.1:PORT/live to USER:PASSWORD;
-# print "ready" once listening and "client" for every RTSP client connection accepted.
-SERVER = r"""
-import sys
-import gi
-gi.require_version("Gst", "1.0")
-gi.require_version("GstRtspServer", "1.0")
-from gi.repository import GLib, Gst, GstRtspServer
-
-Gst.init(None)
-port, pattern, user, password = sys.argv[1:5]
-server = GstRtspServer.RTSPServer()
-server.set_address("127.0.0.1")
-server.set_service(port)
-factory = GstRtspServer.RTSPMediaFactory()
-factory.set_launch(f'( multifilesrc location="{pattern}" loop=true caps="image/jpeg,framerate=10/1" '
-                   '! jpegparse ! rtpjpegpay name=pay0 pt=26 )')
-factory.set_shared(True)
-token = GstRtspServer.RTSPToken()
-token.set_string(GstRtspServer.RTSP_TOKEN_MEDIA_FACTORY_ROLE, "viewer")
-auth = GstRtspServer.RTSPAuth()
-auth.add_basic(GstRtspServer.RTSPAuth.make_basic(user, password), token)
-server.set_auth(auth)
-perms = GstRtspServer.RTSPPermissions()
-for perm in (GstRtspServer.RTSP_PERM_MEDIA_FACTORY_ACCESS, GstRtspServer.RTSP_PERM_MEDIA_FACTORY_CONSTRUCT):
-    perms.add_permission_for_role("viewer", perm, True)
-factory.set_permissions(perms)
-server.get_mount_points().add_factory("/live", factory)
-# H.264 at 1280x720, 25 fps, a keyframe a second: what IP cameras send. One encoder shared by every client.
-h264 = GstRtspServer.RTSPMediaFactory()
-h264.set_launch('( videotestsrc is-live=true pattern=ball ! video/x-raw,width=1280,height=720,framerate=25/1 '
-                '! x264enc tune=zerolatency speed-preset=ultrafast key-int-max=25 bitrate=2000 '
-                '! rtph264pay name=pay0 pt=96 config-interval=-1 )')
-h264.set_shared(True)
-h264.set_permissions(perms)
-server.get_mount_points().add_factory("/h264", h264)
-server.connect("client-connected", lambda *_: print("client", flush=True))
-if server.attach(None) == 0:
-    sys.exit(f"cannot listen on 127.0.0.1:{port}")
-print("ready", flush=True)
-GLib.MainLoop().run()
-"""
 
 PROBE = r"""
 import gi

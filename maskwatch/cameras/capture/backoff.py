@@ -56,6 +56,11 @@ class Backoff:
                 wait = min(self.max_s, self.base_s * 2 ** (state.failures - self.after))
                 state.retry_at = now + wait
 
+    def failing(self, camera_id: str) -> bool:
+        """Did the camera's last fetch fail?"""
+        with self._lock:
+            return camera_id in self._cameras
+
     def forget(self, keep: set[str]) -> None:
         with self._lock:
             self._cameras = {c: s for c, s in self._cameras.items() if c in keep}

@@ -25,7 +25,7 @@ import ssl
 import threading
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -53,6 +53,7 @@ _RTSP_POLL_S = 0.05  # how often a tick waiting for a connecting stream's first 
 class FetchOptions:
     concurrency: int = 8  # threads for decoding and file reads (network waits hold no thread)
     deadline_s: float = 5.0  # per camera, wall clock, whatever the source
+    batch_wait_s: float = 1.0  # the flow waits this long for a batch; later outcomes follow on their own
     connect_timeout_s: float = 2.0
     read_timeout_s: float = 3.0  # RTSP: no packet this long and the stream is reconnected
     max_bytes: int = 10 * 1024**2  # larger snapshots are aborted, not buffered
@@ -108,27 +109,33 @@ class Fetcher:
         self._lock = threading.Lock()
         self._rtsp: dict[str, RtspStream] = {}
         self._urls: dict[str, str] = {}
+        self._slow: set[str] = set()  # answered, but in over half the deadline, last time
 
     def fetch_batch(self, requests: Sequence[FetchRequest]) -> list[Fetched]:
         """One outcome per request, in order; returns by the slowest camera's deadline."""
-        if not requests:
-            return []
-        future = asyncio.run_coroutine_threadsafe(self._batch(requests), self._loop)
+        return [self.result(r, f) for r, f in zip(requests, [self.submit(r) for r in requests], strict=True)]
+
+    def submit(self, req: FetchRequest) -> Future[Fetched]:
+        """Start one fetch; it ends by the camera's deadline (``result`` waits for it)."""
+        return asyncio.run_coroutine_threadsafe(self._one(req), self._loop)
+
+    def result(self, req: FetchRequest, future: Future[Fetched]) -> Fetched:
+        """The outcome of a submitted fetch, waiting for it until its deadline at most."""
         try:
             return future.result(timeout=self.opts.deadline_s + 2.0)
         except FutureTimeout:  # only a bug in a source gets here: every fetch has its own deadline
             future.cancel()
-            log.error("a fetch batch of %d outlived its deadline; reported as timeouts", len(requests))
-            return [Fetched(r.camera_id, r.tick_id, "timeout", error=self._timeout_text())
-                    for r in requests]
+            log.error("a fetch of camera %s outlived its deadline; reported as a timeout", req.camera_id)
+            return Fetched(req.camera_id, req.tick_id, "timeout", error=self._timeout_text())
+
+    def suspect(self, camera_id: str) -> bool:
+        """Did this camera fail or answer slowly (over half its deadline) last time? The flow does not
+        hold a batch of healthy cameras for a suspect one: its outcome follows when it arrives."""
+        with self._lock:
+            return camera_id in self._slow or self._backoff.failing(camera_id)
 
     def _timeout_text(self) -> str:
         return f"no frame within the {self.opts.deadline_s:g}s deadline"
-
-    async def _batch(self, requests: Sequence[FetchRequest]) -> list[Fetched]:
-        out = await asyncio.gather(*(self._one(r) for r in requests))
-        metrics.CAMERAS_BACKED_OFF.set(self._backoff.backed_off(time.monotonic()))
-        return list(out)
 
     async def _one(self, req: FetchRequest) -> Fetched:
         started = time.monotonic()
@@ -155,7 +162,14 @@ class Fetcher:
         except Exception as exc:  # a bug in one source must not take the flow down
             log.exception("unexpected error fetching camera %s", req.camera_id)
             status, error = "fetch_error", redact_text(f"{type(exc).__name__}: {exc}")
-        self._backoff.record(req.camera_id, status == "ok", time.monotonic(), error)
+        now = time.monotonic()
+        self._backoff.record(req.camera_id, status == "ok", now, error)
+        metrics.CAMERAS_BACKED_OFF.set(self._backoff.backed_off(now))
+        with self._lock:
+            if status == "ok" and now - started > self.opts.deadline_s / 2:
+                self._slow.add(req.camera_id)
+            else:
+                self._slow.discard(req.camera_id)
         return Fetched(req.camera_id, req.tick_id, status, frame if status == "ok" else None, error,
                        (time.monotonic() - started) * 1000, captured if status == "ok" else None)
 
@@ -209,6 +223,7 @@ class Fetcher:
             for cam in [c for c in self._rtsp if c not in camera_ids]:
                 self._rtsp.pop(cam).stop()
             self._urls = {c: u for c, u in self._urls.items() if c in camera_ids}
+            self._slow &= camera_ids
             urls = set(self._urls.values())
         self._files.retain(camera_ids)
         self._backoff.forget(camera_ids)
