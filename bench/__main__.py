@@ -1,4 +1,4 @@
-"""``python -m bench``: inference-only, baseline and whole-flow benchmarks -> a table and JSON under
+"""``python -m bench``: inference-only, baseline, whole-flow and camera benchmarks -> a table and JSON under
 bench/results/. ``--quick`` fits in a couple of minutes; ``--only`` picks sections."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import click
 from bench.options import out_option, parse_sizes
 from bench.report import baseline_ratios, print_report
 
-SECTIONS = ("infer", "baseline", "flow")
+SECTIONS = ("infer", "baseline", "flow", "cameras")
 
 
 def _ints(text: str, what: str) -> list[int]:
@@ -180,11 +180,19 @@ def main(
                 from bench.profiles import summarise_pyspy
 
                 run["profile"] = summarise_pyspy(Path(raw))
+    if "cameras" in sections:
+        from bench import cameras as cams
+
+        counts = [10, 50] if quick else [10, 50, 100, 200]
+        result["cameras"] = cams.run(counts, 2 if quick else 4, 40 if quick else 100,
+                                     10.0 if quick else 30.0, 5.0, cams.DATASET)
     result["ratios"] = baseline_ratios(result)
     result["seconds"] = round(time.time() - t0, 1)
     path = out_dir / f"bench-{stamp}.json"
     path.write_text(json.dumps(result, indent=2, default=str))
     print_report(result)
+    if "cameras" in result:
+        cams.print_table(result["cameras"])
     click.echo(f"\nJSON: {path}")
 
 

@@ -40,6 +40,7 @@ import numpy as np
 from bench.rtsp_server import H264_MOUNT, PASSWORD, USER, start_server, stop_server
 
 RESULTS = Path(__file__).parent / "results"
+DATASET = Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "kaggle-face-mask"
 BATCH = 16  # the flow's default micro-batch
 
 
@@ -253,10 +254,11 @@ def _work_isolation(image: str, n: int, bad: float, seconds: float, interval_s: 
                 ok += o.fetched_status == "ok"
                 latencies.append((now - o.frame.scheduled_at.timestamp()) * 1000)
 
+    limit = seconds + interval_s + 2 * deadline_s + 5
     i = 0
     while i < len(schedule) or pending:
         now = time.time() - start
-        if now > seconds + interval_s + 2 * deadline_s + 5:
+        if now > limit:
             break
         due = []
         while i < len(schedule) and schedule[i][0] <= now:
@@ -267,6 +269,8 @@ def _work_isolation(image: str, n: int, bad: float, seconds: float, interval_s: 
                              emitted_at=at), cameras[c]))
             i += 1
         for j in range(0, len(due), BATCH):
+            if time.time() - start > limit:  # fallen too far behind (waiting for every camera): stop
+                break
             if mode == "wait":
                 record(proc.process(due[j:j + BATCH]))
             else:
@@ -287,7 +291,8 @@ def _work_isolation(image: str, n: int, bad: float, seconds: float, interval_s: 
 
 def _run_worker(args: list[str], timeout: float) -> dict[str, Any]:
     out = subprocess.run([sys.executable, "-m", "bench.cameras", "--worker", *args], capture_output=True,
-                         text=True, timeout=timeout, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+                         text=True, timeout=timeout, env={**os.environ, "PYTHONWARNINGS": "ignore"},
+                         cwd=Path(__file__).resolve().parents[1])
     lines = [line for line in out.stdout.splitlines() if line.startswith("{")]
     if out.returncode or not lines:
         raise RuntimeError(f"worker {args} failed: {out.stderr[-2000:]}")

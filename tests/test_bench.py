@@ -143,3 +143,19 @@ def test_scaled_detector_graph_has_priors_for_its_new_input(tmp_path: Path) -> N
     zeros = np.zeros((1, 3, 240, 320), np.float32)
     boxes = session.run([spec.outputs[0]], {session.get_inputs()[0].name: zeros})[0]
     assert boxes.shape[1] == len(grid.priors(320, 240)) < len(grid.priors(640, 480))
+
+
+def test_cameras_section_holds_real_streams_and_measures_both_readers(dataset_dir: Path) -> None:
+    """A small ``python -m bench.cameras``: real RTSP streams held by both readers, real Digest cameras
+    beside slow and dead ones; every healthy tick is fetched and every figure is there."""
+    from bench import cameras
+
+    report = cameras.run([3], 1, 10, 6.0, 2.0, dataset_dir)
+    legacy, new = report["rtsp"]
+    assert legacy["reader"].startswith("legacy") and new["reader"].startswith("pyav")
+    assert new["held"] == 3 and legacy["held"] == 1
+    assert new["ok"] == new["ticks"] > 0 and new["cores_per_camera"] > 0
+    modes = [(r["bad"], r["mode"]) for r in report["isolation"]]
+    assert modes == [(0, "detach"), (1, "wait"), (1, "detach")]
+    healthy, _, detached = report["isolation"]
+    assert healthy["ok"] == healthy["healthy_ticks"] > 0 and detached["ok"] == detached["healthy_ticks"]

@@ -18,7 +18,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import pytest
 
@@ -231,6 +231,10 @@ def test_slow_and_blackholed_cameras_never_make_healthy_ones_time_out(camera: in
     blackhole.listen(64)
     hole = blackhole.getsockname()[1]
     opts = FetchOptions(deadline_s=1.5, concurrency=2, backoff_after=1000)
+    def fetch_threads() -> list[str]:
+        return [t.name for t in threading.enumerate() if t.name.startswith("fetch")]
+
+    before = fetch_threads()  # other tests' fetchers may still be winding down
     fetcher = Fetcher(opts)
     try:
         for _ in range(4):  # 6 s of dripping headers: past any per-read timeout, and past the deadline
@@ -248,8 +252,7 @@ def test_slow_and_blackholed_cameras_never_make_healthy_ones_time_out(camera: in
             # The batch ends at the slow cameras' own deadline, not later.
             assert took < opts.deadline_s + 1.0, took
         # Waiting cameras hold no thread: 8 of them pending at once, on a pool of 2 and the event loop.
-        fetch_threads = [t.name for t in threading.enumerate() if t.name.startswith("fetch")]
-        assert len(fetch_threads) <= opts.concurrency + 1, fetch_threads
+        assert len(fetch_threads()) - len(before) <= opts.concurrency + 1, fetch_threads()
     finally:
         fetcher.close()
         dripper.close()
@@ -285,3 +288,56 @@ def test_a_dead_camera_is_backed_off_probed_and_back_when_it_answers(camera: int
             server.shutdown()
     finally:
         fetcher.close()
+
+
+def test_the_flow_step_does_not_hold_healthy_cameras_for_a_slow_one(camera: int) -> None:
+    """Through the flow's fetch step (``FetchInfer`` over ``BatchProcessor``, a stand-in engine): a batch of
+    healthy cameras and a dripping one gives the healthy outcomes at once; the slow one's outcome follows
+    by itself when its deadline ends; a snapshot taken meanwhile holds its tick, and a step resumed from
+    that snapshot fetches it again."""
+    from datetime import UTC, datetime
+    from types import SimpleNamespace
+
+    from maskwatch.flows.batching import BatchProcessor, FetchInfer
+    from maskwatch.schemas.events import Camera as CameraRow
+    from maskwatch.schemas.events import Tick
+
+    class NoEngine:
+        def infer(self, frames: Any) -> list[Any]:
+            return [SimpleNamespace(faces=[], width=f.shape[1], height=f.shape[0], timings={})
+                    for f in frames]
+
+    dripper = Dripper()
+    cams = {c.id: c for c in [
+        CameraRow(id=f"ok{i}", allow_private_network=True, source_url=f"http://127.0.0.1:{camera}/a.jpg")
+        for i in range(4)] + [CameraRow(id="slow", allow_private_network=True,
+                                        source_url=f"http://127.0.0.1:{dripper.port}/a.jpg")]}
+    proc = BatchProcessor(Fetcher(FetchOptions(deadline_s=2.0, batch_wait_s=0.5)), NoEngine(), None)
+
+    def ticks() -> list[Tick]:
+        at = datetime.now(UTC)
+        ms = round(at.timestamp() * 1000)
+        return [Tick(camera_id=c, tick_id=f"{c}:{ms}", scheduled_at=at, emitted_at=at) for c in cams]
+
+    def process(batch: list[Tick]) -> Any:
+        return proc.process_detaching([(t, cams[t.camera_id]) for t in batch])
+
+    try:
+        step = FetchInfer(process, proc.finish, None)
+        now, _ = step.on_item(ticks())
+        now = list(now)
+        assert sorted(o.frame.camera_id for o in now) == ["ok0", "ok1", "ok2", "ok3"]
+        assert all(o.fetched_status == "ok" for o in now)
+        assert step.notify_at() is not None and [t.camera_id for t in step.snapshot()] == ["slow"]
+        resumed = FetchInfer(process, proc.finish, step.snapshot())  # as after a restart
+        later: list[Any] = []
+        end = time.monotonic() + 10
+        while len(later) < 2 and time.monotonic() < end:
+            for logic in (step, resumed):
+                later += list(logic.on_notify()[0])
+            time.sleep(0.1)
+        assert [(o.frame.camera_id, o.fetched_status) for o in later] == [("slow", "timeout")] * 2
+        assert step.snapshot() == [] and resumed.snapshot() == [] and step.notify_at() is None
+    finally:
+        proc.fetcher.close()
+        dripper.close()

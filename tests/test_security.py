@@ -269,9 +269,12 @@ def test_decompression_bombs_and_junk_are_refused_before_decoding(dataset_dir: P
     jpeg[sof + 5:sof + 9] = struct.pack(">HH", 65_000, 65_000)  # height, width
     with pytest.raises(imagelimits.ImageLimitError, match="65000x65000"):
         imagelimits.check_image_header(bytes(jpeg))
-    for junk, reason in [(b"<html>login</html>", "not a JPEG or PNG"), (b"", "not a JPEG or PNG"),
+    bomb_bmp = b"BM" + bytes(12) + struct.pack("<Iii", 40, 60_000, -60_000) + bytes(30)
+    bomb_webp = b"RIFF" + bytes(4) + b"WEBPVP8X" + bytes(8) + (59_999).to_bytes(3, "little") * 2
+    for junk, reason in [(b"<html>login</html>", "not a JPEG, PNG, WebP or BMP"), (b"", "not a JPEG"),
                          (bytes(jpeg[:sof]), "truncated JPEG"), (b"\x89PNG\r\n\x1a\n", "corrupt PNG"),
-                         (_png_header(0, 10), "declares 0x10")]:
+                         (_png_header(0, 10), "declares 0x10"), (bomb_bmp, "60000x60000"),
+                         (bomb_webp, "60000x60000"), (b"RIFF\0\0\0\0WEBPVP8 ", "truncated WebP")]:
         with pytest.raises(imagelimits.ImageLimitError, match=reason):
             imagelimits.check_image_header(junk)
     ok_image = (dataset_dir / "images" / "maksssksksss1.jpg").read_bytes()

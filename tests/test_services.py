@@ -187,8 +187,9 @@ def test_ensure_topics_is_idempotent_and_warns_on_too_few_partitions(
     monkeypatch.setenv("MASKWATCH_TICK_PARTITIONS", "4")
     admin = AdminClient({"bootstrap.servers": broker.bootstrap})
     admin.create_topics([NewTopic(f"a.{suffix}", 1, 1)])[f"a.{suffix}"].result(10)  # one exists already
-    assert ensure_topics(Settings()) == {f"t.{suffix}": 4, f"a.{suffix}": 1, f"d.{suffix}": 1}
-    assert ensure_topics(Settings()) == {f"t.{suffix}": 4, f"a.{suffix}": 1, f"d.{suffix}": 1}
+    wanted = {f"t.{suffix}": 4, f"a.{suffix}": 1, f"d.{suffix}": 1, f"h.{suffix}": 1}
+    assert ensure_topics(Settings()) == wanted
+    assert ensure_topics(Settings()) == wanted
     monkeypatch.setenv("MASKWATCH_TICK_PARTITIONS", "6")
     with caplog.at_level(logging.WARNING, logger="maskwatch.topics"):
         assert ensure_topics(Settings())[f"t.{suffix}"] == 4
