@@ -73,7 +73,8 @@ def _work_rtsp_new(url: str, n: int, seconds: float, interval_s: float, deadline
                                     for c in cams])
 
     # Open every stream and wait until each gives a picture (or 60 s): the held state is what is measured.
-    end = time.monotonic() + 60
+    # In batches of 16, as the flow would: the server refuses a burst of 100 new sessions at once.
+    end = time.monotonic() + 90
     pending = list(range(n))
     while pending and time.monotonic() < end:
         out = [f for i in range(0, len(pending), BATCH) for f in batch(pending[i:i + BATCH])]

@@ -51,7 +51,8 @@ for perm in (GstRtspServer.RTSP_PERM_MEDIA_FACTORY_ACCESS, GstRtspServer.RTSP_PE
     perms.add_permission_for_role("viewer", perm, True)
 factory.set_permissions(perms)
 server.get_mount_points().add_factory("/live", factory)
-# H.264 at 1280x720, 25 fps, a keyframe a second: what IP cameras send. One encoder shared by every client.
+# H.264 at 1280x720, 25 fps, a keyframe a second: what IP cameras send (the scene, a ball moving over a
+# plain background, is cheaper to decode than a real one). One encoder shared by every client.
 h264 = GstRtspServer.RTSPMediaFactory()
 h264.set_launch('( videotestsrc is-live=true pattern=ball ! video/x-raw,width=1280,height=720,framerate=25/1 '
                 '! x264enc tune=zerolatency speed-preset=ultrafast key-int-max=25 bitrate=2000 '

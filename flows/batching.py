@@ -138,8 +138,8 @@ class BatchProcessor:
                 out.append(Pending(tick, cam, req, [], None, str(exc)))
                 continue
             req = FetchRequest(cam.id, tick.tick_id, url, ms, cam.interval_s, cam.allow_private_network)
-            out.append(Pending(tick, cam, req, filled, self.fetcher.submit(req), "",
-                               self.fetcher.suspect(cam.id)))
+            suspect = self.fetcher.suspect(cam.id)  # before this fetch counts as one in flight
+            out.append(Pending(tick, cam, req, filled, self.fetcher.submit(req), "", suspect))
         return out
 
     def finish(self, pending: Sequence[Pending], wait: bool) -> tuple[list[TickOutcome], list[Pending]]:

@@ -302,7 +302,7 @@ def test_h264_stream_is_demuxed_continuously_and_decoded_only_per_tick(
     fetcher = Fetcher(FetchOptions(deadline_s=5.0, rtsp_max_age_s=2.0))
     url = f"rtsp://{USER}:{PASSWORD}@camera.test:{server.port}/h264"
     try:
-        first = _until(fetcher, "h264", url, "ok", within_s=15)
+        first = _until(fetcher, "h264", url, "ok", within_s=30)  # the server prepares its encoder first
         assert first.status == "ok", first.error
         frames = []
         for _ in range(4):

@@ -110,6 +110,7 @@ class Fetcher:
         self._rtsp: dict[str, RtspStream] = {}
         self._urls: dict[str, str] = {}
         self._slow: set[str] = set()  # answered, but in over half the deadline, last time
+        self._inflight: dict[str, int] = {}  # fetches submitted and not finished, per camera
 
     def fetch_batch(self, requests: Sequence[FetchRequest]) -> list[Fetched]:
         """One outcome per request, in order; returns by the slowest camera's deadline."""
@@ -117,6 +118,8 @@ class Fetcher:
 
     def submit(self, req: FetchRequest) -> Future[Fetched]:
         """Start one fetch; it ends by the camera's deadline (``result`` waits for it)."""
+        with self._lock:
+            self._inflight[req.camera_id] = self._inflight.get(req.camera_id, 0) + 1
         return asyncio.run_coroutine_threadsafe(self._one(req), self._loop)
 
     def result(self, req: FetchRequest, future: Future[Fetched]) -> Fetched:
@@ -129,10 +132,12 @@ class Fetcher:
             return Fetched(req.camera_id, req.tick_id, "timeout", error=self._timeout_text())
 
     def suspect(self, camera_id: str) -> bool:
-        """Did this camera fail or answer slowly (over half its deadline) last time? The flow does not
-        hold a batch of healthy cameras for a suspect one: its outcome follows when it arrives."""
+        """Did this camera fail or answer slowly (over half its deadline) last time, or is its previous
+        tick still being fetched? The flow does not hold a batch of healthy cameras for a suspect one:
+        its outcome follows when it arrives."""
         with self._lock:
-            return camera_id in self._slow or self._backoff.failing(camera_id)
+            return (camera_id in self._slow or self._inflight.get(camera_id, 0) > 0
+                    or self._backoff.failing(camera_id))
 
     def _timeout_text(self) -> str:
         return f"no frame within the {self.opts.deadline_s:g}s deadline"
@@ -164,6 +169,12 @@ class Fetcher:
             status, error = "fetch_error", redact_text(f"{type(exc).__name__}: {exc}")
         now = time.monotonic()
         self._backoff.record(req.camera_id, status == "ok", now, error)
+        with self._lock:
+            left = self._inflight.get(req.camera_id, 1) - 1
+            if left > 0:
+                self._inflight[req.camera_id] = left
+            else:
+                self._inflight.pop(req.camera_id, None)
         metrics.CAMERAS_BACKED_OFF.set(self._backoff.backed_off(now))
         with self._lock:
             if status == "ok" and now - started > self.opts.deadline_s / 2:

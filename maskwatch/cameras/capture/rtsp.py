@@ -192,6 +192,7 @@ class RtspStream:
         self._error: tuple[type[Exception], str] | None = None
         self._failed_at = 0.0
         self._asked_at = time.monotonic()
+        self._waiters = 0
         self._decode_lock = threading.Lock()
         self._decoded: tuple[tuple[float, int], np.ndarray] | None = None
         self.connects = 0  # connections that delivered a stream
@@ -261,7 +262,8 @@ class RtspStream:
                     self.packets += 1
                     self._error = None
                     delivered = delivered or bool(self._gop)
-                    self._cond.notify_all()
+                    if self._waiters:  # only ``frame`` waits; the fetcher polls ``latest``
+                        self._cond.notify_all()
         finally:
             container.close()
         return delivered
@@ -297,7 +299,9 @@ class RtspStream:
             if time.monotonic() >= deadline:
                 raise TimeoutError
             with self._cond:
+                self._waiters += 1
                 self._cond.wait(min(0.1, max(0.0, deadline - time.monotonic())))
+                self._waiters -= 1
 
     def decode_packets(self, packets: list[Any], key: tuple[float, int]) -> np.ndarray:
         codec = self._codec
