@@ -128,6 +128,9 @@ class BatchProcessor:
 
     def start(self, batch: Sequence[tuple[Tick, Camera]]) -> list[Pending]:
         """Start every tick's fetch (a ``${SECRET}`` this host lacks fails at once)."""
+        # Judged before any of this batch starts: a camera with two ticks in one batch (a backlog) is not
+        # suspect because of the first, whose outcome would then overtake the second's.
+        suspects = {cam.id: self.fetcher.suspect(cam.id) for _, cam in batch}
         out: list[Pending] = []
         for tick, cam in batch:
             ms = round(tick.scheduled_at.timestamp() * 1000)
@@ -138,8 +141,7 @@ class BatchProcessor:
                 out.append(Pending(tick, cam, req, [], None, str(exc)))
                 continue
             req = FetchRequest(cam.id, tick.tick_id, url, ms, cam.interval_s, cam.allow_private_network)
-            suspect = self.fetcher.suspect(cam.id)  # before this fetch counts as one in flight
-            out.append(Pending(tick, cam, req, filled, self.fetcher.submit(req), "", suspect))
+            out.append(Pending(tick, cam, req, filled, self.fetcher.submit(req), "", suspects[cam.id]))
         return out
 
     def finish(self, pending: Sequence[Pending], wait: bool) -> tuple[list[TickOutcome], list[Pending]]:
