@@ -305,16 +305,16 @@ def run(rtsp_counts: list[int], legacy_count: int, http_cameras: int, seconds: f
     deadline_s = 5.0
     report: dict[str, Any] = {"seconds": seconds, "interval_s": interval_s, "deadline_s": deadline_s,
                               "rtsp": [], "isolation": []}
-    if rtsp_counts:
+    # A fresh server per configuration: GStreamer's shared media, once its last client has left, may
+    # answer 503 to the next ones for a long while.
+    configs = ([("legacy (decode every frame)", "legacy", legacy_count)] if rtsp_counts else []) + [
+        ("pyav (keyframe per tick)", "new", n) for n in rtsp_counts]
+    for label, kind, n in configs:
         server = start_server()
         try:
             url = f"rtsp://{USER}:{PASSWORD}@127.0.0.1:{server.port}{H264_MOUNT}"
             common = [url, str(seconds), str(interval_s), str(deadline_s)]
-            report["rtsp"].append({"reader": "legacy (decode every frame)",
-                                   **_run_worker(["legacy", str(legacy_count), *common], seconds + 120)})
-            for n in rtsp_counts:
-                report["rtsp"].append({"reader": "pyav (keyframe per tick)",
-                                       **_run_worker(["new", str(n), *common], seconds + 180)})
+            report["rtsp"].append({"reader": label, **_run_worker([kind, str(n), *common], seconds + 180)})
         finally:
             stop_server(server)
     if http_cameras:

@@ -246,9 +246,11 @@ class FetchInfer(StatefulLogic[list[Tick], TickOutcome, list[Tick]]):
 
     def on_item(self, value: list[Tick]) -> tuple[Iterable[TickOutcome], bool]:
         ticks, self._resume = self._resume + value, []
+        # Earlier ticks whose fetch has ended go first, so a camera's outcomes keep their order.
+        earlier, self._pending = self._finish(self._pending, False)
         outcomes, detached = self._process(ticks)
         self._pending += detached
-        return outcomes, StatefulLogic.RETAIN
+        return [*earlier, *outcomes], StatefulLogic.RETAIN
 
     def on_notify(self) -> tuple[Iterable[TickOutcome], bool]:
         outcomes, self._pending = self._finish(self._pending, False)
