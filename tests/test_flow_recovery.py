@@ -40,7 +40,10 @@ def _run(tmp_path: Path, mw_env: Settings, dataset_dir: Path, hanging_camera: st
     produce(settings, sc.ticks[:cut])
     log_path = tmp_path / f"{name}.log"
     recovery = ["-r", str(tmp_path / name / "recovery")]
-    env = {**sc.env, "MASKWATCH_FLOW_BATCH_MAX": "3"}  # small batches: many epochs to die between
+    env = {**sc.env, "MASKWATCH_FLOW_BATCH_MAX": "3",  # small batches: many epochs to die between
+           # Back-off depends on wall-clock time, which a killed and restarted run does not share with a
+           # clean one; its skipped ticks would make the two runs' health rows differ.
+           "MASKWATCH_FLOW_FETCH_BACKOFF_AFTER": "1000"}
     proc = start_flow(env, log_path, *recovery)
     try:
         if crash and kill_at_first_frame(settings, proc, log_path) >= sc.frames_for(sc.ticks[:cut]):
