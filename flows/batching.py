@@ -253,10 +253,9 @@ class FetchInfer(StatefulLogic[list[Tick], TickOutcome, list[Tick]]):
         return [*earlier, *outcomes], StatefulLogic.RETAIN
 
     def on_notify(self) -> tuple[Iterable[TickOutcome], bool]:
+        if self._resume:  # restored from a snapshot: fetch those ticks again (finished ones go first)
+            return self.on_item([])
         outcomes, self._pending = self._finish(self._pending, False)
-        if self._resume:
-            resumed, self._resume = self.on_item([])[0], []
-            outcomes = [*outcomes, *resumed]
         return outcomes, StatefulLogic.RETAIN
 
     def on_eof(self) -> tuple[Iterable[TickOutcome], bool]:
