@@ -91,7 +91,7 @@ def measure(
     engine.score_threshold = min(det_spec.score_threshold, AP_SCORE_FLOOR)  # the whole PR curve
     det, _ = run_engine(engine, samples)
     metrics, _ = detection_metrics(samples, det, det_spec.score_threshold, engine.nomask_threshold)
-    at = metrics["at_score_threshold"]
+    at = metrics["operating_point"]["iou50"]["face"]
     return {
         "scale": scale,
         "detector": det_spec.name,

@@ -458,7 +458,8 @@ def accuracy(dataset: Path, specs: tuple[Any, Any], models_dir: Path) -> dict[st
         out[config] = {
             "providers": engine.providers,
             "device_pipeline": engine.device_pipeline is not None,
-            **{k: metrics[k] for k in ("face_ap50", "mask_ap50", "no_mask_ap50", "at_score_threshold")},
+            **{k: metrics[k] for k in ("face_ap50", "mask_ap50", "no_mask_ap50")},
+            "at_score_threshold": metrics["operating_point"]["iou50"]["face"],
         }
     return out
 

@@ -95,7 +95,8 @@ def eval_command(**kwargs: Any) -> None:
         report = main(**kwargs)
     except ModelNotPulledError as exc:
         raise click.ClickException(str(exc)) from exc
-    json.dump({k: report[k] for k in ("detector", "classifier", "detection", "speed") if k in report},
+    keys = ("dataset", "split", "split_means", "images", "detector", "classifier", "detection", "speed")
+    json.dump({k: report[k] for k in keys if k in report},
               sys.stdout, indent=2, default=float)
     click.echo()
 
@@ -145,20 +146,25 @@ def finetune_detector_command(dataset: Path, base: str, force: bool) -> None:
 
 @models.command("calibrate")
 @click.argument("dataset", type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.option("--detector", default=None, help="pulled detector to calibrate [default: the default one]")
+@click.option("--detector", default=None,
+              help="detector to calibrate [default: the re-trained one once built, else the shipped one]")
 @click.option("--force", is_flag=True, help="re-fit even when the result is already cached")
 def calibrate_command(dataset: Path, detector: str | None, force: bool) -> None:
-    """Fit a detector's box adjustment on DATASET's train split; cache it beside the pulled models."""
+    """Fit a detector's box adjustment (its box style) on DATASET's train split, seconds on a CPU; the
+    result, `<detector>-cal`, is cached beside the models and served by default."""
     from maskwatch.config import Settings
-    from maskwatch.inference.models.manifest import CALIBRATED_SUFFIX, DEFAULT_DETECTOR
+    from maskwatch.inference.models.manifest import DEFAULT_DETECTOR, FINETUNED_SUFFIX
     from maskwatch.inference.serving.engine import resolve_spec
-    from maskwatch.inference.training.calibrate import calibrate, is_current
+    from maskwatch.inference.training.calibrate import calibrate, calibrated_name, is_current
 
     models_dir = Settings().models_dir
-    base = resolve_spec(detector or DEFAULT_DETECTOR, models_dir)
-    cached = models_dir / f"{base.name}{CALIBRATED_SUFFIX}.yaml"
-    if not force and is_current(cached, base):
-        click.echo(f"{base.name}{CALIBRATED_SUFFIX}: cached in {models_dir} (--force to re-fit)")
+    if detector is None:
+        tuned = DEFAULT_DETECTOR + FINETUNED_SUFFIX
+        detector = tuned if (models_dir / f"{tuned}.yaml").is_file() else DEFAULT_DETECTOR
+    base = resolve_spec(detector, models_dir)
+    cached = models_dir / f"{calibrated_name(base.name)}.yaml"
+    if not force and is_current(cached, base, dataset):
+        click.echo(f"{cached.stem}: cached in {models_dir}, fitted on {dataset} (--force to re-fit)")
         return
     spec = calibrate(dataset, base, models_dir)
     click.echo(f"{spec.name}: box_adjust {spec.box_adjust} (dx, dy, sw, sh)")
@@ -169,7 +175,12 @@ def calibrate_command(dataset: Path, detector: str | None, force: bool) -> None:
 @click.pass_context
 def tune_command(ctx: click.Context, dataset: Path) -> None:
     """Build every model the default pair is tuned into from DATASET's train split, each cached: the
-    fine-tuned classifier and detector, and the calibrated detector the evaluation compares with."""
+    fine-tuned classifier, the re-trained detector with its box style fitted (`rfb640-ft-cal`, the
+    default), and the calibrated shipped detector the evaluation compares with (`rfb640-cal`)."""
+    from maskwatch.inference.models.manifest import DEFAULT_DETECTOR, FINETUNED_SUFFIX
+
     # One list for bin/dev and the image build (docker/Dockerfile), so both serve the same defaults.
-    for command in (finetune_command, finetune_detector_command, calibrate_command):
-        ctx.invoke(command, dataset=dataset)
+    ctx.invoke(finetune_command, dataset=dataset)
+    ctx.invoke(finetune_detector_command, dataset=dataset)
+    for detector in (DEFAULT_DETECTOR + FINETUNED_SUFFIX, DEFAULT_DETECTOR):
+        ctx.invoke(calibrate_command, dataset=dataset, detector=detector)

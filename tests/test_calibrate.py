@@ -15,7 +15,14 @@ from maskwatch.inference.postprocess import adjust_boxes, iou_matrix, mirror_box
 from maskwatch.inference.preprocess import Transform, decode_image
 from maskwatch.inference.serving.engine import InferenceEngine, default_models, resolve_spec
 from maskwatch.inference.spec import ModelSpec
-from maskwatch.inference.training.calibrate import CALIBRATED_SUFFIX, calibrate, fit_box_adjust, is_current
+from maskwatch.inference.training.calibrate import (
+    CALIBRATED_SUFFIX,
+    calibrate,
+    calibrated_name,
+    fit_box_adjust,
+    is_current,
+    remove_style,
+)
 
 DATASET = Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "kaggle-face-mask"
 TRAIN_IMAGES, TEST_IMAGES = 80, 40
@@ -37,6 +44,9 @@ def test_fit_recovers_a_known_adjustment_and_adjust_applies_it() -> None:
     assert fitted == pytest.approx(truth, abs=1e-3)
     np.testing.assert_allclose(adjust_boxes(pred, fitted), gt, atol=0.05)
     assert adjust_boxes(pred, (0.0, 0.0, 1.0, 1.0)) == pytest.approx(pred)
+    # Taking a style out of labels is the inverse: what the re-trained detector learns from.
+    np.testing.assert_allclose(remove_style(gt, truth), pred, atol=1e-3)
+    np.testing.assert_allclose(adjust_boxes(remove_style(gt, truth), truth), gt, atol=1e-3)
 
 
 def test_mirror_boxes_undo_a_mirrored_letterboxed_frame() -> None:
@@ -87,6 +97,15 @@ def test_a_changed_detector_spec_is_recalibrated(calibrated: tuple[Path, ModelSp
     changed = resolve_spec("rfb640").model_copy(update={"nms_iou": 0.3})
     assert not is_current(out / f"rfb640{CALIBRATED_SUFFIX}.yaml", changed)
     assert not is_current(out / "absent.yaml", changed)
+
+
+def test_calibrating_on_other_labels_re_fits(calibrated: tuple[Path, ModelSpec], tmp_path: Path) -> None:
+    # A user's own labelled frames: the cached fit on the Kaggle set is not theirs.
+    out, _ = calibrated
+    cached = out / f"rfb640{CALIBRATED_SUFFIX}.yaml"
+    assert is_current(cached, resolve_spec("rfb640"), DATASET)
+    assert not is_current(cached, resolve_spec("rfb640"), tmp_path)
+    assert calibrated_name("rfb640-ft") == "rfb640-ft-cal" and calibrated_name("rfb640-cal") == "rfb640-cal"
 
 
 def test_flip_finds_the_same_faces_on_a_mirrored_frame() -> None:

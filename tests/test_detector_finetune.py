@@ -1,6 +1,7 @@
 """The re-trained face detector (`maskwatch models finetune-detector`), on the real RFB-640 graph and the
 shared Kaggle set: the PyTorch tail is the graph's own network, training writes back into the same graph,
-and the default detector `bin/dev` builds beats the calibrated one on held-out photos.
+and the default detector `bin/dev` builds keeps the shipped box geometry and, with the dataset's box
+style fitted, beats the calibrated shipped one on held-out photos.
 
 The accuracy test reads the cached model `bin/dev` builds before the tests; a missing one is a failure.
 """
@@ -17,7 +18,7 @@ from onnx import numpy_helper
 
 from maskwatch.config import Settings
 from maskwatch.inference.datasets import Sample, load_dataset
-from maskwatch.inference.evaluation.metrics import face_ap50
+from maskwatch.inference.evaluation.metrics import box_agreement, face_ap
 from maskwatch.inference.models.manifest import (
     CALIBRATED_SUFFIX,
     DEFAULT_DETECTOR,
@@ -27,6 +28,7 @@ from maskwatch.inference.models.manifest import (
 from maskwatch.inference.preprocess import decode_image
 from maskwatch.inference.serving.engine import InferenceEngine, default_models, resolve_spec
 from maskwatch.inference.session import OrtModel
+from maskwatch.inference.spec import ModelSpec
 from maskwatch.inference.training.classifier import is_built
 from maskwatch.inference.training.detector import (
     MATCH_IOU,
@@ -111,28 +113,39 @@ def test_short_training_writes_back_into_the_same_graph(tmp_path: Path) -> None:
     assert not is_built(tmp_path, "tiny-ft", recipe(base))  # no stamp: the CLI would build it again
 
 
-def _face_ap(engine: InferenceEngine, samples: list[Sample]) -> float:
+# Held-out targets (docs/models.md): the re-trained detector keeps the shipped one's box geometry (mean
+# IoU of their boxes on the faces both find), and with the dataset's box style fitted on the train split
+# finds faces at least as well as the detector that learnt this set's box style did (AP50 0.865, AP30
+# 0.894 on the same split).
+GEOMETRY_MIN, AP50_MIN, AP30_MIN = 0.85, 0.86, 0.894
+
+
+def _found(spec: ModelSpec, samples: list[Sample]) -> list[tuple[np.ndarray, np.ndarray]]:
+    engine = InferenceEngine(spec, resolve_spec("mobilenetv2-mask"), score_threshold=0.01)
     found = []
     for i in range(0, len(samples), 16):
         found += engine.detect([decode_image(s.image.read_bytes()) for s in samples[i : i + 16]])
-    return face_ap50(samples, found)
+    return found
 
 
-def test_default_detector_is_the_tuned_one_and_beats_calibration_held_out() -> None:
+def test_default_detector_keeps_the_shipped_geometry_and_calibrated_beats_every_other_held_out() -> None:
     try:
-        tuned = resolve_spec(TUNED)
+        tuned, served = resolve_spec(TUNED), resolve_spec(TUNED + CALIBRATED_SUFFIX)
     except ModelNotPulledError as exc:
-        pytest.fail(f"{TUNED} not built: run `maskwatch models finetune-detector DATASET` ({exc})")
+        pytest.fail(f"{TUNED}{CALIBRATED_SUFFIX} not built: run `maskwatch models tune DATASET` ({exc})")
     models_dir = Settings().models_dir
     stamp = json.loads((models_dir / f"{TUNED}.recipe.json").read_text())
     assert stamp == recipe(resolve_spec(DEFAULT_DETECTOR))
-    assert default_models()[0] == TUNED
-    held_out = load_dataset(DATASET, split="test", limit=120)
-    classifier = resolve_spec("mobilenetv2-mask")
-    calibrated = resolve_spec(f"{DEFAULT_DETECTOR}{CALIBRATED_SUFFIX}")
-    ap_cal = _face_ap(InferenceEngine(calibrated, classifier, score_threshold=0.01), held_out)
-    ap_tuned = _face_ap(InferenceEngine(tuned, classifier, score_threshold=0.01), held_out)
-    assert ap_tuned > ap_cal + 0.01, (ap_cal, ap_tuned)
+    assert default_models()[0] == served.name and tuned.box_adjust is None and served.box_adjust
+    held_out = load_dataset(DATASET, split="test")  # every held-out photo: the figures docs/models.md quotes
+    shipped = _found(resolve_spec(DEFAULT_DETECTOR), held_out)
+    raw = _found(tuned, held_out)
+    geometry, faces = box_agreement(held_out, raw, shipped, tuned.score_threshold)
+    assert faces > 500 and geometry >= GEOMETRY_MIN, (geometry, faces)
+    ap50, ap30 = (face_ap(held_out, _found(served, held_out), iou) for iou in (0.5, 0.3))
+    assert ap50 >= AP50_MIN and ap30 >= AP30_MIN, (ap50, ap30)
+    calibrated_shipped = _found(resolve_spec(f"{DEFAULT_DETECTOR}{CALIBRATED_SUFFIX}"), held_out)
+    assert ap50 > face_ap(held_out, calibrated_shipped, 0.5) + 0.01
 
 
 def test_an_interrupted_detector_build_resumes_and_ends_where_an_uninterrupted_one_does(

@@ -11,7 +11,13 @@ import pytest
 
 from maskwatch.inference.datasets import DatasetError, Sample, load_dataset, split_of
 from maskwatch.inference.evaluation.evaluate import main
-from maskwatch.inference.evaluation.metrics import average_precision, face_ap50, match
+from maskwatch.inference.evaluation.metrics import (
+    Detections,
+    average_precision,
+    detection_metrics,
+    face_ap50,
+    match,
+)
 from maskwatch.inference.preprocess import decode_image
 
 DATASET = Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "kaggle-face-mask"
@@ -35,6 +41,23 @@ def test_ap_and_matching_on_known_cases() -> None:
     b = Sample(Path("b.jpg"), gt[1:], ("no_mask",), ("sin_mascarilla",))
     found = [(gt[1:], np.array([0.9], np.float32)), (gt[1:], np.array([0.8], np.float32))]
     assert face_ap50([a, b], found) == pytest.approx(0.25)  # the first is a miss, the second finds b's face
+
+
+def test_both_ious_and_the_operating_point_on_known_boxes() -> None:
+    """A box shifted down by 12 of its 30 px (another dataset's style) overlaps its face at IoU 0.43:
+    counted at 0.3, missed at 0.5; the operating point keeps only detections above the served threshold."""
+    gt = np.array([[0, 0, 30, 30], [100, 100, 130, 130]], np.float32)
+    sample = Sample(Path("a.jpg"), gt, ("mask", "no_mask"), ("con_mascarilla", "sin_mascarilla"))
+    pred = np.array([[0, 12, 30, 42], [100, 100, 130, 130], [200, 200, 230, 230]], np.float32)
+    det = Detections([pred], [np.array([0.9, 0.8, 0.3], np.float32)], [np.array([0.1, 0.9, 0.9], np.float32)])
+    metrics, curves = detection_metrics([sample], det, score_threshold=0.5, nomask_threshold=0.5)
+    assert metrics["face_ap30"] == pytest.approx(1.0) and metrics["face_ap50"] == pytest.approx(0.25)
+    op = metrics["operating_point"]
+    assert op["iou30"]["face"] == {"recall": 1.0, "precision": 1.0, "detections": 2}
+    assert op["iou50"]["face"] == {"recall": 0.5, "precision": 0.5, "detections": 2}
+    assert op["iou50"]["no_mask"] == {"recall": 1.0, "precision": 1.0, "detections": 1}
+    assert op["iou50"]["mask"]["recall"] == 0.0 and op["iou30"]["mask"]["recall"] == 1.0
+    assert curves["face@50"].operating == (0.5, 0.5) and curves["face@30"].operating == (1.0, 1.0)
 
 
 def test_split_is_deterministic_and_disjoint() -> None:
@@ -62,13 +85,21 @@ def test_bad_annotations_name_the_file(tmp_path: Path) -> None:
         load_dataset(tmp_path / "images")
 
 
-def _check_report(out: Path, images: int) -> dict:
+def _check_report(out: Path, images: int, split: str = "all") -> dict:
     report = json.loads((out / "report.json").read_text())
     assert report["images"] == images
+    assert report["split"] == split and report["split_means"]
     det = report["detection"]
-    for key in ("face_ap50", "mask_ap50", "no_mask_ap50"):
-        assert 0.0 <= det[key] <= 1.0, key
+    for key in ("face", "mask", "no_mask"):
+        assert 0.0 <= det[f"{key}_ap50"] <= det[f"{key}_ap30"] <= 1.0, key  # looser IoU, no lower AP
     assert det["face_ap50"] > 0.4  # a working detector on real faces, not noise
+    op = det["operating_point"]
+    assert op["score_threshold"] > 0.1 and 0 < op["nomask_threshold"] < 1  # the served thresholds
+    for k in ("iou50", "iou30"):
+        for cls in ("face", "mask", "no_mask"):
+            assert 0.0 <= op[k][cls]["recall"] <= 1.0 and 0.0 <= op[k][cls]["precision"] <= 1.0
+    assert op["iou30"]["face"]["recall"] >= op["iou50"]["face"]["recall"] > 0
+    assert op["iou30"]["face"]["detections"] == op["iou50"]["face"]["detections"]
     crops = report["classification_on_gt_crops"]
     assert crops["crops"] == det["faces_gt"] > 0
     assert 0.5 < crops["accuracy"] <= 1.0
@@ -79,8 +110,10 @@ def _check_report(out: Path, images: int) -> dict:
 
 
 def test_eval_on_a_voc_subset_writes_json_and_png(tmp_path: Path) -> None:
-    report = main(DATASET, tmp_path, limit=12, baseline=True)
-    _check_report(tmp_path, 12)
+    report = main(DATASET, tmp_path, limit=12, baseline=True, split="test")
+    _check_report(tmp_path, 12, "test")
+    assert "held-out" in report["split_means"]
+    assert 0.0 <= report["baseline"]["detection"]["face_ap30"] <= 1.0
     base = report["baseline"]
     assert 0.0 <= base["detection"]["face_ap50"] <= 1.0
     assert base["speed"]["detect_ms_per_frame"] > 0

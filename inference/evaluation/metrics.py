@@ -1,4 +1,5 @@
-"""Detection and classification metrics, pure numpy: matching, VOC AP, per-class AP, crop accuracy.
+"""Detection and classification metrics, pure numpy: matching, VOC AP at IoU 0.5 and 0.3, per-class AP,
+recall/precision at the operating point, crop accuracy.
 
 Shared by ``maskwatch eval``, the baseline, training's held-out checks and the benchmarks, so every figure
 the project reports is computed one way.
@@ -27,6 +28,16 @@ class Detections:
     nomask: list[np.ndarray]
     seconds_detect: float = 0.0
     seconds_classify: float = 0.0
+
+
+@dataclass(frozen=True)
+class Curve:
+    """A precision-recall curve (by descending score) and, where one applies, its operating point
+    (precision, recall) at the thresholds the flow serves."""
+
+    precision: np.ndarray
+    recall: np.ndarray
+    operating: tuple[float, float] | None = None
 
 
 def match(pred: np.ndarray, scores: np.ndarray, gt: np.ndarray, iou: float = 0.5) -> np.ndarray:
@@ -61,53 +72,109 @@ def average_precision(scores: np.ndarray, tp: np.ndarray, n_gt: int) -> tuple[fl
     return ap, precision, recall
 
 
-def face_ap50(samples: Sequence[Sample], found: Sequence[tuple[np.ndarray, np.ndarray]]) -> float:
-    """Face AP50 (any class) of per-image detections (boxes, scores) against the samples' faces."""
+IOUS = (0.5, 0.3)  # reported at both: 0.5 is the convention, 0.3 forgives a dataset's own box style
+
+
+def iou_key(iou: float) -> str:
+    """`50` for IoU 0.5: the suffix of the report's keys (`face_ap50`, `face_ap30`, `iou50`)."""
+    return f"{round(iou * 100):02d}"
+
+
+def face_ap(
+    samples: Sequence[Sample], found: Sequence[tuple[np.ndarray, np.ndarray]], iou: float = 0.5
+) -> float:
+    """Face AP (any class) at `iou` of per-image detections (boxes, scores) against the samples' faces."""
     scores = np.concatenate([sc for _, sc in found])
-    tp = np.concatenate([match(b, sc, s.boxes) for (b, sc), s in zip(found, samples, strict=True)])
+    tp = np.concatenate([match(b, sc, s.boxes, iou) for (b, sc), s in zip(found, samples, strict=True)])
     return average_precision(scores, tp, sum(len(s.boxes) for s in samples))[0]
 
 
+def face_ap50(samples: Sequence[Sample], found: Sequence[tuple[np.ndarray, np.ndarray]]) -> float:
+    """Face AP at IoU 0.5."""
+    return face_ap(samples, found, 0.5)
+
+
+def box_agreement(
+    samples: Sequence[Sample],
+    found_a: Sequence[tuple[np.ndarray, np.ndarray]],
+    found_b: Sequence[tuple[np.ndarray, np.ndarray]],
+    score_threshold: float,
+    iou: float = 0.3,
+) -> tuple[float, int]:
+    """How alike two detectors' box geometry is: over the ground-truth faces both find (each one's
+    best-overlapping box at `score_threshold` or above, IoU >= `iou` with the face), the mean IoU of
+    the two boxes, and how many faces that is. Loose `iou` on purpose: a box style that differs from
+    the labels' must still count as found, so that the figure compares the detectors, not the labels."""
+    pairs: list[float] = []
+    for s, (boxes_a, scores_a), (boxes_b, scores_b) in zip(samples, found_a, found_b, strict=True):
+        a, b = boxes_a[scores_a >= score_threshold], boxes_b[scores_b >= score_threshold]
+        if not len(s.boxes) or not len(a) or not len(b):
+            continue
+        best_a, best_b = iou_matrix(a, s.boxes).argmax(0), iou_matrix(b, s.boxes).argmax(0)
+        ok_a = iou_matrix(a, s.boxes).max(0) >= iou
+        ok_b = iou_matrix(b, s.boxes).max(0) >= iou
+        for j in np.flatnonzero(ok_a & ok_b):
+            pairs.append(float(iou_matrix(a[best_a[j] : best_a[j] + 1], b[best_b[j] : best_b[j] + 1])[0, 0]))
+    return (float(np.mean(pairs)) if pairs else float("nan")), len(pairs)
+
+
+def _recall_precision(tp: np.ndarray, kept: np.ndarray, n_gt: int) -> dict[str, float | int]:
+    hits, n = int(tp[kept].sum()), int(kept.sum())
+    return {"recall": hits / max(n_gt, 1), "precision": hits / max(n, 1), "detections": n}
+
+
 def detection_metrics(
-    samples: Sequence[Sample], det: Detections, score_threshold: float, nomask_threshold: float
-) -> tuple[dict[str, Any], dict[str, tuple[np.ndarray, np.ndarray]]]:
-    """Face AP50, per-class AP50 and precision/recall at the operating score threshold."""
-    all_scores, all_tp = [], []
-    by_class: dict[str, tuple[list[np.ndarray], list[np.ndarray]]] = {"mask": ([], []), "no_mask": ([], [])}
-    n_gt = {"face": 0, "mask": 0, "no_mask": 0}
-    for s, boxes, scores, q in zip(samples, det.boxes, det.scores, det.nomask, strict=True):
-        all_scores.append(scores)
-        all_tp.append(match(boxes, scores, s.boxes))
-        n_gt["face"] += len(s.boxes)
-        labels = np.asarray(s.labels)
-        for cls in ("mask", "no_mask"):
-            gt = s.boxes[labels == cls] if len(labels) else s.boxes[:0]
-            n_gt[cls] += len(gt)
-            sel = (q >= nomask_threshold) if cls == "no_mask" else (q < nomask_threshold)
-            p = q[sel] if cls == "no_mask" else 1.0 - q[sel]
-            cls_scores = scores[sel] * p
-            by_class[cls][0].append(cls_scores)
-            by_class[cls][1].append(match(boxes[sel], cls_scores, gt))
-    scores_c, tp_c = np.concatenate(all_scores), np.concatenate(all_tp)
-    ap, prec, rec = average_precision(scores_c, tp_c, n_gt["face"])
-    curves = {"face": (prec, rec)}
-    at = scores_c >= score_threshold
-    tp_at = int(tp_c[at].sum())
+    samples: Sequence[Sample],
+    det: Detections,
+    score_threshold: float,
+    nomask_threshold: float,
+    ious: Sequence[float] = IOUS,
+) -> tuple[dict[str, Any], dict[str, Curve]]:
+    """Face, mask and no-mask AP at each IoU in `ious` (keys `face_ap50`, `no_mask_ap30`, ...) and, at
+    the operating point (face score >= `score_threshold`, no-mask prob >= `nomask_threshold`), face and
+    mask and no-mask recall/precision at each IoU (`operating_point["iou50"]`). Curves are keyed
+    `face@50`, `no_mask@30`, ..."""
+    n_gt = {"face": sum(len(s.boxes) for s in samples)}
+    labels = [np.asarray(s.labels) for s in samples]
+    for cls in ("mask", "no_mask"):
+        n_gt[cls] = sum(int((lab == cls).sum()) for lab in labels)
+    scores_c = np.concatenate(det.scores) if det.scores else np.zeros(0, np.float32)
     out: dict[str, Any] = {
-        "face_ap50": ap,
         "faces_gt": n_gt["face"],
-        "at_score_threshold": {
-            "score_threshold": score_threshold,
-            "recall": tp_at / max(n_gt["face"], 1),
-            "precision": tp_at / max(int(at.sum()), 1),
-            "detections": int(at.sum()),
-        },
+        "mask_gt": n_gt["mask"],
+        "no_mask_gt": n_gt["no_mask"],
+        "ious": list(ious),
+        "operating_point": {"score_threshold": score_threshold, "nomask_threshold": nomask_threshold},
     }
-    for cls, (sc, tp) in by_class.items():
-        a, p, r = average_precision(np.concatenate(sc), np.concatenate(tp), n_gt[cls])
-        out[f"{cls}_ap50"] = a
-        out[f"{cls}_gt"] = n_gt[cls]
-        curves[cls] = (p, r)
+    curves: dict[str, Curve] = {}
+    for iou in ious:
+        k = iou_key(iou)
+        per_image = zip(samples, det.boxes, det.scores, strict=True)
+        tp_face = np.concatenate(
+            [match(b, sc, s.boxes, iou) for s, b, sc in per_image] or [np.zeros(0, bool)]
+        )
+        ap, prec, rec = average_precision(scores_c, tp_face, n_gt["face"])
+        out[f"face_ap{k}"] = ap
+        at = _recall_precision(tp_face, scores_c >= score_threshold, n_gt["face"])
+        curves[f"face@{k}"] = Curve(prec, rec, (at["precision"], at["recall"]))
+        op: dict[str, Any] = {"face": at}
+        for cls in ("mask", "no_mask"):
+            cls_scores, cls_tp, kept = [], [], []
+            per_face = zip(samples, labels, det.boxes, det.scores, det.nomask, strict=True)
+            for s, lab, boxes, scores, q in per_face:
+                gt = s.boxes[lab == cls] if len(lab) else s.boxes[:0]
+                sel = (q >= nomask_threshold) if cls == "no_mask" else (q < nomask_threshold)
+                p = q[sel] if cls == "no_mask" else 1.0 - q[sel]
+                cls_scores.append(scores[sel] * p)
+                cls_tp.append(match(boxes[sel], cls_scores[-1], gt, iou))
+                kept.append(scores[sel] >= score_threshold)
+            sc_c, tp_c = np.concatenate(cls_scores), np.concatenate(cls_tp)
+            a, p_curve, r_curve = average_precision(sc_c, tp_c, n_gt[cls])
+            out[f"{cls}_ap{k}"] = a
+            at_cls = _recall_precision(tp_c, np.concatenate(kept), n_gt[cls])
+            curves[f"{cls}@{k}"] = Curve(p_curve, r_curve, (at_cls["precision"], at_cls["recall"]))
+            op[cls] = at_cls
+        out["operating_point"][f"iou{k}"] = op
     return out, curves
 
 

@@ -78,8 +78,9 @@ def resolve_spec(name: str, models_dir: Path | None = None) -> ModelSpec:
 
 def default_models(models_dir: Path | None = None) -> tuple[str, str]:
     """Names of the default detector and classifier: the shipped ones, replaced by those re-trained on a
-    dataset's train split once built (`maskwatch models finetune-detector`, `maskwatch models finetune`),
-    else by the detector with its box adjustment fitted (`maskwatch models calibrate`)."""
+    dataset's train split once built (`maskwatch models finetune-detector`, `maskwatch models finetune`);
+    a detector with its box style fitted (`maskwatch models calibrate`) is preferred to the same one
+    without."""
     from maskwatch.inference.models.manifest import (
         CALIBRATED_SUFFIX,
         DEFAULT_CLASSIFIER,
@@ -90,7 +91,7 @@ def default_models(models_dir: Path | None = None) -> tuple[str, str]:
     base = models_dir or _models_dir()
     names = []
     for name, suffixes in (
-        (DEFAULT_DETECTOR, (FINETUNED_SUFFIX, CALIBRATED_SUFFIX)),
+        (DEFAULT_DETECTOR, (FINETUNED_SUFFIX + CALIBRATED_SUFFIX, FINETUNED_SUFFIX, CALIBRATED_SUFFIX)),
         (DEFAULT_CLASSIFIER, (FINETUNED_SUFFIX,)),
     ):
         names.append(next((name + s for s in suffixes if (base / f"{name}{s}.yaml").is_file()), name))
