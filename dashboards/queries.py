@@ -76,6 +76,14 @@ def where(time_column: str) -> str:
     )
 
 
+# The faces of each frame's current row in the scope's time range (schemas/sql/005): a tick processed
+# twice keeps only its newest attempt's faces, so face counts agree with the frames.
+CURRENT_DETECTIONS = (
+    "current_detections(since = fromUnixTimestamp64Milli({start_ms:Int64}, 'UTC'), "
+    "until = fromUnixTimestamp64Milli({end_ms:Int64}, 'UTC'))"
+)
+
+
 def _df(settings: Settings, sql: str, params: dict[str, Any]) -> pl.DataFrame:
     return store.query_df(sql, params, settings)
 
@@ -220,7 +228,7 @@ def heatmap(settings: Settings, scope: Scope) -> pl.DataFrame:
     return _df(
         settings,
         "SELECT toDayOfWeek(scheduled_at) AS weekday, toHour(scheduled_at) AS hour, count() AS nomask_faces "
-        f"FROM detections FINAL WHERE nomask AND {where('scheduled_at')} "
+        f"FROM {CURRENT_DETECTIONS} WHERE nomask AND {where('scheduled_at')} "
         f"GROUP BY weekday, hour ORDER BY weekday, hour LIMIT 168 {_FINAL_SETTINGS}",
         scope.params(),
     )
@@ -375,8 +383,8 @@ DOWNLOADS: dict[str, tuple[str, str]] = {
     "frames": ("scheduled_at", "camera_id, site, zone, tick_id, scheduled_at, captured_at, processed_at, "
                "status, width, height, faces, nomask_faces, detector_model, classifier_model, fetch_ms, "
                "inference_ms, snapshot_path, error"),
-    "detections": ("scheduled_at", "camera_id, site, zone, tick_id, face_index, scheduled_at, x1, y1, x2, "
-                   "y2, detection_score, nomask_prob, nomask, detector_model, classifier_model"),
+    "detections": ("scheduled_at", "camera_id, site, zone, tick_id, face_index, scheduled_at, processed_at, "
+                   "x1, y1, x2, y2, detection_score, nomask_prob, nomask, detector_model, classifier_model"),
     "alerts": ("triggered_at", "alert_id, camera_id, site, zone, rule, triggered_at, window_start, "
                "window_end, faces, nomask_faces, nomask_ratio, tick_ids, snapshot_path, message"),
     "camera_health": ("scheduled_at", "camera_id, site, zone, tick_id, scheduled_at, observed_at, status, "
@@ -389,9 +397,10 @@ def download(settings: Settings, scope: Scope, table: str, limit: int = DOWNLOAD
     if table not in DOWNLOADS:
         raise ValueError(f"unknown table {table!r}; expected one of {', '.join(DOWNLOADS)}")
     time_column, columns = DOWNLOADS[table]
+    source = CURRENT_DETECTIONS if table == "detections" else f"{table} FINAL"
     return _df(
         settings,
-        f"SELECT {columns} FROM {table} FINAL WHERE {where(time_column)} "
+        f"SELECT {columns} FROM {source} WHERE {where(time_column)} "
         f"ORDER BY {time_column}, camera_id LIMIT {{limit:UInt32}} {_FINAL_SETTINGS}",
         scope.params() | {"limit": limit + 1},
     )

@@ -130,7 +130,8 @@ def seed(
     snapshots = _snapshots(settings, params, dataset_dir, snapshot_alerts) if dataset_dir else 0
     counts = store.query_rows(
         "SELECT (SELECT count() FROM frames FINAL WHERE " + in_seed + ") AS frames, "
-        "(SELECT count() FROM detections FINAL WHERE " + in_seed + ") AS detections, "
+        "(SELECT count() FROM current_detections(since = fromUnixTimestamp64Milli({start_ms:Int64}, 'UTC'), "
+        "until = fromUnixTimestamp64Milli({end_ms:Int64}, 'UTC')) WHERE " + in_seed + ") AS detections, "
         "(SELECT count() FROM alerts FINAL WHERE has({ids:Array(String)}, camera_id) "
         "AND triggered_at >= fromUnixTimestamp64Milli({start_ms:Int64}, 'UTC')) AS alerts",
         params, settings,
@@ -206,13 +207,13 @@ WHERE n = at
 
 _DETECTIONS_SQL = """
 INSERT INTO detections (schema_version, camera_id, tick_id, face_index, site, zone, scheduled_at,
-    x1, y1, x2, y2, detection_score, nomask_prob, nomask, detector_model, classifier_model)
+    processed_at, x1, y1, x2, y2, detection_score, nomask_prob, nomask, detector_model, classifier_model)
 WITH
     (cityHash64(tick_id, face_index, 'x') % 1000) / 1000.0 AS ux,
     (cityHash64(tick_id, face_index, 'y') % 1000) / 1000.0 AS uy,
     (cityHash64(tick_id, face_index, 'p') % 1000) / 1000.0 AS up,
     face_index < nomask_faces AS is_nomask
-SELECT 1, camera_id, tick_id, face_index, site, zone, scheduled_at,
+SELECT 1, camera_id, tick_id, face_index, site, zone, scheduled_at, processed_at,
     ux * 0.9, uy * 0.8, ux * 0.9 + 0.05, uy * 0.8 + 0.09,
     0.6 + 0.4 * up, if(is_nomask, 0.5 + 0.5 * up, 0.5 * up), is_nomask, detector_model, classifier_model
 FROM frames ARRAY JOIN range(faces) AS face_index
@@ -283,9 +284,10 @@ def _snapshots(settings: Settings, params: dict[str, Any], dataset_dir: Path, n_
     if not paths:
         return 0
     client = store.client(settings)
-    # A newer version of the same frame (ReplacingMergeTree(processed_at)) carrying the snapshot path.
+    # The same frame again, carrying the snapshot path: at an equal processed_at the row inserted last
+    # wins (ReplacingMergeTree), and the frame keeps its faces (they are matched on processed_at).
     client.command(
-        "INSERT INTO frames SELECT * REPLACE (processed_at + toIntervalMillisecond(1) AS processed_at, "
+        "INSERT INTO frames SELECT * REPLACE ("
         "transform(tick_id, {ticks:Array(String)}, {paths:Array(String)}, '') AS snapshot_path) "
         "FROM frames FINAL WHERE has({ticks:Array(String)}, tick_id)",
         parameters={"ticks": tick_ids, "paths": paths},

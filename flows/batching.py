@@ -206,8 +206,8 @@ class BatchProcessor:
         w, h = result.width, result.height
         faces = [
             FaceDetection(
-                **common, face_index=n, x1=_norm(f.box[0], w), y1=_norm(f.box[1], h), x2=_norm(f.box[2], w),
-                y2=_norm(f.box[3], h), detection_score=min(1.0, max(0.0, f.det_score)),
+                **common, processed_at=now, face_index=n, x1=_norm(f.box[0], w), y1=_norm(f.box[1], h),
+                x2=_norm(f.box[2], w), y2=_norm(f.box[3], h), detection_score=min(1.0, max(0.0, f.det_score)),
                 nomask_prob=min(1.0, max(0.0, f.nomask_prob)), nomask=f.label == "no_mask", **models,
             )
             for n, f in enumerate(result.faces)

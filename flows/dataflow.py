@@ -83,8 +83,10 @@ def build_flow(settings: Settings | None = None, opts: FlowOptions | None = None
 
     # 4. Rows for the store: frames, detections and per-camera health (failures in a row are state).
     by_camera = op.key_on("by_camera", outcomes, lambda o: o.frame.camera_id)
-    frames = op.flat_map("frame_rows", outcomes, lambda o: [("frames", o.frame)]
-                         + [("detections", d) for d in o.faces])
+    # A frame's faces before the frame itself: once a frame row is in, so are its faces (a crash
+    # between the two replays the tick, whose newer row then wins).
+    frames = op.flat_map("frame_rows", outcomes, lambda o: [("detections", d) for d in o.faces]
+                         + [("frames", o.frame)])
     thresholds = HealthThresholds(opts.health_degraded_after, opts.health_down_after,
                                   opts.health_recover_after)
 

@@ -215,7 +215,8 @@ class StorePartition(StatelessSinkPartition[StoreItem]):
             by_table[table].append(dict(event))
         with self._lock:
             ready = self._drain()
-            for table, rows in by_table.items():
+            # Faces before their frames: a frame row in the store means its faces are too.
+            for table, rows in sorted(by_table.items(), key=lambda kv: kv[0] != "detections"):
                 if ready:
                     try:
                         self._write(table, rows)

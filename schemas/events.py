@@ -128,6 +128,10 @@ class FaceDetection(Event):
     site: Label = ""
     zone: Label = ""
     scheduled_at: UtcDatetime
+    processed_at: UtcDatetime = Field(
+        description="The processed_at of the frame row it was found on: a tick processed again (a replay "
+        "after a crash) gets a new frame row and new faces, and readers take the faces of the newest row."
+    )
     x1: float = Field(ge=0, le=1)
     y1: float = Field(ge=0, le=1)
     x2: float = Field(ge=0, le=1)

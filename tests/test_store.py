@@ -81,9 +81,9 @@ def _events() -> tuple[FrameResult, list[FaceDetection], Alert, CameraHealth]:
     frame = FrameResult(**common, scheduled_at=T0, captured_at=T0, processed_at=T0 + timedelta(seconds=1),
                         status="ok", width=640, height=480, faces=2, nomask_faces=1, detector_model="det",
                         classifier_model="cls", fetch_ms=12.5, inference_ms=30.0, snapshot_path="snaps/a.jpg")
-    faces = [FaceDetection(**common, face_index=i, scheduled_at=T0, x1=0.1 * i, y1=0.1, x2=0.1 * i + 0.1,
-                           y2=0.3, detection_score=0.9, nomask_prob=p, nomask=p > 0.5,
-                           detector_model="det", classifier_model="cls")
+    faces = [FaceDetection(**common, face_index=i, scheduled_at=T0, processed_at=frame.processed_at,
+                           x1=0.1 * i, y1=0.1, x2=0.1 * i + 0.1, y2=0.3, detection_score=0.9,
+                           nomask_prob=p, nomask=p > 0.5, detector_model="det", classifier_model="cls")
              for i, p in enumerate([0.2, 0.8])]
     alert = Alert(alert_id="cam-1:1772353800000", camera_id="cam-1", site="hq", zone="lobby",
                   rule=">=1 in 60s", triggered_at=T0, window_start=T0 - timedelta(seconds=60), window_end=T0,
@@ -123,6 +123,46 @@ def test_events_insert_and_replays_do_not_duplicate(settings: Settings) -> None:
     alerts = store.query_df("SELECT tick_ids, window_start FROM alerts FINAL", settings=settings)
     assert alerts["tick_ids"].to_list() == [[frame.tick_id]]
     assert alerts["window_start"][0] == T0 - timedelta(seconds=60)
+
+
+def _current(settings: Settings) -> list[dict[str, Any]]:
+    return store.query_rows(
+        "SELECT tick_id, face_index, processed_at FROM current_detections(since = {a:DateTime64(3, 'UTC')}, "
+        "until = {b:DateTime64(3, 'UTC')}) ORDER BY tick_id, face_index",
+        {"a": T0 - timedelta(days=1), "b": T0 + timedelta(days=1)}, settings=settings)
+
+
+def test_a_tick_processed_again_replaces_its_frame_and_faces_as_one_unit(settings: Settings) -> None:
+    # A replay after a crash fetches a live camera again: the second attempt saw one face, not two.
+    store.migrate(settings)
+    frame, faces, _, _ = _events()
+    again = frame.model_copy(update={"processed_at": frame.processed_at + timedelta(seconds=30), "faces": 1,
+                                     "nomask_faces": 0})
+    one_face = faces[0].model_copy(update={"processed_at": again.processed_at, "x1": 0.5, "x2": 0.6})
+    store.insert_models("detections", faces, settings)
+    store.insert_models("frames", [frame], settings)
+    assert [r["face_index"] for r in _current(settings)] == [0, 1]
+    store.insert_models("detections", [one_face], settings)
+    store.insert_models("frames", [again], settings)
+    for merged in (False, True):
+        if merged:
+            store.command("OPTIMIZE TABLE detections FINAL", settings=settings)
+        rows = _current(settings)
+        attempt = again.processed_at.replace(tzinfo=None)  # naive UTC, as the client reads it back
+        assert [(r["face_index"], r["processed_at"].replace(tzinfo=None)) for r in rows] == [(0, attempt)]
+        (frame_row,) = store.query_rows("SELECT faces FROM frames FINAL", settings=settings)
+        assert frame_row["faces"] == len(rows)
+    # The older attempt stays in the table (until its TTL) but no reader counts it.
+    assert store.query_rows("SELECT count() AS n FROM detections", settings=settings) == [{"n": 3}]
+
+
+def test_detections_written_before_the_attempt_column_are_still_read(settings: Settings) -> None:
+    store.migrate(settings)
+    frame, faces, _, _ = _events()
+    store.insert_models("frames", [frame], settings)
+    rows = [{k: v for k, v in f.model_dump().items() if k != "processed_at"} for f in faces]
+    store.insert_rows("detections", rows, settings=settings)
+    assert [r["face_index"] for r in _current(settings)] == [0, 1]
 
 
 def test_insert_rows_checks_columns(settings: Settings) -> None:

@@ -30,6 +30,7 @@ from tests.flowkit import (
     pick_images,
     produce,
     scenario_base_ms,
+    send_jpeg,
     start_flow,
     stop,
     wait_for,
@@ -63,11 +64,7 @@ class _Cameras(http.server.BaseHTTPRequestHandler):
             return
         else:
             body = self.photo
-        self.send_response(200)
-        self.send_header("Content-Type", "image/jpeg")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
+        send_jpeg(self, body)
 
     def log_message(self, *args: object) -> None:
         pass
