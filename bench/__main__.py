@@ -185,7 +185,7 @@ def main(
 
         counts = [10, 50] if quick else [10, 50, 100, 200]
         result["cameras"] = cams.run(counts, 2 if quick else 4, 40 if quick else 100,
-                                     10.0 if quick else 30.0, 5.0, cams.DATASET)
+                                     10.0 if quick else 30.0, 5.0, cams.DATASET, http_counts=counts)
     result["ratios"] = baseline_ratios(result)
     result["seconds"] = round(time.time() - t0, 1)
     path = out_dir / f"bench-{stamp}.json"

@@ -7,6 +7,9 @@ Real streams on loopback, one measuring process per configuration (so each one's
   keyframe per tick) at 1 tick per ``--interval-s``, and, as the baseline in the same run, by the reader
   the flow had before (OpenCV's FFmpeg capture, decoding every frame). Per configuration: CPU cores used
   by the measuring process per held camera, and the share of ticks fetched ``ok`` within their deadline.
+- **http**: N HTTP snapshot cameras with Digest auth (720p JPEG; the server runs in a process of its
+  own, so only the fetching is counted) fetched and decoded by the flow's fetcher at 1 tick per
+  ``--interval-s``, for each N of ``--http-counts``: cores per camera, ticks ``ok`` within the deadline.
 - **isolation**: ``--http-cameras`` HTTP snapshot cameras with Digest auth (one threaded server on
   loopback), fetched as the flow does (batches of 16 mixed cameras), all healthy, then with 10 % of them
   slow (headers dripped a byte every 0.3 s) or dead (accepting nothing): the healthy cameras' fetch latency
@@ -21,6 +24,7 @@ from __future__ import annotations
 import hashlib
 import http.server
 import json
+import multiprocessing
 import os
 import re
 import socket
@@ -222,10 +226,7 @@ def _work_isolation(image: str, n: int, bad: float, seconds: float, interval_s: 
             return [SimpleNamespace(faces=[], width=f.shape[1], height=f.shape[0], timings={})
                     for f in frames]
 
-    photo = cv2.imread(image)
-    assert photo is not None, image
-    body = cv2.imencode(".jpg", cv2.resize(photo, (1280, 720)))[1].tobytes()
-    good_port, drip_port, hole_port = _http_cameras(body)
+    good_port, drip_port, hole_port = _http_cameras(_jpeg_720p(image))
     n_bad = round(n * bad)
     order = sorted(range(n), key=lambda c: (c % 10, c))  # the bad ones (c < n_bad) land in different batches
     cameras, bad_ids = [], set()
@@ -287,6 +288,42 @@ def _work_isolation(image: str, n: int, bad: float, seconds: float, interval_s: 
             "p50_ms": _percentile(latencies, 50), "p99_ms": _percentile(latencies, 99)}
 
 
+def _serve_http_cameras(body: bytes, ports: Any) -> None:
+    """A camera server process for ``_work_http``: its CPU time is not the fetcher's."""
+    ports.put(_http_cameras(body))
+    threading.Event().wait()
+
+
+def _jpeg_720p(image: str) -> bytes:
+    photo = cv2.imread(image)
+    assert photo is not None, image
+    return bytes(cv2.imencode(".jpg", cv2.resize(photo, (1280, 720)))[1].tobytes())
+
+
+def _work_http(image: str, n: int, seconds: float, interval_s: float, deadline_s: float) -> dict[str, Any]:
+    from maskwatch.cameras.capture.fetcher import Fetcher, FetchOptions, FetchRequest
+
+    ports: Any = multiprocessing.get_context("fork").Queue()
+    server = multiprocessing.get_context("fork").Process(
+        target=_serve_http_cameras, args=(_jpeg_720p(image), ports), daemon=True)
+    server.start()
+    port = ports.get(timeout=30)[0]
+    fetcher = Fetcher(FetchOptions(deadline_s=deadline_s, concurrency=2))
+
+    def batch(cams: list[int]) -> list[tuple[bool, float]]:
+        ms = round(time.time() * 1000)
+        url = f"http://{USER}:{PASSWORD}@127.0.0.1:{port}/cam/{{}}.jpg"
+        out = fetcher.fetch_batch([FetchRequest(f"c{c}", f"c{c}:{ms}", url.format(c), ms, interval_s, True)
+                                   for c in cams])
+        return [(f.status == "ok", f.latency_ms) for f in out]
+
+    try:
+        return _ticks(batch, n, seconds, interval_s)
+    finally:
+        fetcher.close()
+        server.kill()
+
+
 # --- orchestration -----------------------------------------------------------------------------------
 
 
@@ -301,10 +338,10 @@ def _run_worker(args: list[str], timeout: float) -> dict[str, Any]:
 
 
 def run(rtsp_counts: list[int], legacy_count: int, http_cameras: int, seconds: float, interval_s: float,
-        dataset_dir: Path) -> dict[str, Any]:
+        dataset_dir: Path, http_counts: Sequence[int] = ()) -> dict[str, Any]:
     deadline_s = 5.0
     report: dict[str, Any] = {"seconds": seconds, "interval_s": interval_s, "deadline_s": deadline_s,
-                              "rtsp": [], "isolation": []}
+                              "rtsp": [], "http": [], "isolation": []}
     # A fresh server per configuration: GStreamer's shared media, once its last client has left, may
     # answer 503 to the next ones for a long while.
     configs = ([("legacy (decode every frame)", "legacy", legacy_count)] if rtsp_counts else []) + [
@@ -317,8 +354,11 @@ def run(rtsp_counts: list[int], legacy_count: int, http_cameras: int, seconds: f
             report["rtsp"].append({"reader": label, **_run_worker([kind, str(n), *common], seconds + 180)})
         finally:
             stop_server(server)
+    image = str(sorted((dataset_dir / "images").iterdir())[0])
+    for n in http_counts:
+        report["http"].append(_run_worker(
+            ["http", image, str(n), str(seconds), str(interval_s), str(deadline_s)], seconds + 120))
     if http_cameras:
-        image = str(sorted((dataset_dir / "images").iterdir())[0])
         for bad, mode in ((0.0, "detach"), (0.1, "wait"), (0.1, "detach")):
             report["isolation"].append(_run_worker(
                 ["isolation", image, str(http_cameras), str(bad), str(seconds), str(interval_s),
@@ -338,6 +378,15 @@ def print_table(report: dict[str, Any]) -> None:
             print(f"{r['reader']:<28} {r['cameras']:>7} {r['held']:>5} {r['cores']:>6.2f} "
                   f"{r['cores_per_camera']:>10.4f} {base / r['cores_per_camera']:>9.1f}x {share:>8.1%} "
                   f"{r['p99_ms']:>7.0f}")
+    if report["http"]:
+        base = report["http"][0]["cores_per_camera"]
+        print(f"\nHTTP Digest snapshot cameras, 1280x720 JPEG fetched and decoded, 1 tick / "
+              f"{report['interval_s']:g} s per camera (the servers' own CPU not counted)")
+        print(f"{'cameras':>7} {'cores':>6} {'cores/cam':>10} {'vs first':>9} {'ok ticks':>9} {'p99 ms':>7}")
+        for r in report["http"]:
+            share = r["ok"] / r["ticks"] if r["ticks"] else float("nan")
+            print(f"{r['cameras']:>7} {r['cores']:>6.3f} {r['cores_per_camera']:>10.5f} "
+                  f"{r['cores_per_camera'] / base:>8.2f}x {share:>8.1%} {r['p99_ms']:>7.0f}")
     if report["isolation"]:
         base = report["isolation"][0]
         print("\nHTTP Digest snapshot cameras through the flow's fetch step (batches of 16): healthy cameras'"
@@ -355,14 +404,16 @@ def print_table(report: dict[str, Any]) -> None:
 @click.option("--rtsp-counts", default="10,50,100,200", show_default=True, help="RTSP cameras held, N,...")
 @click.option("--legacy-count", default=4, show_default=True,
               help="Cameras for the decode-every-frame baseline.")
+@click.option("--http-counts", default="10,50,100,200", show_default=True,
+              help="HTTP Digest cameras fetched, N,... (cost per camera).")
 @click.option("--http-cameras", default=100, show_default=True, help="HTTP cameras in the isolation runs.")
 @click.option("--seconds", default=30.0, show_default=True, help="Measured window per configuration.")
 @click.option("--interval-s", default=5.0, show_default=True, help="Seconds between a camera's ticks.")
 @click.option("--dataset", default="../shared/datasets/kaggle-face-mask", show_default=True,
               type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.argument("worker_args", nargs=-1)
-def main(worker: bool, rtsp_counts: str, legacy_count: int, http_cameras: int, seconds: float,
-         interval_s: float, dataset: Path, worker_args: tuple[str, ...]) -> None:
+def main(worker: bool, rtsp_counts: str, legacy_count: int, http_counts: str, http_cameras: int,
+         seconds: float, interval_s: float, dataset: Path, worker_args: tuple[str, ...]) -> None:
     """Measure what holding cameras costs (see the module docstring)."""
     if worker:
         kind, *rest = worker_args
@@ -370,6 +421,9 @@ def main(worker: bool, rtsp_counts: str, legacy_count: int, http_cameras: int, s
             image, n, bad, secs, interval, deadline, mode = rest
             out = _work_isolation(image, int(n), float(bad), float(secs), float(interval), float(deadline),
                                   mode)
+        elif kind == "http":
+            image, n, secs, interval, deadline = rest
+            out = _work_http(image, int(n), float(secs), float(interval), float(deadline))
         else:
             n, url, secs, interval, deadline = rest
             fn = _work_rtsp_new if kind == "new" else _work_rtsp_legacy
@@ -377,7 +431,8 @@ def main(worker: bool, rtsp_counts: str, legacy_count: int, http_cameras: int, s
         print(json.dumps(out))
         return
     counts = [int(c) for c in rtsp_counts.split(",") if c]
-    report = run(counts, legacy_count, http_cameras, seconds, interval_s, dataset)
+    report = run(counts, legacy_count, http_cameras, seconds, interval_s, dataset,
+                 [int(c) for c in http_counts.split(",") if c])
     report["when"] = datetime.now(UTC).isoformat()
     RESULTS.mkdir(exist_ok=True)
     path = RESULTS / f"cameras-{datetime.now(UTC):%Y%m%dT%H%M%SZ}.json"

@@ -150,8 +150,10 @@ def test_cameras_section_holds_real_streams_and_measures_both_readers(dataset_di
     beside slow and dead ones; every healthy tick is fetched and every figure is there."""
     from bench import cameras
 
-    report = cameras.run([3], 1, 10, 6.0, 2.0, dataset_dir)
+    report = cameras.run([3], 1, 10, 6.0, 2.0, dataset_dir, http_counts=[4])
     legacy, new = report["rtsp"]
+    (http,) = report["http"]  # the fetcher's own CPU per HTTP camera (the servers run apart)
+    assert http["cameras"] == 4 and http["ok"] == http["ticks"] > 0 and 0 < http["cores_per_camera"] < 1
     assert legacy["reader"].startswith("legacy") and new["reader"].startswith("pyav")
     assert new["held"] == 3 and legacy["held"] == 1
     assert new["ok"] == new["ticks"] > 0 and new["cores_per_camera"] > 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import cv2
@@ -109,9 +110,13 @@ def _check_report(out: Path, images: int, split: str = "all") -> dict:
     return report
 
 
-def test_eval_on_a_voc_subset_writes_json_and_png(tmp_path: Path) -> None:
-    report = main(DATASET, tmp_path, limit=12, baseline=True, split="test")
+def test_eval_on_a_voc_subset_writes_json_and_png(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.INFO):
+        report = main(DATASET, tmp_path, limit=12, baseline=True, split="test")
     _check_report(tmp_path, 12, "test")
+    # Progress as it goes (done/total, time so far and left, per batch of images), up to the last one.
+    steps = [r.getMessage() for r in caplog.records if r.getMessage().startswith("eval: image")]
+    assert steps and steps[-1].startswith("eval: image 12/12 (100%)") and "so far" in steps[-1]
     assert "held-out" in report["split_means"]
     assert 0.0 <= report["baseline"]["detection"]["face_ap30"] <= 1.0
     base = report["baseline"]
