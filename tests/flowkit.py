@@ -335,12 +335,13 @@ def wait_for(what: str, check: Callable[[], bool], timeout: float, proc: subproc
 
 
 def kill_at_first_frame(settings: Settings, proc: subprocess.Popen[bytes], log_path: Path,
-                        timeout: float = 120) -> int:
-    """kill -9 the flow as soon as its first frame row is stored; returns the frame rows stored by then.
+                        timeout: float = 120, camera: str | None = None) -> int:
+    """kill -9 the flow as soon as its first frame row (of ``camera``, if given) is stored; returns the
+    frame rows stored by then.
 
     The flow stores frames in bursts (a batch with the hanging camera waits out the fetch deadline), so a
     kill right after the first one lands while the rest of what was produced is still being worked on."""
-    stored = lambda: bool(frame_counts(settings))  # noqa: E731
+    stored = lambda: bool(frame_counts(settings).get(camera, 0) if camera else frame_counts(settings))  # noqa: E731
     wait_for("a first frame row", stored, timeout, proc, log_path, interval=0.05)
     proc.kill()
     proc.wait(10)

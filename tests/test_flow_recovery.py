@@ -60,6 +60,20 @@ def _run(tmp_path: Path, mw_env: Settings, dataset_dir: Path, hanging_camera: st
     return settings, store_summary(settings), topic
 
 
+def _failures_alike(summary: dict[str, object]) -> dict[str, object]:
+    """The summary with the hanging camera's failed fetches counted as one kind: whether one ends as a
+    `timeout` (its deadline) or a `fetch_error` (the server dropping the connection after 5 s) depends on
+    timing that a killed and restarted run does not share with a clean one (seen once: a clean run had
+    a `fetch_error` where the restarted one had a `timeout`). Every other row compares exactly."""
+    health: dict[tuple[str, str], dict[str, int]] = {}
+    for row in summary["health"]:  # type: ignore[attr-defined]
+        status = "failed" if row["camera_id"] == "hang" and row["status"] != "ok" else row["status"]
+        agg = health.setdefault((row["camera_id"], status), {"n": 0, "f": 0})
+        agg["n"] += row["n"]
+        agg["f"] = max(agg["f"], row["f"])
+    return {**summary, "health": sorted(health.items())}
+
+
 @pytest.mark.slow
 def test_kill_9_and_restart_matches_a_clean_run(tmp_path: Path, mw_env: Settings, dataset_dir: Path,
                                                   hanging_camera: str) -> None:
@@ -73,7 +87,7 @@ def test_kill_9_and_restart_matches_a_clean_run(tmp_path: Path, mw_env: Settings
     assert crash is not None, f"the flow finished the first part before each of {CRASH_ATTEMPTS} kills"
 
     (clean_settings, clean_store, clean_topic), (crash_settings, crash_store, crash_topic) = clean, crash
-    assert crash_store == clean_store
+    assert _failures_alike(crash_store) == _failures_alike(clean_store)
     assert len(clean_topic) == 1 and len(crash_topic) == 1  # the alert reached the topic once
     clean_alert, crash_alert = (json.loads(t[0].value()) for t in (clean_topic, crash_topic))
     assert clean_alert.pop("snapshot_path").startswith(str(clean_settings.home))  # each run's own home

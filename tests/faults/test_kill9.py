@@ -57,7 +57,8 @@ def test_kill_9_mid_stream(tmp_path: Path, mw_env: Settings, dataset_dir: Path, 
         recovery = ("-r", str(tmp_path / "recovery"))
         proc = start_flow(env, log_path, *recovery)
         try:
-            at_kill = kill_at_first_frame(mw_env, proc, log_path)
+            # Killed once a live tick is stored: ticks stored after the last snapshot are processed again.
+            at_kill = kill_at_first_frame(mw_env, proc, log_path, camera="live")
             assert at_kill < sum(1 for t in ticks[:cut] if t.camera_id in expected), "killed too late"
             produce(mw_env, ticks[cut:])  # ticks keep coming while the flow is dead
             restarted = time.monotonic()
