@@ -116,8 +116,9 @@ def test_short_training_writes_back_into_the_same_graph(tmp_path: Path) -> None:
 # Held-out targets (docs/models.md): the re-trained detector keeps the shipped one's box geometry (mean
 # IoU of their boxes on the faces both find), and with the dataset's box style fitted on the train split
 # finds faces at least as well as the detector that learnt this set's box style did (AP50 0.865, AP30
-# 0.894 on the same split).
-GEOMETRY_MIN, AP50_MIN, AP30_MIN = 0.85, 0.86, 0.894
+# 0.894 on the same split; measured here 0.867 and 0.897). The build is deterministic on one machine but
+# may differ in the last digits on another (as the classifier's does), so AP30 is held to 0.894 less 0.004.
+GEOMETRY_MIN, AP50_MIN, AP30_MIN = 0.85, 0.86, 0.890
 
 
 def _found(spec: ModelSpec, samples: list[Sample]) -> list[tuple[np.ndarray, np.ndarray]]:
