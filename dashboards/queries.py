@@ -84,6 +84,11 @@ CURRENT_DETECTIONS = (
 )
 
 
+# Estimated distinct people among faces: those the flow associated across a camera's ticks count once
+# (maskwatch.flows.people), faces stored before people were tracked count one each.
+PEOPLE = "(uniqExactIf(person_id, person_id != '') + countIf(person_id = ''))"
+
+
 def _df(settings: Settings, sql: str, params: dict[str, Any]) -> pl.DataFrame:
     return store.query_df(sql, params, settings)
 
@@ -112,6 +117,14 @@ def cameras(settings: Settings) -> pl.DataFrame:
     )
 
 
+def latest_snapshot(settings: Settings, camera_id: str) -> str:
+    """Path of the camera's newest stored snapshot (of the last 30 days), or ''."""
+    rows = _df(settings, "SELECT snapshot_path FROM frames WHERE camera_id = {camera:String} "
+               "AND snapshot_path != '' AND scheduled_at >= now64(3) - INTERVAL 30 DAY "
+               "ORDER BY scheduled_at DESC LIMIT 1", {"camera": camera_id})
+    return str(rows["snapshot_path"][0]) if rows.height else ""
+
+
 # --- overview -------------------------------------------------------------------------------------------
 
 
@@ -127,7 +140,8 @@ def serving_models(settings: Settings) -> pl.DataFrame:
 
 
 def kpis(settings: Settings, scope: Scope) -> pl.DataFrame:
-    """One row per period ('current', 'previous'): frames, faces, nomask_faces, compliance, alerts."""
+    """One row per period ('current', 'previous'): frames, faces, nomask_faces (sightings), nomask_people
+    (estimated, see ``PEOPLE``), compliance, alerts."""
     both = replace(scope, start=scope.previous().start)
     params = both.params() | {"split_ms": _ms(scope.start)}
     period = "if(toUnixTimestamp64Milli({col}) >= {{split_ms:Int64}}, 'current', 'previous')"
@@ -144,11 +158,20 @@ def kpis(settings: Settings, scope: Scope) -> pl.DataFrame:
         f"FROM alerts FINAL WHERE {where('triggered_at')} GROUP BY period LIMIT 2 {_FINAL_SETTINGS}",
         params,
     )
+    people = _df(
+        settings,
+        f"SELECT {period.format(col='scheduled_at')} AS period, {PEOPLE} AS nomask_people "
+        f"FROM {CURRENT_DETECTIONS} WHERE nomask AND ignored = '' AND {where('scheduled_at')} "
+        f"GROUP BY period LIMIT 2 {_FINAL_SETTINGS}",
+        params,
+    )
     base = pl.DataFrame({"period": ["current", "previous"]})
     out = (
         base.join(faces, on="period", how="left")
         .join(alerts, on="period", how="left")
-        .with_columns(pl.col("frames", "faces", "nomask_faces", "alerts").fill_null(0).cast(pl.Int64))
+        .join(people, on="period", how="left")
+        .with_columns(pl.col("frames", "faces", "nomask_faces", "alerts", "nomask_people").fill_null(0)
+                      .cast(pl.Int64))
     )
     return out.with_columns(
         pl.when(pl.col("faces") > 0)
@@ -175,7 +198,8 @@ def auto_bucket(scope: Scope, target: int = 48) -> int:
 
 
 def timeseries(settings: Settings, scope: Scope, bucket_s: int) -> pl.DataFrame:
-    """Per time bucket: faces, nomask_faces, compliance, alerts; empty buckets filled with zeros."""
+    """Per time bucket: faces, nomask_faces (sightings), nomask_people (estimated), compliance, alerts;
+    empty buckets filled with zeros."""
     if scope.span.total_seconds() / bucket_s > MAX_BUCKETS:
         raise ValueError(f"{bucket_s}s buckets over {scope.span} exceed {MAX_BUCKETS} points; pick coarser")
     params = scope.params() | {"bucket_s": bucket_s}
@@ -195,6 +219,13 @@ def timeseries(settings: Settings, scope: Scope, bucket_s: int) -> pl.DataFrame:
         f"LIMIT {MAX_BUCKETS + 1} {_FINAL_SETTINGS}",
         params,
     )
+    people = _df(
+        settings,
+        f"SELECT toUnixTimestamp({bucket.format(col='scheduled_at')}) AS bucket, {PEOPLE} AS nomask_people "
+        f"FROM {CURRENT_DETECTIONS} WHERE nomask AND ignored = '' AND {where('scheduled_at')} "
+        f"GROUP BY bucket ORDER BY bucket LIMIT {MAX_BUCKETS + 1} {_FINAL_SETTINGS}",
+        params,
+    )
     first = datetime.fromtimestamp(math.floor(scope.start.timestamp() / bucket_s) * bucket_s, UTC)
     last = datetime.fromtimestamp(math.ceil(scope.end.timestamp() / bucket_s) * bucket_s - bucket_s, UTC)
     axis = pl.DataFrame(
@@ -204,13 +235,14 @@ def timeseries(settings: Settings, scope: Scope, bucket_s: int) -> pl.DataFrame:
     shaped = [
         frame.with_columns(pl.from_epoch(pl.col("bucket").cast(pl.Int64), time_unit="s")
                            .dt.replace_time_zone("UTC").dt.cast_time_unit("us"))
-        for frame in (faces, alerts)
+        for frame in (faces, alerts, people)
     ]
     axis = axis.with_columns(pl.col("bucket").dt.cast_time_unit("us"))
     out = (
         axis.join(shaped[0], on="bucket", how="left")
         .join(shaped[1], on="bucket", how="left")
-        .with_columns(pl.col("faces", "nomask_faces", "alerts").fill_null(0).cast(pl.Int64))
+        .join(shaped[2], on="bucket", how="left")
+        .with_columns(pl.col("faces", "nomask_faces", "alerts", "nomask_people").fill_null(0).cast(pl.Int64))
     )
     return out.with_columns(
         pl.when(pl.col("faces") > 0)

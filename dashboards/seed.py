@@ -60,7 +60,7 @@ def cameras(n_cameras: int, interval_s: float, seed: int) -> list[Camera]:
             url = f"http://10.1.{i // 250}.{i % 250 + 2}/snapshot.jpg?user=viewer&password=pw-{seed}-{i}"
         else:
             url = f"http://10.2.{i // 250}.{i % 250 + 2}/snapshot.jpg"
-        rules = RuleOverrides(min_nomask_faces=3, window_s=60, cooldown_s=300) if rng.random() < 0.2 else None
+        rules = RuleOverrides(min_people=3, window_s=60, cooldown_s=300) if rng.random() < 0.2 else None
         out.append(Camera(
             id=f"cam-{i + 1:03d}",
             name=f"{ZONES[(i // len(SITES)) % len(ZONES)].title()} camera {i + 1}",
@@ -207,7 +207,8 @@ WHERE n = at
 
 _DETECTIONS_SQL = """
 INSERT INTO detections (schema_version, camera_id, tick_id, face_index, site, zone, scheduled_at,
-    processed_at, x1, y1, x2, y2, detection_score, nomask_prob, nomask, detector_model, classifier_model)
+    processed_at, x1, y1, x2, y2, detection_score, nomask_prob, nomask, detector_model, classifier_model,
+    person_id)
 WITH
     (cityHash64(tick_id, face_index, 'x') % 1000) / 1000.0 AS ux,
     (cityHash64(tick_id, face_index, 'y') % 1000) / 1000.0 AS uy,
@@ -215,7 +216,10 @@ WITH
     face_index < nomask_faces AS is_nomask
 SELECT 1, camera_id, tick_id, face_index, site, zone, scheduled_at, processed_at,
     ux * 0.9, uy * 0.8, ux * 0.9 + 0.05, uy * 0.8 + 0.09,
-    0.6 + 0.4 * up, if(is_nomask, 0.5 + 0.5 * up, 0.5 * up), is_nomask, detector_model, classifier_model
+    0.6 + 0.4 * up, if(is_nomask, 0.5 + 0.5 * up, 0.5 * up), is_nomask, detector_model, classifier_model,
+    -- Each face slot of a camera is one person for two minutes, as the flow's association would see
+    -- someone who stays: people are fewer than sightings.
+    concat(camera_id, ':', toString(intDiv(toUnixTimestamp(scheduled_at), 120)), '.', toString(face_index))
 FROM frames ARRAY JOIN range(faces) AS face_index
 WHERE {where} AND faces > 0
 """

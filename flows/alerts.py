@@ -10,8 +10,9 @@ from maskwatch.schemas.events import Alert, Camera
 def observations(outcome: TickOutcome, scopes: tuple[str, ...]) -> list[tuple[str, Observation]]:
     """The tick as the rules see it, once per scope it counts towards (camera, zone, site)."""
     f = outcome.frame
+    people = tuple((s.person_id, s.dwell_s) for s in outcome.sightings)
     return [(key, Observation(key, f.scheduled_at, 1 if f.status == "ok" else 0, f.faces, f.nomask_faces,
-                              f.tick_id, f.snapshot_path))
+                              f.tick_id, f.snapshot_path, people))
             for key in scope_keys(f.camera_id, f.site, f.zone, scopes)]
 
 
@@ -31,5 +32,6 @@ def to_alert(camera: Camera | None, config: RuleConfig, d: AlertDecision) -> Ale
         alert_id=d.alert_id, camera_id=camera_id, site=site, zone=zone, rule=rule, triggered_at=d.window_end,
         window_start=d.window_start, window_end=d.window_end, faces=d.faces, nomask_faces=d.nomask_faces,
         nomask_ratio=min(1.0, ratio), tick_ids=list(d.tick_ids), snapshot_path=d.snapshot_path,
-        message=f"{where}: {rule} ({d.nomask_faces} no-mask faces on {d.nomask_frames}/{d.frames} frames)",
+        message=f"{where}: {rule} ({d.people} no-mask {'person' if d.people == 1 else 'people'}, seen "
+                f"{d.nomask_faces} times on {d.nomask_frames}/{d.frames} frames)",
     )

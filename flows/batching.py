@@ -24,6 +24,8 @@ from bytewax.operators import KeyedStream, StatefulLogic
 from maskwatch import metrics
 from maskwatch.cameras.capture.fetcher import Fetched, Fetcher, FetchRequest
 from maskwatch.cameras.sources import mask_values, resolve_source_url
+from maskwatch.flows.areas import ignored
+from maskwatch.flows.people import Sighting
 from maskwatch.flows.routing import shard_labels
 from maskwatch.flows.snapshots import BoxedFace, save_snapshot
 from maskwatch.schemas.events import Camera, CameraHealth, FaceDetection, FrameResult, Tick
@@ -63,6 +65,8 @@ class TickOutcome:
     fetch_latency_ms: float
     error: str = ""
     observed_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+    # Set by the people step (maskwatch.flows.people): the counted no-mask faces as people.
+    sightings: tuple[Sighting, ...] = ()
 
     def health(self, consecutive_failures: int, state: str = "ok") -> CameraHealth:
         f = self.frame
@@ -204,26 +208,30 @@ class BatchProcessor:
                                 **models)
             return TickOutcome(frame, [], "ok", fetched.latency_ms, "", now)
         w, h = result.width, result.height
-        faces = [
-            FaceDetection(
-                **common, processed_at=now, face_index=n, x1=_norm(f.box[0], w), y1=_norm(f.box[1], h),
-                x2=_norm(f.box[2], w), y2=_norm(f.box[3], h), detection_score=min(1.0, max(0.0, f.det_score)),
-                nomask_prob=min(1.0, max(0.0, f.nomask_prob)), nomask=f.label == "no_mask", **models,
-            )
-            for n, f in enumerate(result.faces)
-        ]
-        nomask = sum(f.nomask for f in faces)
+        faces = []
+        for n, f in enumerate(result.faces):
+            box = (_norm(f.box[0], w), _norm(f.box[1], h), _norm(f.box[2], w), _norm(f.box[3], h))
+            faces.append(FaceDetection(
+                **common, processed_at=now, face_index=n, x1=box[0], y1=box[1], x2=box[2], y2=box[3],
+                detection_score=min(1.0, max(0.0, f.det_score)),
+                nomask_prob=min(1.0, max(0.0, f.nomask_prob)), nomask=f.label == "no_mask",
+                ignored=ignored(cam.area, box, h), **models,
+            ))
+        counted = [f for f in faces if not f.ignored]
+        nomask = sum(f.nomask for f in counted)
         snapshot = ""
         if nomask and self.snapshot_root is not None and fetched.frame is not None:
             try:
-                boxed = [BoxedFace(f.box, f.label == "no_mask", f.nomask_prob) for f in result.faces]
+                boxed = [BoxedFace(f.box, f.label == "no_mask", f.nomask_prob, bool(d.ignored))
+                         for f, d in zip(result.faces, faces, strict=True)]
                 snapshot = str(save_snapshot(self.snapshot_root, cam.id, tick.tick_id, tick.scheduled_at,
-                                             fetched.frame, boxed, self.snapshot_max_width, self.blur_faces))
+                                             fetched.frame, boxed, self.snapshot_max_width, self.blur_faces,
+                                             area=cam.area))
             except OSError as exc:  # a full disk must not stop detection
                 log.warning("cannot save snapshot for %s: %s", tick.tick_id, exc)
         frame = FrameResult(
             **common, captured_at=fetched.captured_at, processed_at=now, status="ok", width=w, height=h,
-            faces=len(faces), nomask_faces=nomask, fetch_ms=fetched.latency_ms,
+            faces=len(counted), nomask_faces=nomask, fetch_ms=fetched.latency_ms,
             inference_ms=result.timings.get("total_ms", infer_ms), snapshot_path=snapshot, **models,
         )
         return TickOutcome(frame, faces, "ok", fetched.latency_ms, "", now)

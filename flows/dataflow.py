@@ -3,6 +3,7 @@
     ticks (Kafka) -> parse/validate -> dead letters (Kafka)
                   -> resolve camera in the registry (unknown/disabled dropped, counted)
                   -> micro-batch per shard (op.collect) -> fetch concurrently -> two-stage inference
+                  -> faces outside the camera's counting area flagged; faces associated into people
                   -> frames, detections, camera health -> ClickHouse
                   -> camera health changes (down, back up, ...) -> ClickHouse and the camera-health topic
                   -> event-time buckets per camera (and zone/site) -> rules -> alerts
@@ -16,6 +17,7 @@ from ``MASKWATCH_*`` variables (``maskwatch.config.Settings`` and ``maskwatch.fl
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from datetime import timedelta
 
 import bytewax.operators as op
@@ -29,6 +31,7 @@ from maskwatch.flows.batching import FetchInfer, TickOutcome, micro_batches
 from maskwatch.flows.cluster import running
 from maskwatch.flows.health import HealthState, HealthThresholds, track
 from maskwatch.flows.options import FlowOptions
+from maskwatch.flows.people import PeopleState, associate
 from maskwatch.flows.rules import AlertDecision, Observation
 from maskwatch.flows.runtime import FlowRuntime
 from maskwatch.flows.sinks import AlertTopicSink, StoreItem, StoreSink, dead_letter_rows, store_writer
@@ -81,11 +84,19 @@ def build_flow(settings: Settings | None = None, opts: FlowOptions | None = None
                            lambda resume: FetchInfer(rt.process_detaching, rt.finish, resume))
     outcomes = op.key_rm("unshard", inferred)
 
-    # 4. Rows for the store: frames, detections and per-camera health (failures in a row are state).
+    # 4. People: each camera's counted faces associated across its consecutive ticks (per-camera state).
     by_camera = op.key_on("by_camera", outcomes, lambda o: o.frame.camera_id)
+
+    def people(state: PeopleState | None, o: TickOutcome) -> tuple[PeopleState, TickOutcome]:
+        state, faces, sightings = associate(state, o.frame, o.faces, opts.tracking)
+        return state, replace(o, faces=faces, sightings=tuple(sightings))
+
+    tracked = op.key_rm("people_rm", op.stateful_map("people", by_camera, people))
+
+    # 5. Rows for the store: frames, detections and per-camera health (failures in a row are state).
     # A frame's faces before the frame itself: once a frame row is in, so are its faces (a crash
     # between the two replays the tick, whose newer row then wins).
-    frames = op.flat_map("frame_rows", outcomes, lambda o: [("detections", d) for d in o.faces]
+    frames = op.flat_map("frame_rows", tracked, lambda o: [("detections", d) for d in o.faces]
                          + [("frames", o.frame)])
     thresholds = HealthThresholds(opts.health_degraded_after, opts.health_down_after,
                                   opts.health_recover_after)
@@ -95,13 +106,13 @@ def build_flow(settings: Settings | None = None, opts: FlowOptions | None = None
         camera = rt.registry.get(outcome.frame.camera_id)
         return track(state, outcome, thresholds, camera.name if camera is not None else "")
 
-    tracked = op.key_rm("health_rm", op.stateful_map("health", by_camera, track_health))
-    health = op.map("health_rows", tracked, lambda pair: pair[0])
-    changes = op.filter_map("health_changes", tracked, lambda pair: pair[1])
+    healthy = op.key_rm("health_rm", op.stateful_map("health", by_camera, track_health))
+    health = op.map("health_rows", healthy, lambda pair: pair[0])
+    changes = op.filter_map("health_changes", healthy, lambda pair: pair[1])
 
-    # 5. Rules: event-time buckets per scope (camera, and zone/site if enabled), then the pure decision
+    # 6. Rules: event-time buckets per scope (camera, and zone/site if enabled), then the pure decision
     #    with per-camera overrides.
-    scoped = op.flat_map("observe", outcomes, lambda o: observations(o, opts.rule_scopes))
+    scoped = op.flat_map("observe", tracked, lambda o: observations(o, opts.rule_scopes))
     decisions, late = windowed_alerts(scoped, opts.bucket_s, opts.lateness_s,
                                       lambda scope: rt.rule_config(scope)[1])
     op.inspect("late_ticks", late, lambda _step, item: _count_late(item))
@@ -113,7 +124,7 @@ def build_flow(settings: Settings | None = None, opts: FlowOptions | None = None
 
     alerts = op.map("alerts", op.key_rm("alerts_rm", decisions), alert)
 
-    # 6. Sinks: every row to the store (buffered on disk while it is down), alerts also to Kafka.
+    # 7. Sinks: every row to the store (buffered on disk while it is down), alerts also to Kafka.
     rows = op.merge("rows", frames, health, op.map("alert_rows", alerts, lambda a: ("alerts", a)),
                     op.map("health_change_rows", changes, lambda c: ("camera_health_events", c)))
     buffer_dir = settings.home / "buffer" / "store"

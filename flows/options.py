@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 from maskwatch.cameras.capture.fetcher import FetchOptions
 from maskwatch.config import FlowSettings
+from maskwatch.flows.people import TrackingConfig
 from maskwatch.flows.rules import RuleConfig
 
 
@@ -30,6 +31,7 @@ class FlowOptions:
     bucket_s: int = 10
     lateness_s: int = 5
     rule: RuleConfig = field(default_factory=RuleConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
     # Where rules apply: each camera (with its overrides), and optionally each zone and site as a whole
     # (default thresholds), e.g. to catch a crowd spread over cameras that each stay under the threshold.
     rule_scopes: tuple[str, ...] = ("camera",)
@@ -79,11 +81,14 @@ class FlowOptions:
             lateness_s=s.lateness_s,
             rule=RuleConfig(
                 window_s=s.rule_window_s,
-                min_nomask_faces=s.rule_min_nomask_faces,
+                min_people=s.rule_min_people,
+                min_people_in_frame=s.rule_min_people_in_frame,
+                min_dwell_s=s.rule_min_dwell_s,
                 nomask_ratio=s.rule_nomask_ratio,
                 min_frames=s.rule_min_frames,
                 cooldown_s=s.rule_cooldown_s,
             ),
+            tracking=TrackingConfig(max_gap_s=s.track_max_gap_s, max_move=s.track_max_move),
             rule_scopes=tuple(s.rule_scopes),
             tick_max_age_s=s.tick_max_age_s, tick_max_ahead_s=s.tick_max_ahead_s,
             registry_refresh_s=s.registry_refresh_s,

@@ -2,15 +2,21 @@
 
 The flow folds each tick's observation into fixed event-time buckets per scope (a camera, a zone or a
 site) with Bytewax windowing; every closed bucket is handed to :func:`evaluate` with the scope's
-:class:`RuleState`. A rule looks at the buckets inside its window ``[end - window_s, end)``:
+:class:`RuleState`. A rule looks at the buckets inside its window ``[end - window_s, end)`` and counts
+people (faces associated across ticks by :mod:`maskwatch.flows.people`), not sightings, so one person in
+view for ten ticks is one person:
 
-* ``nomask_count``: at least ``min_nomask_faces`` no-mask faces in the window;
-* ``nomask_ratio``: at least ``min_frames`` frames and the share of frames with a no-mask face
-  at least ``nomask_ratio``.
+* ``nomask_people``: at least ``min_people`` distinct no-mask people in the window;
+* ``nomask_in_frame``: at least ``min_people_in_frame`` no-mask people on one frame;
+* ``nomask_dwell``: one no-mask person in view for at least ``min_dwell_s`` seconds;
+* ``nomask_ratio``: at least ``min_frames`` frames and the share of frames with a no-mask face at least
+  ``nomask_ratio``.
 
-The first rule that holds fires one alert, then the scope is quiet for ``cooldown_s`` so one incident
-is one alert. Alert ids hash (scope, rule, window start), so replaying the same ticks yields the same
-ids and sinks can drop the repeats.
+A threshold of 0 turns its rule off; by default only ``nomask_people`` is on. The first rule that holds
+fires one alert, then the scope is quiet for ``cooldown_s`` so one incident is one alert. Alert ids hash
+(scope, rule, window start), so replaying the same ticks yields the same ids and sinks can drop the
+repeats. A tick counted twice (a duplicate, a replay) adds nothing: buckets remember the ticks they hold.
+A zone or site counts the people of each of its cameras: one person seen by two cameras is two.
 """
 
 from __future__ import annotations
@@ -22,27 +28,34 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-RULE_COUNT = "nomask_count"
+RULE_PEOPLE = "nomask_people"
+RULE_IN_FRAME = "nomask_in_frame"
+RULE_DWELL = "nomask_dwell"
 RULE_RATIO = "nomask_ratio"
 MAX_EVIDENCE = 20
+# People and ticks one bucket remembers; past that it still counts them (a site with a crowd) but no longer
+# tells repeats apart, so the count can only be too high, never dropped.
+MAX_REMEMBERED = 2000
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 @dataclass(frozen=True)
 class RuleConfig:
     window_s: int = 60
-    min_nomask_faces: int = 3
-    nomask_ratio: float = 0.5
+    min_people: int = 3
+    min_people_in_frame: int = 0
+    min_dwell_s: float = 0.0
+    nomask_ratio: float = 0.0
     min_frames: int = 3
     cooldown_s: int = 300
 
     def __post_init__(self) -> None:
         if self.window_s <= 0 or self.cooldown_s < 0:
             raise ValueError(f"rule window_s must be > 0 and cooldown_s >= 0, got {self}")
-        if self.min_nomask_faces < 1 or self.min_frames < 1:
-            raise ValueError(f"rule min_nomask_faces and min_frames must be >= 1, got {self}")
-        if not 0.0 < self.nomask_ratio <= 1.0:
-            raise ValueError(f"rule nomask_ratio must be in (0, 1], got {self.nomask_ratio}")
+        if min(self.min_people, self.min_people_in_frame, self.min_dwell_s) < 0 or self.min_frames < 1:
+            raise ValueError(f"rule thresholds must be >= 0 (0 = off) and min_frames >= 1, got {self}")
+        if not 0.0 <= self.nomask_ratio <= 1.0:
+            raise ValueError(f"rule nomask_ratio must be in [0, 1] (0 = off), got {self.nomask_ratio}")
 
     def with_overrides(self, overrides: Mapping[str, Any] | None, bucket_s: int) -> RuleConfig:
         """This config with a camera's overrides (unset = default) applied; unknown keys are an error.
@@ -61,15 +74,30 @@ class RuleConfig:
         return replace(self, **typed)
 
     def describe(self, rule: str) -> str:
-        if rule == RULE_COUNT:
-            return f">={self.min_nomask_faces} no-mask faces in {self.window_s}s"
+        if rule == RULE_PEOPLE:
+            return f">={self.min_people} no-mask people in {self.window_s}s"
+        if rule == RULE_IN_FRAME:
+            return f">={self.min_people_in_frame} no-mask people on one frame"
+        if rule == RULE_DWELL:
+            return f"a no-mask person in view for >={self.min_dwell_s:g}s"
         return (f">={self.nomask_ratio:.0%} of >={self.min_frames} frames with a no-mask face"
                 f" in {self.window_s}s")
+
+    def parameters(self, rule: str) -> dict[str, float]:
+        """The settings the rule was judged by, for the alert."""
+        if rule == RULE_PEOPLE:
+            return {"min_people": self.min_people, "window_s": self.window_s}
+        if rule == RULE_IN_FRAME:
+            return {"min_people_in_frame": self.min_people_in_frame}
+        if rule == RULE_DWELL:
+            return {"min_dwell_s": self.min_dwell_s}
+        return {"nomask_ratio": self.nomask_ratio, "min_frames": self.min_frames, "window_s": self.window_s}
 
 
 @dataclass(frozen=True)
 class Observation:
-    """One tick's outcome as the rules see it; a failed fetch still moves event time (frames=0)."""
+    """One tick's outcome as the rules see it; a failed fetch still moves event time (frames=0).
+    ``people`` holds (person id, seconds in view unmasked) for each counted no-mask face."""
 
     scope: str
     ts: datetime
@@ -78,6 +106,7 @@ class Observation:
     nomask_faces: int
     tick_id: str = ""
     snapshot_path: str = ""
+    people: tuple[tuple[str, float], ...] = ()
 
 
 @dataclass
@@ -89,31 +118,52 @@ class Bucket:
     faces: int = 0
     nomask_faces: int = 0
     nomask_frames: int = 0  # frames with at least one no-mask face
+    max_in_frame: int = 0  # most no-mask people on one frame
+    people: dict[str, float] = field(default_factory=dict)  # no-mask person -> longest dwell seen, s
+    ticks: set[str] = field(default_factory=set)
     # Evidence for the alert: ticks with a no-mask face (bounded) and the latest such snapshot.
     nomask_ticks: list[str] = field(default_factory=list)
     snapshot_path: str = ""
 
     def add(self, obs: Observation) -> Bucket:
+        if obs.tick_id and obs.tick_id in self.ticks:
+            return self  # the same tick again (a duplicate delivery): counted once
+        if obs.tick_id and len(self.ticks) < MAX_REMEMBERED:
+            self.ticks.add(obs.tick_id)
         self.frames += obs.frames
         self.faces += obs.faces
         self.nomask_faces += obs.nomask_faces
+        for person, dwell in obs.people:
+            if person in self.people or len(self.people) < MAX_REMEMBERED:
+                self.people[person] = max(dwell, self.people.get(person, 0.0))
         if obs.frames and obs.nomask_faces:
             self.nomask_frames += 1
+            self.max_in_frame = max(self.max_in_frame, len(obs.people) or obs.nomask_faces)
             if len(self.nomask_ticks) < MAX_EVIDENCE:
                 self.nomask_ticks.append(obs.tick_id)
             self.snapshot_path = obs.snapshot_path or self.snapshot_path
         return self
 
     def merge(self, other: Bucket) -> Bucket:
-        return Bucket(
-            min(self.start, other.start),
-            self.frames + other.frames,
-            self.faces + other.faces,
-            self.nomask_faces + other.nomask_faces,
-            self.nomask_frames + other.nomask_frames,
-            (self.nomask_ticks + other.nomask_ticks)[:MAX_EVIDENCE],
-            other.snapshot_path or self.snapshot_path,
-        )
+        merged = Bucket(min(self.start, other.start), ticks=set(self.ticks),
+                        people=dict(self.people), max_in_frame=self.max_in_frame,
+                        snapshot_path=self.snapshot_path)
+        merged.frames, merged.faces = self.frames, self.faces
+        merged.nomask_faces, merged.nomask_frames = self.nomask_faces, self.nomask_frames
+        merged.nomask_ticks = list(self.nomask_ticks)
+        if other.ticks and other.ticks <= merged.ticks:
+            return merged
+        merged.ticks |= other.ticks
+        merged.frames += other.frames
+        merged.faces += other.faces
+        merged.nomask_faces += other.nomask_faces
+        merged.nomask_frames += other.nomask_frames
+        merged.max_in_frame = max(merged.max_in_frame, other.max_in_frame)
+        for person, dwell in other.people.items():
+            merged.people[person] = max(dwell, merged.people.get(person, 0.0))
+        merged.nomask_ticks = (merged.nomask_ticks + other.nomask_ticks)[:MAX_EVIDENCE]
+        merged.snapshot_path = other.snapshot_path or merged.snapshot_path
+        return merged
 
 
 @dataclass(frozen=True)
@@ -131,6 +181,7 @@ class AlertDecision:
     value: float
     tick_ids: tuple[str, ...] = ()
     snapshot_path: str = ""
+    people: int = 0  # distinct no-mask people in the window
 
 
 @dataclass
@@ -198,19 +249,29 @@ def evaluate(
     faces = sum(b.faces for b in buckets)
     nomask_faces = sum(b.nomask_faces for b in buckets)
     nomask_frames = sum(b.nomask_frames for b in buckets)
+    dwell: dict[str, float] = {}
+    for b in buckets:
+        for person, seconds in b.people.items():
+            dwell[person] = max(seconds, dwell.get(person, 0.0))
+    in_frame = max((b.max_in_frame for b in buckets), default=0)
+    longest = max(dwell.values(), default=0.0)
+    ratio = nomask_frames / frames if frames else 0.0
+    fired: tuple[str, float, float] | None = None  # rule, threshold, value
+    if config.min_people and len(dwell) >= config.min_people:
+        fired = RULE_PEOPLE, float(config.min_people), float(len(dwell))
+    elif config.min_people_in_frame and in_frame >= config.min_people_in_frame:
+        fired = RULE_IN_FRAME, float(config.min_people_in_frame), float(in_frame)
+    elif config.min_dwell_s and longest >= config.min_dwell_s:
+        fired = RULE_DWELL, config.min_dwell_s, longest
+    elif config.nomask_ratio and frames >= config.min_frames and ratio >= config.nomask_ratio:
+        fired = RULE_RATIO, config.nomask_ratio, ratio
+    if fired is None:
+        return new_state, None
+    rule, threshold, value = fired
     evidence = tuple(t for b in buckets for t in b.nomask_ticks)[-MAX_EVIDENCE:]
     snapshot = next((b.snapshot_path for b in reversed(buckets) if b.snapshot_path), "")
-    decision: AlertDecision | None = None
-    if nomask_faces >= config.min_nomask_faces:
-        decision = AlertDecision(
-            alert_id(scope, RULE_COUNT, start), scope, RULE_COUNT, start, end, frames, nomask_frames,
-            nomask_faces, faces, float(config.min_nomask_faces), float(nomask_faces), evidence, snapshot,
-        )
-    elif frames >= config.min_frames and nomask_frames / frames >= config.nomask_ratio:
-        decision = AlertDecision(
-            alert_id(scope, RULE_RATIO, start), scope, RULE_RATIO, start, end, frames, nomask_frames,
-            nomask_faces, faces, config.nomask_ratio, nomask_frames / frames, evidence, snapshot,
-        )
-    if decision is not None:
-        new_state.quiet_until = end + timedelta(seconds=config.cooldown_s)
-    return new_state, decision
+    new_state.quiet_until = end + timedelta(seconds=config.cooldown_s)
+    return new_state, AlertDecision(
+        alert_id(scope, rule, start), scope, rule, start, end, frames, nomask_frames, nomask_faces, faces,
+        threshold, value, evidence, snapshot, len(dwell),
+    )

@@ -16,9 +16,13 @@ import cv2
 import numpy as np
 
 from maskwatch.inference.preprocess import resize_interpolation
+from maskwatch.schemas.events import CountingArea
 
 NOMASK_COLOR = (0, 0, 255)  # BGR red
 MASK_COLOR = (0, 200, 0)
+IGNORED_COLOR = (160, 160, 160)  # a face outside the camera's counting area
+INCLUDE_COLOR = (255, 200, 0)
+EXCLUDE_COLOR = (200, 0, 200)
 
 
 @dataclass(frozen=True)
@@ -26,16 +30,21 @@ class BoxedFace:
     box: tuple[float, float, float, float]  # x1, y1, x2, y2 in frame pixels
     nomask: bool
     nomask_prob: float
+    ignored: bool = False
 
 
-def annotate(frame: np.ndarray, faces: Sequence[BoxedFace], max_width: int, blur_faces: bool) -> np.ndarray:
-    """A copy of ``frame`` no wider than ``max_width`` with a box (red = no mask) around each face."""
+def annotate(frame: np.ndarray, faces: Sequence[BoxedFace], max_width: int, blur_faces: bool,
+             area: CountingArea | None = None) -> np.ndarray:
+    """A copy of ``frame`` no wider than ``max_width`` with a box (red = no mask, grey = ignored) around
+    each face, and the camera's counting area outlined."""
     scale = min(1.0, max_width / frame.shape[1])
     w = max(1, round(frame.shape[1] * scale))
     out = frame.copy() if scale == 1.0 else cv2.resize(
         frame, (w, max(1, round(frame.shape[0] * scale))),
         interpolation=resize_interpolation(frame.shape[1], w),  # the worker thread pays it per no-mask frame
     )
+    if area is not None and (area.include or area.exclude):
+        out = draw_area(out, area)
     h, w = out.shape[:2]
     for face in faces:
         x1, y1, x2, y2 = (round(v * scale) for v in face.box)
@@ -44,10 +53,21 @@ def annotate(frame: np.ndarray, faces: Sequence[BoxedFace], max_width: int, blur
         if blur_faces and x2 > x1 and y2 > y1:
             k = max(3, ((x2 - x1) // 3) | 1)
             out[y1:y2, x1:x2] = cv2.GaussianBlur(out[y1:y2, x1:x2], (k, k), 0)
-        color = NOMASK_COLOR if face.nomask else MASK_COLOR
+        color = IGNORED_COLOR if face.ignored else NOMASK_COLOR if face.nomask else MASK_COLOR
         cv2.rectangle(out, (x1, y1), (x2, y2), color, 2)
         cv2.putText(out, f"{face.nomask_prob:.2f}", (x1, max(10, y1 - 3)), cv2.FONT_HERSHEY_SIMPLEX, 0.4,
                     color, 1, cv2.LINE_AA)
+    return out
+
+
+def draw_area(image: np.ndarray, area: CountingArea) -> np.ndarray:
+    """A copy of ``image`` with the camera's include (blue) and exclude (purple) polygons outlined."""
+    out = image.copy()
+    h, w = out.shape[:2]
+    for polygons, color in ((area.include, INCLUDE_COLOR), (area.exclude, EXCLUDE_COLOR)):
+        for polygon in polygons:
+            points = np.array([[round(x * (w - 1)), round(y * (h - 1))] for x, y in polygon], np.int32)
+            cv2.polylines(out, [points], True, color, max(1, w // 320), cv2.LINE_AA)
     return out
 
 
@@ -59,11 +79,12 @@ def snapshot_path(root: Path, camera_id: str, tick_id: str, scheduled_at: dateti
 def save_snapshot(
     root: Path, camera_id: str, tick_id: str, scheduled_at: datetime, frame: np.ndarray,
     faces: Sequence[BoxedFace], max_width: int = 640, blur_faces: bool = False, quality: int = 80,
+    area: CountingArea | None = None,
 ) -> Path:
     """Write the annotated JPEG atomically (temp file + rename) and return its path."""
     path = snapshot_path(root, camera_id, tick_id, scheduled_at)
     path.parent.mkdir(parents=True, exist_ok=True)
-    ok, data = cv2.imencode(".jpg", annotate(frame, faces, max_width, blur_faces),
+    ok, data = cv2.imencode(".jpg", annotate(frame, faces, max_width, blur_faces, area),
                             [cv2.IMWRITE_JPEG_QUALITY, quality])
     if not ok:
         raise OSError(f"cannot encode snapshot for {tick_id}")

@@ -280,16 +280,31 @@ class FlowSettings(_Section):
         default=5, ge=0, le=3600, description="how long a bucket waits for late ticks, seconds"
     )
     rule_window_s: int = Field(default=60, ge=1, le=86400, description="rule window (a multiple of bucket_s)")
-    rule_min_nomask_faces: int = Field(
-        default=3, ge=1, description="no-mask faces in a window that raise an alert"
+    rule_min_people: int = Field(
+        default=3, ge=0, description="distinct no-mask people in a window that raise an alert (0 = off)"
+    )
+    rule_min_people_in_frame: int = Field(
+        default=0, ge=0, description="no-mask people on one frame that raise an alert (0 = off)"
+    )
+    rule_min_dwell_s: float = Field(
+        default=0, ge=0, description="seconds one no-mask person stays in view before an alert (0 = off)"
     )
     rule_nomask_ratio: float = Field(
-        default=0.5, gt=0, le=1, description="share of frames with a no-mask face that raises an alert"
+        default=0, ge=0, le=1,
+        description="share of a window's frames with a no-mask face that raises an alert (0 = off)",
     )
     rule_min_frames: int = Field(
         default=3, ge=1, description="frames a window needs before the ratio rule applies"
     )
     rule_cooldown_s: int = Field(default=300, ge=0, description="seconds before the same rule fires again")
+    track_max_gap_s: float = Field(
+        default=30, gt=0, le=3600,
+        description="a person unseen for longer has left; a later face is someone new, seconds",
+    )
+    track_max_move: float = Field(
+        default=1.5, gt=0, le=100,
+        description="how far (face heights) a face may move between two ticks and still be the same person",
+    )
     rule_scopes: Annotated[tuple[Literal["camera", "zone", "site"], ...], NoDecode] = Field(
         default=("camera",),
         min_length=1,

@@ -109,8 +109,9 @@ class FrameResult(Event):
     status: Literal["ok", "fetch_error", "decode_error", "inference_error"]
     width: int = Field(default=0, ge=0)
     height: int = Field(default=0, ge=0)
-    faces: int = Field(default=0, ge=0)
-    nomask_faces: int = Field(default=0, ge=0)
+    faces: int = Field(default=0, ge=0, description="Faces that count: inside the camera's area and big "
+                       "enough (its detections rows also hold the ignored ones, flagged).")
+    nomask_faces: int = Field(default=0, ge=0, description="Of those, the faces without a mask.")
     detector_model: str = ""
     classifier_model: str = ""
     fetch_ms: float = Field(default=0.0, ge=0)
@@ -141,6 +142,14 @@ class FaceDetection(Event):
     nomask: bool
     detector_model: str
     classifier_model: str
+    ignored: Literal["", "outside", "excluded", "small"] = Field(
+        default="", description="Why the face counts towards neither rules nor compliance: its centre is "
+        "outside every include polygon, inside an exclude polygon, or it is smaller than min_face_px. "
+        "'' = it counts.")
+    person_id: str = Field(
+        default="", max_length=100, description="The person this face was associated with across the "
+        "camera's consecutive ticks (position and size): '<tick_id>.<face_index>' of the person's first "
+        "sighting. '' for ignored faces.")
 
 
 class Alert(Event):
@@ -226,14 +235,60 @@ class DeadLetter(Event):
 
 
 class RuleOverrides(BaseModel):
-    """Per-camera overrides of the flow's no-mask rule; unset fields use the flow's defaults."""
+    """Per-camera overrides of the flow's no-mask rules; unset fields use the flow's defaults. A threshold
+    of 0 turns that rule off for the camera."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
 
-    min_nomask_faces: int | None = Field(default=None, ge=1)
+    min_people: int | None = Field(
+        default=None, ge=0, description="distinct no-mask people within window_s that raise an alert")
+    min_people_in_frame: int | None = Field(
+        default=None, ge=0, description="no-mask people on one frame that raise an alert")
+    min_dwell_s: float | None = Field(
+        default=None, ge=0, description="seconds one no-mask person stays in view before an alert")
+    nomask_ratio: float | None = Field(
+        default=None, ge=0, le=1, description="share of a window's frames showing a no-mask face")
+    min_frames: int | None = Field(default=None, ge=1, description="frames the ratio rule needs")
     window_s: float | None = Field(default=None, gt=0)
-    nomask_ratio: float | None = Field(default=None, ge=0, le=1)
     cooldown_s: float | None = Field(default=None, ge=0)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed(cls, data: object) -> object:
+        # Until 0.2 the count rule counted sightings as `min_nomask_faces`; rows and files written then
+        # keep working, read as the people rule they now mean.
+        if isinstance(data, dict) and "min_nomask_faces" in data:
+            data = dict(data)
+            old = data.pop("min_nomask_faces")
+            data.setdefault("min_people", old)
+        return data
+
+
+Point = Annotated[tuple[Annotated[float, Field(ge=0, le=1)], Annotated[float, Field(ge=0, le=1)]],
+                  Field(description="(x, y) as fractions of the frame's width and height, from its top left")]
+Polygon = Annotated[list[Point], Field(min_length=3, max_length=64)]
+
+
+class CountingArea(BaseModel):
+    """Which of a camera's faces count towards rules and compliance. A face counts when the centre of its
+    box lies inside one of ``include`` (or ``include`` is empty), inside none of ``exclude``, and its box
+    is at least ``min_face_px`` pixels high. Other faces are still stored, flagged with why they were
+    ignored.
+
+    Example (a doorway on the left half, without the poster at its top)::
+
+        CountingArea(include=[[(0, 0), (0.5, 0), (0.5, 1), (0, 1)]],
+                     exclude=[[(0.1, 0), (0.4, 0), (0.4, 0.2), (0.1, 0.2)]], min_face_px=24)
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
+
+    include: list[Polygon] = Field(default_factory=list, max_length=16,
+                                   description="polygons where faces count; empty = the whole frame")
+    exclude: list[Polygon] = Field(default_factory=list, max_length=16,
+                                   description="polygons where faces never count (posters, screens, mirrors)")
+    min_face_px: int = Field(default=0, ge=0, le=4096,
+                             description="smaller faces (box height, pixels) are ignored as too far away")
 
 
 # ``${NAME}`` in a camera URL: filled where the flow runs (maskwatch.cameras.sources), never stored. Only
@@ -279,6 +334,7 @@ class Camera(BaseModel):
     interval_s: float = Field(default=5.0, gt=0, le=86400)
     enabled: bool = True
     rules: RuleOverrides = Field(default_factory=RuleOverrides)
+    area: CountingArea = Field(default_factory=CountingArea)
     allow_private_network: bool = Field(
         default=False,
         description="May fetch from loopback/private/link-local addresses (a camera on the LAN); "

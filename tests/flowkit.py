@@ -41,7 +41,7 @@ FLOW_ENV = {
     "MASKWATCH_FLOW_LATENESS_S": "0",
     "MASKWATCH_FLOW_RULE_WINDOW_S": "20",
     # 5: above what the classifier's few misreads of masked faces can add up to in one window.
-    "MASKWATCH_FLOW_RULE_MIN_NOMASK_FACES": "5",
+    "MASKWATCH_FLOW_RULE_MIN_PEOPLE": "5",
     "MASKWATCH_FLOW_RULE_NOMASK_RATIO": "0.75",
     "MASKWATCH_FLOW_RULE_MIN_FRAMES": "5",
     "MASKWATCH_FLOW_RULE_COOLDOWN_S": "3600",

@@ -23,6 +23,7 @@ from maskwatch.config import Settings
 from maskwatch.dashboards import queries, seed, ui
 from maskwatch.dashboards.queries import Scope
 from maskwatch.ports import free_port
+from maskwatch.schemas.events import Camera, RuleOverrides
 
 APP = Path(__file__).resolve().parents[1] / "dashboards" / "app.py"
 SECRETS = ("s3cret-7-", "pw-7-")  # passwords in the seeded cameras' source URLs (seed=7)
@@ -104,7 +105,8 @@ def test_overview_kpis_equal_sql(seeded: Settings) -> None:
     assert scope.span.total_seconds() == 86400  # the default range: last 24 hours
 
     def period(s: Scope) -> dict[str, Any]:
-        faces = one(seeded, f"SELECT count() AS faces, countIf(nomask) AS nomask FROM detections FINAL "
+        faces = one(seeded, f"SELECT count() AS faces, countIf(d.nomask) AS nomask, "
+                            f"uniqExactIf(d.person_id, d.nomask) AS people FROM detections AS d FINAL "
                             f"WHERE {window(s)}", {})
         alerts = one(seeded, f"SELECT count() AS n FROM alerts FINAL WHERE {window(s, 'triggered_at')}", {})
         frames = one(seeded, "SELECT count() AS n FROM camera_health FINAL "
@@ -118,7 +120,12 @@ def test_overview_kpis_equal_sql(seeded: Settings) -> None:
     assert shown["Compliance"] == (f"{now['compliance']:.1%}",
                                    f"{(now['compliance'] - before['compliance']) * 100:+.1f} pp")
     assert shown["Faces seen"][0] == f"{now['faces']:,}"
-    assert shown["No-mask faces"] == (f"{now['nomask']:,}", ui.count_delta(now["nomask"], before["nomask"]))
+    assert shown["No-mask sightings"] == (f"{now['nomask']:,}",
+                                          ui.count_delta(now["nomask"], before["nomask"]))
+    # People are estimated from the faces' person ids: fewer than the sightings, never more.
+    assert 0 < now["people"] < now["nomask"]
+    assert shown["No-mask people (est.)"] == (f"{now['people']:,}",
+                                              ui.count_delta(now["people"], before["people"]))
     assert shown["Alerts"] == (f"{now['alerts']:,}", ui.count_delta(now["alerts"], before["alerts"]))
     assert shown["Frames processed"][0] == f"{now['frames']:,}"
     assert len(at.get("vega_lite_chart")) == 2
@@ -133,7 +140,7 @@ def test_overview_filters_by_site(seeded: Settings) -> None:
     everywhere = one(seeded, f"SELECT count() AS faces FROM detections FINAL WHERE {window(scope)}", {})
     assert 0 < row["faces"] < everywhere["faces"]
     assert metrics(at)["Faces seen"][0] == f"{row['faces']:,}"
-    assert metrics(at)["No-mask faces"][0] == f"{row['nomask']:,}"
+    assert metrics(at)["No-mask sightings"][0] == f"{row['nomask']:,}"
     # Zones offered are only those of the chosen site.
     zones = one(seeded, "SELECT groupUniqArray(zone) AS z FROM cameras FINAL WHERE site = 'downtown'",
                 {})["z"]
@@ -158,6 +165,8 @@ def test_timeseries_buckets_add_up(seeded: Settings) -> None:
     total = one(seeded, f"SELECT count() AS faces, countIf(nomask) AS nomask FROM detections FINAL "
                         f"WHERE {window(scope)}", {})
     assert series["faces"].sum() == total["faces"] and series["nomask_faces"].sum() == total["nomask"]
+    # A person seen in two hour buckets is counted in both: per bucket, people never exceed sightings.
+    assert (series["nomask_people"] <= series["nomask_faces"]).all() and series["nomask_people"].sum() > 0
     busiest = series.sort("nomask_faces", descending=True).row(0, named=True)
     hour = one(seeded, "SELECT countIf(nomask) AS n FROM detections FINAL "
                        "WHERE toStartOfHour(scheduled_at) = toDateTime({t:Int64}, 'UTC') "
@@ -288,11 +297,11 @@ def test_manage_register_edit_disable_keeps_credentials(fresh: Settings) -> None
 
     # Edit without typing a URL: the stored URL (and its credentials) stays.
     at.text_input(key="name:gate-1").input("North gate")
-    at.number_input(key="min_faces:gate-1").set_value(2)
+    at.number_input(key="min_people:gate-1").set_value(2)
     next(b for b in at.button if b.label == "Save camera").click().run()
     edited = registry.get_camera("gate-1", fresh)
     assert edited is not None and edited.name == "North gate"
-    assert edited.source_url == saved.source_url and edited.rules.min_nomask_faces == 2
+    assert edited.source_url == saved.source_url and edited.rules.min_people == 2
 
     # Typing a new URL replaces it.
     at.text_input(key="source:gate-1").input("https://10.9.9.10/snap.jpg")
@@ -314,6 +323,43 @@ def test_manage_register_edit_disable_keeps_credentials(fresh: Settings) -> None
     disabled = registry.get_camera("gate-1", fresh)
     assert disabled is not None and not disabled.enabled
     assert any("gate-1 disabled" in unescaped(s.value) for s in at.success)
+
+
+def test_manage_counting_area_over_the_latest_snapshot(fresh: Settings, dataset_dir: Path) -> None:
+    from maskwatch.flows.snapshots import snapshot_path
+    from maskwatch.schemas.events import CountingArea, FrameResult
+
+    registry.put_camera(Camera(id="door", name="Door", source_url="http://10.9.9.9/snap.jpg",
+                               allow_private_network=True, rules=RuleOverrides(min_dwell_s=30)), fresh)
+    now = datetime.now(UTC)
+    path = snapshot_path(fresh.home / "snapshots", "door", "door:1", now)
+    path.parent.mkdir(parents=True)
+    path.write_bytes((dataset_dir / "images" / "maksssksksss0.jpg").read_bytes())
+    frame = FrameResult(camera_id="door", tick_id="door:1", scheduled_at=now, processed_at=now, status="ok",
+                        snapshot_path=str(path))
+    store.insert_models("frames", [frame], fresh)
+    at = open_app("manage")
+    at.selectbox(key="manage_camera").set_value("door").run()
+    assert len(at.image) == 1  # the latest snapshot, with the polygons drawn on it
+    at.text_area(key="include:door").input("0,0 0.5,0 0.5,1 0,1")
+    at.text_area(key="exclude:door").input("0.1,0 0.3,0 0.3,0.2")
+    at.number_input(key="min_face_px:door").set_value(24)
+    next(b for b in at.button if b.label == "Save counting area").click().run()
+    saved = registry.require_camera("door", fresh)
+    assert saved.area == CountingArea(include=[[(0, 0), (0.5, 0), (0.5, 1), (0, 1)]],
+                                      exclude=[[(0.1, 0), (0.3, 0), (0.3, 0.2)]], min_face_px=24)
+    assert any("Counting area of door saved" in unescaped(s.value) for s in at.success)
+    assert at.text_area(key="include:door").value == "0,0 0.5,0 0.5,1 0,1"
+    # A bad polygon is refused with the line it is on; nothing is written.
+    at.text_area(key="exclude:door").input("0.1,0 0.3,0 0.3,0.2\n0.5,0.5 oops")
+    next(b for b in at.button if b.label == "Save counting area").click().run()
+    assert any("line 2" in unescaped(e.value) for e in at.error)
+    assert registry.require_camera("door", fresh).area == saved.area
+    # Editing the camera itself keeps its area and the rule overrides the form does not show.
+    at.text_input(key="name:door").input("Front door")
+    next(b for b in at.button if b.label == "Save camera").click().run()
+    edited = registry.require_camera("door", fresh)
+    assert edited.name == "Front door" and edited.area == saved.area and edited.rules.min_dwell_s == 30
 
 
 def test_empty_store_says_so(fresh: Settings) -> None:

@@ -211,7 +211,7 @@ def test_dashboard_in_a_real_browser(
     )[0]["n"]
     assert row["faces"] > 0
     assert shown["Faces seen"] == f"{row['faces']:,}"
-    assert shown["No-mask faces"] == f"{row['nomask']:,}"
+    assert shown["No-mask sightings"] == f"{row['nomask']:,}"
     assert shown["Compliance"] == f"{(row['faces'] - row['nomask']) / row['faces']:.1%}"
     assert shown["Alerts"] == f"{alerts:,}"
 

@@ -30,7 +30,7 @@ def settings(store_url: str, monkeypatch: pytest.MonkeyPatch) -> Settings:
 
 def test_round_trip_update_disable_remove(settings: Settings) -> None:
     door = Camera(id="door", name="Door", site="hq", zone="entry", source_url=SECRET_URL, interval_s=2.5,
-                  rules=RuleOverrides(min_nomask_faces=3, window_s=60))
+                  rules=RuleOverrides(min_people=3, window_s=60))
     registry.put_camera(door)
     registry.put_camera(Camera(id="yard", site="depot", source_url="http://10.1.2.4/snap.jpg"))
     got = registry.require_camera("door")
@@ -153,6 +153,35 @@ def test_cli_errors_are_one_clear_line(settings: Settings) -> None:
     assert result.exit_code == 1 and "no camera with id 'ghost'" in result.output
 
 
+def test_counting_area_from_the_cli_and_yaml(settings: Settings, tmp_path: Path) -> None:
+    runner = CliRunner()
+    assert runner.invoke(cameras, ["add", "gate", SECRET_URL, "--allow-private-network"]).exit_code == 0
+    result = runner.invoke(cameras, ["area", "gate", "--include", "0,0 0.5,0 0.5,1 0,1",
+                                     "--exclude", "0.1,0 0.3,0 0.3,0.2", "--min-face-px", "24"])
+    assert result.exit_code == 0, result.output
+    assert "1 include, 1 exclude polygon(s), min face 24 px" in result.output
+    gate = registry.require_camera("gate")
+    assert gate.area.include == [[(0, 0), (0.5, 0), (0.5, 1), (0, 1)]] and gate.area.min_face_px == 24
+    assert gate.source_url == SECRET_URL  # the rest of the camera is kept
+    for bad, says in ((["--include", "0,0 1,1"], "at least 3 items"),
+                      (["--include", "0,0 2,0 1,1"], "less than or equal to 1"),
+                      (["--exclude", "left half"], "expected 'x,y x,y x,y ...'")):
+        result = runner.invoke(cameras, ["area", "gate", *bad])
+        assert result.exit_code == 2 and says in result.output, result.output
+    assert registry.require_camera("gate").area == gate.area  # a refused change writes nothing
+    assert runner.invoke(cameras, ["area", "gate"]).exit_code == 0
+    assert registry.require_camera("gate").area.include == []
+    # The same from YAML, with the rules written before rules counted people.
+    path = tmp_path / "cams.yaml"
+    path.write_text("cameras:\n  - id: yard\n    source_url: http://10.1.2.9/snap.jpg\n"
+                    "    allow_private_network: true\n    rules: {min_nomask_faces: 2}\n"
+                    "    area: {exclude: [[[0, 0], [1, 0], [1, 0.1]]], min_face_px: 16}\n")
+    registry.import_yaml(path)
+    yard = registry.require_camera("yard")
+    assert yard.rules.min_people == 2 and yard.area.exclude == [[(0, 0), (1, 0), (1, 0.1)]]
+    assert registry.import_yaml(path).unchanged == ["yard"]
+
+
 def test_cli_reports_an_unmigrated_store(store_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MASKWATCH_STORE_URL", store_url)
     result = CliRunner().invoke(cameras, ["list"])
@@ -173,13 +202,13 @@ def test_a_bad_row_written_around_the_registry_skips_that_camera_only(
     registry.put_camera(Camera(id="good", source_url="http://10.1.2.4/snap.jpg"))
     now = datetime.now(UTC)
 
-    def row(camera_id: str, name: str = "", rules: str = "{}", url: str = "http://10.9.9.9/x.jpg"
-            ) -> list[Any]:
-        return [camera_id, name, "", "", url, url, 5.0, True, rules, False, now, 0]
+    def row(camera_id: str, name: str = "", rules: str = "{}", url: str = "http://10.9.9.9/x.jpg",
+            area: str = "{}") -> list[Any]:
+        return [camera_id, name, "", "", url, url, 5.0, True, rules, area, False, now, 0]
 
     bad = [row("nul", name="Lobby\x00"), row("rules", rules="{not json"), row("bad id!"),
            row("steal", url="http://public.example/x?q=${MASKWATCH_STORE_PASSWORD}"),
-           row("slow", rules='{"window_s": "forever"}')]
+           row("slow", rules='{"window_s": "forever"}'), row("line", area='{"include": [[[0, 0], [1, 1]]]}')]
     store.client(settings).insert("cameras", bad, column_names=_COLUMNS)
     with caplog.at_level(logging.ERROR, logger="maskwatch.cameras.registry"):
         assert [c.id for c in registry.list_cameras()] == ["good"]

@@ -10,7 +10,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from maskwatch.flows.rules import (
-    RULE_COUNT,
+    RULE_DWELL,
+    RULE_IN_FRAME,
+    RULE_PEOPLE,
     RULE_RATIO,
     Bucket,
     Observation,
@@ -39,65 +41,130 @@ def run(observations: list[Observation], config: RuleConfig, bucket_s: int = B) 
     return alerts
 
 
-def obs(second: float, faces: int = 1, nomask: int = 0, frames: int = 1) -> Observation:
+def obs(second: float, faces: int = 1, nomask: int = 0, frames: int = 1,
+        people: tuple[tuple[str, float], ...] | None = None) -> Observation:
+    """A tick; its no-mask faces are new people unless ``people`` says who they are."""
     ts = T0 + timedelta(seconds=second)
-    return Observation("cam", ts, frames, faces, nomask, f"cam:{int(second * 1000)}")
+    tick = f"cam:{int(second * 1000)}"
+    if people is None:
+        people = tuple((f"{tick}.{i}", 0.0) for i in range(nomask))
+    return Observation("cam", ts, frames, faces, nomask, tick, "", people)
 
 
-def test_count_rule_fires_once_per_incident_with_cooldown() -> None:
-    config = RuleConfig(window_s=30, min_nomask_faces=3, nomask_ratio=1.0, min_frames=100, cooldown_s=60)
-    masked = [obs(s, faces=2) for s in range(0, 30, 2)]
-    unmasked = [obs(s, faces=1, nomask=1) for s in range(30, 90, 2)]
-    alerts = run(masked + unmasked, config)
-    # 30 s of no-mask frames from t=30: the 3rd no-mask face is in bucket [30,40) -> one alert, then
-    # quiet for 60 s (until bucket end 100) although every later bucket would also trigger.
-    assert [a.rule for a in alerts] == [RULE_COUNT]
-    assert alerts[0].window_end == T0 + timedelta(seconds=40)
-    assert alerts[0].nomask_faces >= 3
+def scene(until: float, every: float = 2, **people: float) -> list[Observation]:
+    """One tick every ``every`` s up to ``until``; each person (name=arrival second) unmasked in view
+    from their arrival on."""
+    ticks = []
+    for i in range(int(until / every)):
+        s = i * every
+        here = tuple((name, s - since) for name, since in people.items() if since <= s)
+        ticks.append(obs(s, max(1, len(here)), len(here), people=here))
+    return ticks
+
+
+def test_people_rule_counts_people_not_sightings() -> None:
+    config = RuleConfig(window_s=30, min_people=2, cooldown_s=60)
+    # One unmasked person standing in view for a minute: 30 sightings, one person, no alert.
+    assert run(scene(60, p=0), config) == []
+    # A second one joins at t=40: two people in the window -> one alert, in the bucket where they met.
+    alerts = run(scene(60, p=0, q=40), config)
+    assert [a.rule for a in alerts] == [RULE_PEOPLE]
+    assert alerts[0].window_end == T0 + timedelta(seconds=50) and alerts[0].people == 2
+    assert alerts[0].nomask_faces > alerts[0].people  # sightings are still reported, apart
     assert alerts[0].tick_ids and all(t.startswith("cam:") for t in alerts[0].tick_ids)
-    # After the cool-down the continuing incident alerts again.
+
+
+def test_people_rule_fires_once_per_incident_with_cooldown() -> None:
+    config = RuleConfig(window_s=30, min_people=3, cooldown_s=60)
+    masked = [obs(s, faces=2) for s in range(0, 30, 2)]
+    unmasked = [obs(s, faces=1, nomask=1) for s in range(30, 90, 2)]  # someone new on each tick
+    alerts = run(masked + unmasked, config)
+    # The 3rd no-mask person is in bucket [30,40) -> one alert, then quiet for 60 s.
+    assert [a.rule for a in alerts] == [RULE_PEOPLE]
+    assert alerts[0].window_end == T0 + timedelta(seconds=40) and alerts[0].people >= 3
     alerts = run(masked + unmasked + [obs(s, faces=1, nomask=1) for s in range(90, 120, 2)], config)
     assert len(alerts) == 2 and alerts[1].window_end > alerts[0].window_end + timedelta(seconds=60)
 
 
+def test_in_frame_and_dwell_rules() -> None:
+    crowd = RuleConfig(window_s=30, min_people=0, min_people_in_frame=3, cooldown_s=0)
+    spread = [obs(s, 2, 2) for s in range(0, 30, 2)]  # many people, never three at once
+    assert run(spread, crowd) == []
+    alerts = run([*spread, obs(31, 4, 3)], crowd)
+    assert [(a.rule, a.value) for a in alerts] == [(RULE_IN_FRAME, 3.0)]
+    dwell = RuleConfig(window_s=30, min_people=0, min_dwell_s=20, cooldown_s=600)
+    assert run(scene(20, p=0), dwell) == []  # in view 18 s
+    alerts = run(scene(40, p=0), dwell)
+    assert [a.rule for a in alerts] == [RULE_DWELL] and alerts[0].value >= 20
+    assert alerts[0].window_end == T0 + timedelta(seconds=30)  # the bucket of its 20th second
+
+
 def test_ratio_rule_and_masked_people_never_alert() -> None:
-    config = RuleConfig(window_s=20, min_nomask_faces=50, nomask_ratio=0.5, min_frames=4, cooldown_s=0)
+    config = RuleConfig(window_s=20, min_people=50, nomask_ratio=0.5, min_frames=4, cooldown_s=0)
     assert run([obs(s, faces=3) for s in range(0, 200, 2)], config) == []
     half = [obs(s, faces=2, nomask=1 if (s // 2) % 2 else 0) for s in range(0, 20, 2)]
     alerts = run(half, config)
     assert alerts and alerts[0].rule == RULE_RATIO and alerts[0].value >= 0.5
+    assert run(half, RuleConfig(window_s=20, min_people=50)) == []  # the ratio rule is off by default
+
+
+def test_a_duplicated_tick_never_counts_twice() -> None:
+    config = RuleConfig(window_s=20, min_people=0, nomask_ratio=0.5, min_frames=4, cooldown_s=0)
+    ticks = [obs(0, 1, 1), obs(2, 1, 0), obs(4, 1, 0)]
+    assert run(ticks, config) == []  # 3 frames: fewer than min_frames
+    assert run([*ticks, ticks[0], ticks[0]], config) == []  # still 3 frames, not 5
+    bucket = Bucket(T0)
+    for o in [*ticks, ticks[0]]:
+        bucket.add(o)
+    assert (bucket.frames, bucket.nomask_faces, len(bucket.people)) == (3, 1, 1)
+    assert bucket.merge(bucket).frames == 3
 
 
 def test_failed_fetches_move_time_but_never_count() -> None:
-    config = RuleConfig(window_s=10, min_nomask_faces=1, nomask_ratio=0.1, min_frames=1, cooldown_s=0)
+    config = RuleConfig(window_s=10, min_people=1, nomask_ratio=0.1, min_frames=1, cooldown_s=0)
     assert run([obs(s, faces=0, nomask=0, frames=0) for s in range(0, 60, 2)], config) == []
 
 
 def test_overrides_apply_and_reject_unknown_keys() -> None:
+    from maskwatch.schemas.events import RuleOverrides
+
     base = RuleConfig()
-    got = base.with_overrides({"min_nomask_faces": 1, "window_s": 25.0, "nomask_ratio": None}, bucket_s=10)
-    assert got.min_nomask_faces == 1 and got.window_s == 30 and got.nomask_ratio == base.nomask_ratio
+    assert (base.min_people, base.min_people_in_frame, base.min_dwell_s, base.nomask_ratio) == (3, 0, 0, 0)
+    got = base.with_overrides({"min_people": 1, "window_s": 25.0, "min_dwell_s": None}, bucket_s=10)
+    assert got.min_people == 1 and got.window_s == 30 and got.min_dwell_s == base.min_dwell_s
     with pytest.raises(ValueError, match="unknown rule override"):
         base.with_overrides({"threshold": 3}, bucket_s=10)
     with pytest.raises(ValueError, match="nomask_ratio"):
-        RuleConfig(nomask_ratio=0.0)
+        RuleConfig(nomask_ratio=1.5)
+    # Rows and files written before people were counted keep their meaning as the people rule.
+    old = RuleOverrides.model_validate({"min_nomask_faces": 2, "window_s": 30})
+    assert old.min_people == 2 and "min_nomask_faces" not in old.model_dump()
 
 
 def test_alert_ids_are_deterministic_and_distinct() -> None:
-    a = alert_id("cam1", RULE_COUNT, T0)
-    assert a == alert_id("cam1", RULE_COUNT, T0.astimezone(UTC))
-    assert len({a, alert_id("cam2", RULE_COUNT, T0), alert_id("cam1", RULE_RATIO, T0),
-                alert_id("cam1", RULE_COUNT, T0 + timedelta(seconds=10))}) == 4
+    a = alert_id("cam1", RULE_PEOPLE, T0)
+    assert a == alert_id("cam1", RULE_PEOPLE, T0.astimezone(UTC))
+    assert len({a, alert_id("cam2", RULE_PEOPLE, T0), alert_id("cam1", RULE_RATIO, T0),
+                alert_id("cam1", RULE_PEOPLE, T0 + timedelta(seconds=10))}) == 4
 
 
-tick = st.tuples(st.integers(0, 600), st.integers(0, 4), st.integers(0, 4), st.booleans())
-configs = st.builds(RuleConfig, window_s=st.sampled_from([10, 30, 60]), min_nomask_faces=st.integers(1, 6),
-                    nomask_ratio=st.floats(0.05, 1.0), min_frames=st.integers(1, 10),
+# (second, faces, no-mask faces, fetched, who): the no-mask faces are people from a pool of 6, so some
+# are seen again on later ticks.
+tick = st.tuples(st.integers(0, 600), st.integers(0, 4), st.integers(0, 4), st.booleans(),
+                 st.lists(st.integers(0, 5), min_size=4, max_size=4, unique=True))
+configs = st.builds(RuleConfig, window_s=st.sampled_from([10, 30, 60]), min_people=st.integers(0, 6),
+                    min_people_in_frame=st.integers(0, 4), min_dwell_s=st.sampled_from([0, 10, 40]),
+                    nomask_ratio=st.sampled_from([0, 0.05, 0.5, 1.0]), min_frames=st.integers(1, 10),
                     cooldown_s=st.sampled_from([0, 30, 120]))
 
 
-def _observations(raw: list[tuple[int, int, int, bool]]) -> list[Observation]:
-    return [obs(s, faces=max(f, n), nomask=n if ok else 0, frames=1 if ok else 0) for s, f, n, ok in raw]
+def _observations(raw: list[tuple[int, int, int, bool, list[int]]]) -> list[Observation]:
+    out = []
+    first = {r[0]: r for r in reversed(raw)}  # one tick per second (a tick id is its time)
+    for s, f, n, ok, who in sorted(first.values(), key=lambda r: r[0]):
+        people = tuple((f"p{w}", float(s % 50)) for w in who[:n]) if ok else ()
+        out.append(obs(s, faces=max(f, n), nomask=n if ok else 0, frames=1 if ok else 0, people=people))
+    return out
 
 
 @settings(max_examples=150, deadline=None)
@@ -106,13 +173,19 @@ def test_property_every_alert_meets_its_threshold(raw: list, config: RuleConfig)
     observations = _observations(raw)
     for a in run(observations, config):
         inside = [o for o in observations if a.window_start <= o.ts < a.window_end]
+        people = {p for o in inside for p, _ in o.people}
         assert a.window_end - a.window_start == timedelta(seconds=config.window_s)
         assert a.nomask_faces == sum(o.nomask_faces for o in inside)
         assert a.frames == sum(o.frames for o in inside)
-        if a.rule == RULE_COUNT:
-            assert a.nomask_faces >= config.min_nomask_faces
+        assert a.people == len(people)  # distinct, however often each was seen
+        if a.rule == RULE_PEOPLE:
+            assert config.min_people and a.people >= config.min_people
+        elif a.rule == RULE_IN_FRAME:
+            assert config.min_people_in_frame and max(len(o.people) for o in inside) >= a.threshold
+        elif a.rule == RULE_DWELL:
+            assert config.min_dwell_s and max(d for o in inside for _, d in o.people) >= config.min_dwell_s
         else:
-            assert a.frames >= config.min_frames
+            assert config.nomask_ratio and a.frames >= config.min_frames
             assert a.nomask_frames / a.frames >= config.nomask_ratio
 
 
@@ -123,26 +196,30 @@ def test_property_cooldown_separates_alerts_and_replay_is_identical(raw: list, c
     alerts = run(observations, config)
     for prev, nxt in itertools.pairwise(alerts):
         assert nxt.window_end > prev.window_end + timedelta(seconds=config.cooldown_s)
-    # Replaying the same ticks, in any arrival order, gives the same alert ids.
-    assert [a.alert_id for a in run(list(reversed(observations)), config)] == [a.alert_id for a in alerts]
+    # Replaying the same ticks, in any arrival order and each twice, gives the same alert ids.
+    again = run(list(reversed(observations)) + observations, config)
+    assert [a.alert_id for a in again] == [a.alert_id for a in alerts]
     assert len({a.alert_id for a in alerts}) == len(alerts)
 
 
 @settings(max_examples=100, deadline=None)
 @given(st.lists(tick, max_size=60), configs)
 def test_property_no_nomask_faces_means_no_alert(raw: list, config: RuleConfig) -> None:
-    observations = [obs(s, faces=f, nomask=0, frames=1 if ok else 0) for s, f, _n, ok in raw]
+    observations = [obs(s, faces=f, nomask=0, frames=1 if ok else 0) for s, f, _n, ok, _w in raw]
     assert run(observations, config) == []
 
 
 @settings(max_examples=100, deadline=None)
 @given(st.lists(tick, min_size=1, max_size=60), configs)
 def test_property_an_overwhelming_incident_always_alerts(raw: list, config: RuleConfig) -> None:
-    # Every frame of a full window unmasked with enough faces: some rule must fire.
+    # A full window of frames each with enough new unmasked people: any rule that is on must fire.
     start = 1000
-    incident = [obs(start + s, faces=config.min_nomask_faces, nomask=config.min_nomask_faces)
+    many = max(config.min_people, config.min_people_in_frame, 1)
+    incident = [obs(start + s, many, many, people=tuple((f"x{s}.{i}", 60.0) for i in range(many)))
                 for s in range(0, config.window_s, 1)]
-    assert run(_observations(raw) + incident, config)
+    fired = run(_observations(raw) + incident, config)
+    assert fired or not any((config.min_people, config.min_people_in_frame, config.min_dwell_s,
+                             config.nomask_ratio))
 
 
 def _windowed(observations: list[Observation], configs: dict[str, RuleConfig], lateness_s: int = 0) -> tuple[
@@ -168,12 +245,14 @@ def _windowed(observations: list[Observation], configs: dict[str, RuleConfig], l
 
 def _cam(scope: str, second: float, nomask: int) -> Observation:
     ts = T0 + timedelta(seconds=second)
-    return Observation(scope, ts, 1, max(1, nomask), nomask, f"{scope}:{int(ts.timestamp() * 1000)}")
+    tick = f"{scope}:{int(ts.timestamp() * 1000)}"
+    people = tuple((f"{tick}.{i}", 0.0) for i in range(nomask))
+    return Observation(scope, ts, 1, max(1, nomask), nomask, tick, "", people)
 
 
 def test_windowed_rules_per_camera_overrides_and_late_ticks() -> None:
-    strict = RuleConfig(window_s=20, min_nomask_faces=6, nomask_ratio=1.0, min_frames=100, cooldown_s=600)
-    lenient = strict.with_overrides({"min_nomask_faces": 2}, bucket_s=B)
+    strict = RuleConfig(window_s=20, min_people=6, cooldown_s=600)
+    lenient = strict.with_overrides({"min_people": 2}, bucket_s=B)
     seq = [_cam(cam, s, 1 if s >= 20 else 0) for s in range(0, 60, 2) for cam in ("a", "b")]
     late_tick = _cam("a", 1, 5)  # 5 no-mask faces, but its bucket [0, 10) closed long ago
     decisions, late = _windowed([*seq[:40], late_tick, *seq[40:]], {"a": strict, "b": lenient})
@@ -202,12 +281,13 @@ def test_zone_scope_catches_a_crowd_spread_over_cameras(monkeypatch: pytest.Monk
         FlowSettings()
     # Two cameras of one zone each see 3 no-mask faces in the window: under the per-camera threshold
     # (4), over it for the zone as a whole.
-    config = RuleConfig(window_s=20, min_nomask_faces=4, nomask_ratio=1.0, min_frames=100, cooldown_s=600)
+    config = RuleConfig(window_s=20, min_people=4, cooldown_s=600)
     seq = []
     for s in range(0, 60, 2):
         for cam in ("c1", "c2"):
             nomask = 1 if s in (20, 22, 24) else 0
-            seq += [Observation(k, _cam(cam, s, nomask).ts, 1, 1, nomask, _cam(cam, s, nomask).tick_id)
+            one = _cam(cam, s, nomask)
+            seq += [Observation(k, one.ts, 1, 1, nomask, one.tick_id, "", one.people)
                     for k in scope_keys(cam, "hq", "lobby", ("camera", "zone"))]
     decisions, _ = _windowed(seq, {"c1": config, "c2": config, "zone:hq/lobby": config})
     assert [d.scope for d in decisions] == ["zone:hq/lobby"]

@@ -10,10 +10,14 @@ from __future__ import annotations
 
 from typing import Any
 
+import cv2
 import streamlit as st
+from pydantic import ValidationError
 
 from maskwatch.cameras import registry
-from maskwatch.dashboards import auth, data, ui
+from maskwatch.dashboards import auth, data, queries, ui
+from maskwatch.flows.snapshots import draw_area
+from maskwatch.schemas.events import Camera, CountingArea
 from maskwatch.schemas.parse import SchemaError
 
 NEW = "+ New camera"
@@ -51,6 +55,61 @@ def optional(value: float | int | None) -> Any:
     return None if value in (None, 0) else value
 
 
+def _polygons(text: str) -> list[list[tuple[float, float]]]:
+    """One polygon per line, as 'x,y x,y x,y' (fractions of the frame); ValueError names the bad line."""
+    out = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if line.strip():
+            try:
+                out.append([(float(x), float(y)) for x, y in (pair.split(",") for pair in line.split())])
+            except ValueError:
+                raise ValueError(f"line {number}: expected 'x,y x,y x,y ...' with x and y between 0 and 1"
+                                 ) from None
+    return out
+
+
+def _lines(polygons: list[list[tuple[float, float]]]) -> str:
+    return "\n".join(" ".join(f"{x:g},{y:g}" for x, y in polygon) for polygon in polygons)
+
+
+def area_editor(camera: Camera) -> None:
+    """The camera's counting area over its latest snapshot, and a form to change it."""
+    st.subheader("Counting area")
+    st.caption("Faces count towards rules and compliance only when the centre of their box is inside an "
+               "include polygon (none: the whole frame), outside every exclude polygon, and the face is at "
+               "least the minimum size. Other faces are stored, flagged as ignored. Points are fractions "
+               "of the frame from its top left, one polygon per line: `0,0 0.5,0 0.5,1 0,1`.")
+    left, right = st.columns([3, 2])
+    latest = ui.snapshot_file(queries.latest_snapshot(settings, camera.id), settings)
+    image = cv2.imread(str(latest)) if latest is not None else None
+    if image is None:
+        left.info("No snapshot of this camera yet (one is kept for each frame with a no-mask face).",
+                  icon=":material/image:")
+    else:
+        left.image(cv2.cvtColor(draw_area(image, camera.area), cv2.COLOR_BGR2RGB),
+                   caption="Latest snapshot: include polygons in blue, exclude in purple")
+    with right.form(f"area_form:{camera.id}"):
+        include = st.text_area("Include polygons", value=_lines(camera.area.include),
+                               key=f"include:{camera.id}")
+        exclude = st.text_area("Exclude polygons", value=_lines(camera.area.exclude),
+                               key=f"exclude:{camera.id}")
+        min_px = st.number_input("Minimum face height (px)", min_value=0, max_value=4096, step=1,
+                                 value=camera.area.min_face_px, key=f"min_face_px:{camera.id}")
+        if st.form_submit_button("Save counting area"):
+            try:
+                area = CountingArea(include=_polygons(include), exclude=_polygons(exclude),
+                                    min_face_px=int(min_px))
+            except (ValueError, ValidationError) as exc:
+                st.error(f"Not saved: {ui.plain(exc)}", icon=":material/error:")
+                return
+            with ui.store_errors(settings):
+                registry.set_area(camera.id, area, settings)
+            data.clear_cameras()
+            st.session_state["manage_flash"] = (f"Counting area of {ui.plain(camera.id)} saved: "
+                                                f"{len(area.include)} include, {len(area.exclude)} exclude.")
+            st.rerun()
+
+
 with st.form("camera_form", clear_on_submit=False):
     left, right = st.columns(2)
     camera_id = left.text_input("Id", value=current.id if current else "", disabled=current is not None,
@@ -77,16 +136,21 @@ with st.form("camera_form", clear_on_submit=False):
                                   "Cloud metadata addresses are refused regardless."
                                   + ("" if admin else " Only an admin can set it, or change the source "
                                                       "of a camera that has it."))
-    st.markdown("**Rule overrides** (empty = the flow's defaults)")
+    st.markdown("**Rule overrides** (empty = the flow's defaults, 0 = that rule off)")
     rules = current.rules if current else None
-    r1, r2, r3, r4 = st.columns(4)
-    min_faces = r1.number_input("Min no-mask faces", min_value=0, step=1, key=f"min_faces:{slot}",
-                                value=rules.min_nomask_faces if rules else None)
-    window_s = r2.number_input("Window (s)", min_value=0.0, value=rules.window_s if rules else None,
+    r1, r2, r3 = st.columns(3)
+    min_people = r1.number_input("No-mask people in the window", min_value=0, step=1,
+                                 key=f"min_people:{slot}", value=rules.min_people if rules else None,
+                                 help="Distinct people, however many ticks each is seen on.")
+    in_frame = r2.number_input("No-mask people on one frame", min_value=0, step=1, key=f"in_frame:{slot}",
+                               value=rules.min_people_in_frame if rules else None)
+    dwell = r3.number_input("One no-mask person in view for (s)", min_value=0.0, key=f"dwell:{slot}",
+                            value=rules.min_dwell_s if rules else None)
+    window_s = r1.number_input("Window (s)", min_value=0.0, value=rules.window_s if rules else None,
                                key=f"window:{slot}")
-    ratio = r3.number_input("No-mask ratio", min_value=0.0, max_value=1.0, key=f"ratio:{slot}",
-                            value=rules.nomask_ratio if rules else None)
-    cooldown = r4.number_input("Cool-down (s)", min_value=0.0, value=rules.cooldown_s if rules else None,
+    ratio = r2.number_input("Share of frames with a no-mask face", min_value=0.0, max_value=1.0,
+                            key=f"ratio:{slot}", value=rules.nomask_ratio if rules else None)
+    cooldown = r3.number_input("Cool-down (s)", min_value=0.0, value=rules.cooldown_s if rules else None,
                                key=f"cooldown:{slot}")
     submitted = st.form_submit_button("Save camera", type="primary")
 
@@ -100,8 +164,12 @@ if submitted:
         "interval_s": interval,
         "enabled": enabled,
         "allow_private_network": private,
-        "rules": {k: v for k, v in {"min_nomask_faces": optional(min_faces), "window_s": optional(window_s),
-                                    "nomask_ratio": ratio, "cooldown_s": cooldown}.items() if v is not None},
+        "rules": {**(current.rules.model_dump(exclude_none=True) if current else {}),
+                  **{k: v for k, v in {"min_people": min_people, "min_people_in_frame": in_frame,
+                                       "min_dwell_s": dwell, "window_s": optional(window_s),
+                                       "nomask_ratio": ratio, "cooldown_s": cooldown}.items()
+                     if v is not None}},
+        "area": current.area if current else {},  # set below, on its own form
     }
     # Without admin, the opt-in may only stay as an admin left it: same camera, same source.
     kept_grant = bool(current and current.allow_private_network and not source.strip())
@@ -129,6 +197,8 @@ if submitted:
             st.rerun()
 
 if current:
+    st.divider()
+    area_editor(current)
     st.divider()
     a, b = st.columns(2)
     if a.button("Disable camera" if current.enabled else "Enable camera", key="toggle_enabled"):

@@ -1,4 +1,5 @@
-"""Overview: compliance, no-mask faces and alerts over time, against the previous period."""
+"""Overview: compliance, no-mask people (estimated) and sightings, and alerts over time, against the
+previous period."""
 
 from __future__ import annotations
 
@@ -20,20 +21,26 @@ if serving.height:
                f"{ui.plain(newest['classifier_model'])}"
                + (" (tuned models swapped in during the last hour)" if serving.height > 1 else ""))
 
+PEOPLE_HELP = ("Distinct unmasked people: faces associated across each camera's consecutive ticks by place "
+               "and size. An estimate: one person seen by two cameras counts twice, and one who walks far "
+               "between two ticks or comes back later counts again.")
 kpis = data.kpis(settings, scope)
 now, before = (kpis.filter(pl.col("period") == p).row(0, named=True) for p in ("current", "previous"))
 if now["frames"] == 0 and now["alerts"] == 0:
     st.info("No frames in this range and filter yet. Widen the time range, or check the Cameras page "
             "(are cameras registered and the flow running?).", icon=":material/hourglass_empty:")
 
-cols = st.columns(5)
+cols = st.columns(6)
 cols[0].metric("Compliance", ui.pct(now["compliance"]), ui.pct_delta(now["compliance"], before["compliance"]),
                help="Faces with a mask / faces seen", border=True)
 cols[1].metric("Faces seen", ui.count(now["faces"]), ui.count_delta(now["faces"], before["faces"]),
                delta_color="off", border=True)
-cols[2].metric("No-mask faces", ui.count(now["nomask_faces"]),
+cols[2].metric("No-mask sightings", ui.count(now["nomask_faces"]),
                ui.count_delta(now["nomask_faces"], before["nomask_faces"]), delta_color="inverse",
-               border=True)
+               help="No-mask faces over all frames: one person on ten ticks is ten sightings", border=True)
+cols[5].metric("No-mask people (est.)", ui.count(now["nomask_people"]),
+               ui.count_delta(now["nomask_people"], before["nomask_people"]), delta_color="inverse",
+               help=PEOPLE_HELP, border=True)
 cols[3].metric("Alerts", ui.count(now["alerts"]), ui.count_delta(now["alerts"], before["alerts"]),
                delta_color="inverse", border=True)
 cols[4].metric("Frames processed", ui.count(now["frames"]), ui.count_delta(now["frames"], before["frames"]),
@@ -49,12 +56,14 @@ bucket_s = fitting.get(granularity) or queries.auto_bucket(scope)
 series = data.timeseries(settings, scope, bucket_s)
 step = next(name for name, s in queries.GRANULARITIES.items() if s == bucket_s)
 
-events = series.unpivot(index="bucket", on=["nomask_faces", "alerts"], variable_name="series",
-                        value_name="count").with_columns(
-    pl.col("series").replace({"nomask_faces": "No-mask faces", "alerts": "Alerts"}))
+events = series.unpivot(index="bucket", on=["nomask_people", "nomask_faces", "alerts"],
+                        variable_name="series", value_name="count").with_columns(
+    pl.col("series").replace({"nomask_people": "No-mask people (est.)", "nomask_faces": "No-mask sightings",
+                              "alerts": "Alerts"}))
 left, right = st.columns(2)
 with left:
-    st.subheader("No-mask faces and alerts")
+    st.subheader("No-mask people, sightings and alerts")
+    st.caption("People are estimated (hover the card above); sightings count a person once per frame.")
     st.altair_chart(
         alt.Chart(events).mark_line(point=len(series) <= 60).encode(
             x=alt.X("bucket:T", title=None, axis=alt.Axis(format="%d %b %H:%M")),

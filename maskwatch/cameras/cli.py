@@ -13,12 +13,13 @@ from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 import click
+from pydantic import ValidationError
 
 from maskwatch import metrics
 from maskwatch.cameras import registry
 from maskwatch.cameras.ticker import Ticker
 from maskwatch.config import Settings
-from maskwatch.schemas.events import Camera
+from maskwatch.schemas.events import Camera, CountingArea
 from maskwatch.schemas.parse import SchemaError
 from maskwatch.schemas.redaction import redact_text, redact_url
 from maskwatch.shutdown import stop_on_signals
@@ -67,7 +68,7 @@ def cameras() -> None:
 @click.option("--interval", "interval_s", type=float, default=5.0, show_default=True,
               help="Seconds between ticks.")
 @click.option("--disabled", is_flag=True, help="Register without ticking it yet.")
-@click.option("--rules", default="{}", help='Rule overrides as JSON, e.g. \'{"min_nomask_faces": 3}\'.')
+@click.option("--rules", default="{}", help='Rule overrides as JSON, e.g. \'{"min_people": 2}\'.')
 @click.option("--allow-private-network", is_flag=True,
               help="The camera is on a private/loopback/link-local network (refused otherwise).")
 def add(camera_id: str, source_url: str, name: str, site: str, zone: str, interval_s: float,
@@ -145,6 +146,39 @@ def disable(camera_id: str) -> None:
     """Stop ticking a camera, keeping its settings."""
     registry.set_enabled(camera_id, False)
     click.echo(f"disabled camera {camera_id}")
+
+
+def _polygon(text: str) -> list[tuple[float, float]]:
+    """'x,y x,y x,y' (fractions of the frame) as points; a clear error otherwise."""
+    try:
+        return [(float(x), float(y)) for x, y in (pair.split(",") for pair in text.split())]
+    except ValueError:
+        raise click.BadParameter(f"{text[:80]!r}: expected 'x,y x,y x,y ...' with x and y between 0 and 1"
+                                 ) from None
+
+
+@cameras.command("area")
+@click.argument("camera_id")
+@click.option("--include", "include", multiple=True, metavar="'x,y x,y x,y ...'",
+              help="A polygon where faces count (fractions of the frame from its top left); repeatable. "
+                   "None: the whole frame.")
+@click.option("--exclude", "exclude", multiple=True, metavar="'x,y x,y x,y ...'",
+              help="A polygon where faces never count (a poster, a screen); repeatable.")
+@click.option("--min-face-px", type=int, default=0, show_default=True,
+              help="Faces smaller than this (box height, pixels) are ignored.")
+def area_command(camera_id: str, include: tuple[str, ...], exclude: tuple[str, ...],
+                 min_face_px: int) -> None:
+    """Set which of CAMERA_ID's faces count towards rules and compliance (replaces its area; with no
+    options, every face counts again). Ignored faces are still stored, flagged."""
+    try:
+        area = CountingArea(include=[_polygon(p) for p in include], exclude=[_polygon(p) for p in exclude],
+                            min_face_px=min_face_px)
+    except ValidationError as exc:
+        raise click.BadParameter("; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}"
+                                           for e in exc.errors(include_url=False))) from None
+    camera = registry.set_area(camera_id, area)
+    click.echo(f"camera {camera.id}: {len(area.include)} include, {len(area.exclude)} exclude polygon(s), "
+               f"min face {area.min_face_px} px")
 
 
 @cameras.command("import")

@@ -19,14 +19,14 @@ import yaml
 from maskwatch import metrics, store
 from maskwatch.config import Settings
 from maskwatch.netpolicy import SourcePolicyError, check_source_url
-from maskwatch.schemas.events import Camera
+from maskwatch.schemas.events import Camera, CountingArea
 from maskwatch.schemas.parse import SchemaError, validate_event
 from maskwatch.schemas.redaction import redact_text
 
 log = logging.getLogger(__name__)
 
 _COLUMNS = ["id", "name", "site", "zone", "source_url", "display_url", "interval_s", "enabled", "rules",
-            "allow_private_network", "updated_at", "deleted"]
+            "area", "allow_private_network", "updated_at", "deleted"]
 
 
 class RegistryError(ValueError):
@@ -36,12 +36,13 @@ class RegistryError(ValueError):
 def _row(camera: Camera, deleted: bool = False) -> list[Any]:
     return [camera.id, camera.name, camera.site, camera.zone, camera.source_url, camera.display_url,
             camera.interval_s, camera.enabled, camera.rules.model_dump_json(exclude_none=True),
-            camera.allow_private_network, camera.updated_at, int(deleted)]
+            camera.area.model_dump_json(), camera.allow_private_network, camera.updated_at, int(deleted)]
 
 
 def _from_row(row: dict[str, Any]) -> Camera:
     data = {key: row[key] for key in _COLUMNS if key not in ("display_url", "deleted")}
     data["rules"] = json.loads(data["rules"] or "{}")
+    data["area"] = json.loads(data["area"] or "{}")
     return validate_event(Camera, data)
 
 
@@ -113,6 +114,17 @@ def set_enabled(camera_id: str, enabled: bool, settings: Settings | None = None)
     updated = camera.model_copy(update={"enabled": enabled, "updated_at": _next_version(camera)})
     _write(updated, settings)
     log.info("camera %s %s", camera_id, "enabled" if enabled else "disabled")
+    return updated
+
+
+def set_area(camera_id: str, area: CountingArea, settings: Settings | None = None) -> Camera:
+    """Replace a camera's counting area (which of its faces count); the flow applies it within its
+    registry refresh."""
+    camera = require_camera(camera_id, settings)
+    updated = camera.model_copy(update={"area": area, "updated_at": _next_version(camera)})
+    _write(updated, settings)
+    log.info("camera %s: counting area set (%d include, %d exclude polygons, min face %d px)", camera_id,
+             len(area.include), len(area.exclude), area.min_face_px)
     return updated
 
 

@@ -153,7 +153,7 @@ def test_schema_valid_hostile_ticks_are_dead_lettered_and_alerts_go_on_also_afte
     ensure_topics(mw_env)
     unmasked = pick_images(dataset_dir, "sin_mascarilla", 6)
     for cam in ("victim", "other"):
-        registry.put_camera(Camera(id=cam, interval_s=INTERVAL_S, rules=RuleOverrides(min_nomask_faces=1,
+        registry.put_camera(Camera(id=cam, interval_s=INTERVAL_S, rules=RuleOverrides(min_people=1,
                                                                                       cooldown_s=0),
                                    source_url=replay_dir(tmp_path / cam, unmasked).as_uri()), mw_env)
     base_ms = scenario_base_ms() - 120_000

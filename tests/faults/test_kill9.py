@@ -46,7 +46,7 @@ def test_kill_9_mid_stream(tmp_path: Path, mw_env: Settings, dataset_dir: Path, 
         # scenario's.
         registry.put_camera(Camera(id="live", site="hq", zone="door", interval_s=INTERVAL_S,
                                    allow_private_network=True, source_url=live.url,
-                                   rules=RuleOverrides(min_nomask_faces=10_000)), mw_env)
+                                   rules=RuleOverrides(min_people=10_000)), mw_env)
         ticks = sorted(sc.ticks + make_ticks(["live"], LIVE_TICKS, epoch_ms(sc.ticks[0].scheduled_at)),
                        key=lambda t: t.scheduled_at)
         expected = {**sc.expected_frames, "live": LIVE_TICKS}
