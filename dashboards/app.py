@@ -36,6 +36,7 @@ navigation = st.navigation(
 )
 st.sidebar.caption("maskwatch · times in UTC")
 ui.check_store(settings)
+ui.site_clocks(settings)
 ui.sidebar_scope(settings)
 with ui.store_errors(settings):
     navigation.run()

@@ -15,6 +15,7 @@ _live = st.cache_data(ttl=LIVE_TTL_S, show_spinner=False, max_entries=64)
 
 missing_tables = st.cache_data(ttl=LIVE_TTL_S, show_spinner=False, max_entries=16)(queries.missing_tables)
 cameras = _live(queries.cameras)
+sites = _live(queries.sites)
 kpis = _cache(queries.kpis)
 serving_models = _live(queries.serving_models)
 timeseries = _cache(queries.timeseries)

@@ -24,7 +24,7 @@ MAX_BUCKETS = 2000
 DOWNLOAD_LIMIT = 200_000
 FEED_LIMIT = 200
 TABLES = ("frames", "detections", "alerts", "camera_health", "camera_health_events", "alert_acks",
-          "cameras")
+          "cameras", "sites")
 
 
 def _ms(value: datetime) -> int:
@@ -123,6 +123,13 @@ def latest_snapshot(settings: Settings, camera_id: str) -> str:
                "AND snapshot_path != '' AND scheduled_at >= now64(3) - INTERVAL 30 DAY "
                "ORDER BY scheduled_at DESC LIMIT 1", {"camera": camera_id})
     return str(rows["snapshot_path"][0]) if rows.height else ""
+
+
+def sites(settings: Settings) -> pl.DataFrame:
+    """Registered sites: id, name, timezone (their schedules are read through the registry)."""
+    return _df(settings,
+               "SELECT id, name, timezone FROM sites FINAL WHERE NOT deleted ORDER BY id LIMIT 1000",
+               {})
 
 
 # --- overview -------------------------------------------------------------------------------------------

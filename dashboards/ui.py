@@ -9,6 +9,7 @@ from contextlib import contextmanager
 from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
 from typing import Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import polars as pl
 import streamlit as st
@@ -68,6 +69,26 @@ def check_store(settings: Settings) -> None:
             icon=":material/database:",
         )
         st.stop()
+
+
+def site_clocks(settings: Settings) -> None:
+    """Each registered site's local time under the sidebar's UTC note (schedules run on it)."""
+    with store_errors(settings):
+        found = data.sites(settings)
+    now = datetime.now(UTC)
+    lines = [f"{plain(row['id'])} {now.astimezone(ZoneInfo(row['timezone'])):%a %H:%M} "
+             f"({plain(row['timezone'])})"
+             for row in found.head(12).iter_rows(named=True) if _known_zone(row["timezone"])]
+    if lines:
+        st.sidebar.caption("Local time: " + " · ".join(lines))
+
+
+def _known_zone(name: str) -> bool:
+    try:
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        return False
+    return True
 
 
 def range_end(now: datetime | None = None) -> datetime:

@@ -111,10 +111,10 @@ def build_flow(settings: Settings | None = None, opts: FlowOptions | None = None
     changes = op.filter_map("health_changes", healthy, lambda pair: pair[1])
 
     # 6. Rules: event-time buckets per scope (camera, and zone/site if enabled), then the pure decision
-    #    with per-camera overrides.
+    #    with per-camera overrides; outside a camera's or site's schedule no alert is raised.
     scoped = op.flat_map("observe", tracked, lambda o: observations(o, opts.rule_scopes))
     decisions, late = windowed_alerts(scoped, opts.bucket_s, opts.lateness_s,
-                                      lambda scope: rt.rule_config(scope)[1])
+                                      lambda scope: rt.rule_config(scope)[1], rt.suppressed)
     op.inspect("late_ticks", late, lambda _step, item: _count_late(item))
 
     def alert(decision: AlertDecision) -> Alert:

@@ -14,11 +14,12 @@ from collections.abc import Callable, Iterable
 
 from maskwatch import metrics
 from maskwatch.config import Settings
-from maskwatch.schemas.events import Camera
+from maskwatch.schemas.events import Camera, Site
 
 log = logging.getLogger(__name__)
 
 Loader = Callable[[], Iterable[Camera]]
+SiteLoader = Callable[[], Iterable[Site]]
 
 
 
@@ -33,9 +34,22 @@ def store_loader(settings: Settings | None = None) -> Loader:
     return load
 
 
+def store_site_loader(settings: Settings | None = None) -> SiteLoader:
+    """All registered sites (timezones, schedules), from the store."""
+
+    def load() -> Iterable[Site]:
+        from maskwatch.cameras.sites import list_sites
+
+        return list_sites(settings)
+
+    return load
+
+
 class RegistryCache:
-    def __init__(self, loader: Loader, refresh_s: float = 30.0):
+    def __init__(self, loader: Loader, refresh_s: float = 30.0, sites: SiteLoader | None = None):
         self._loader = loader
+        self._site_loader = sites
+        self._sites: dict[str, Site] = {}
         self._refresh_s = refresh_s
         self._lock = threading.Lock()
         self._cameras: dict[str, Camera] = {}
@@ -61,6 +75,16 @@ class RegistryCache:
                 time.sleep(backoff)
                 backoff = min(backoff * 2, 10.0)
         self._cameras, self._loaded_at = cameras, now
+        if self._site_loader is not None:
+            try:
+                self._sites = {s.id: s for s in self._site_loader()}
+            except Exception as exc:  # schedules then stay as they were: alerts are not the tick path
+                log.warning("site registry refresh failed, keeping the last copy: %s", exc)
+
+    def site(self, site_id: str) -> Site | None:
+        with self._lock:
+            self._maybe_refresh()
+            return self._sites.get(site_id)
 
     def get(self, camera_id: str) -> Camera | None:
         with self._lock:

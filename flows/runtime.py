@@ -14,8 +14,9 @@ from maskwatch.cameras.capture.fetcher import Fetcher
 from maskwatch.config import Settings
 from maskwatch.flows.batching import BatchProcessor, Pending, TickOutcome
 from maskwatch.flows.options import FlowOptions
-from maskwatch.flows.registry_cache import RegistryCache, store_loader
+from maskwatch.flows.registry_cache import RegistryCache, store_loader, store_site_loader
 from maskwatch.flows.rules import RuleConfig, parse_scope
+from maskwatch.flows.schedules import Suppressed, suppressed
 from maskwatch.schemas.events import Camera, Tick
 
 log = logging.getLogger(__name__)
@@ -36,7 +37,8 @@ class FlowRuntime:
     def registry(self) -> RegistryCache:
         with self._lock:
             if self._registry is None:
-                self._registry = RegistryCache(store_loader(self.settings), self.opts.registry_refresh_s)
+                self._registry = RegistryCache(store_loader(self.settings), self.opts.registry_refresh_s,
+                                               store_site_loader(self.settings))
             return self._registry
 
     def wanted_models(self) -> tuple[str, str]:
@@ -127,3 +129,23 @@ class FlowRuntime:
         except ValueError as exc:
             log.error("camera %s: invalid rule overrides, using the defaults: %s", camera_id, exc)
             return camera, self.opts.rule
+
+    def suppressed(self, scope: str, at: datetime) -> Suppressed:
+        """Why the scope may raise no alert at ``at`` (event time): its camera's schedule, then its site's,
+        read in the site's timezone (UTC for a site nobody registered); '' when it may."""
+        kind, site_id, _zone = parse_scope(scope)
+        schedules = []
+        if kind == "camera":
+            camera = self.registry.get(scope)
+            if camera is None:
+                return ""
+            site_id = camera.site
+            schedules.append(camera.schedule)
+        site = self.registry.site(site_id) if site_id else None
+        if site is not None:
+            schedules.append(site.schedule)
+        timezone = site.timezone if site is not None else "UTC"
+        for schedule in schedules:
+            if reason := suppressed(schedule, timezone, at):
+                return reason
+        return ""

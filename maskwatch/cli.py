@@ -20,6 +20,7 @@ COMMANDS: dict[str, str] = {
     "services": "maskwatch.devservices.cli:services",
     "store": "maskwatch.store.cli:store",
     "cameras": "maskwatch.cameras.cli:cameras",
+    "sites": "maskwatch.cameras.cli:sites_command",
     "ticker": "maskwatch.cameras.cli:ticker_command",
     "models": "maskwatch.inference.cli:models",
     "eval": "maskwatch.inference.cli:eval_command",

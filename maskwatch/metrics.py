@@ -36,6 +36,9 @@ INFERENCE_SECONDS = Histogram("maskwatch_inference_seconds", "Inference time per
                               buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))
 RULE_EVALUATIONS = Counter("maskwatch_rule_evaluations", "No-mask rule evaluations (camera windows closed)")
 ALERTS = Counter("maskwatch_alerts", "Alerts raised by the flow")
+ALERTS_SUPPRESSED = Counter("maskwatch_alerts_suppressed",
+                            "Alerts a rule would have raised outside the schedule (paused, closed, quiet)",
+                            ["reason"])
 SINK_LAG = Gauge("maskwatch_sink_lag_seconds",
                  "Seconds between a tick's scheduled time and its rows reaching the store (last write)")
 CAMERA_DOWN = Gauge("maskwatch_camera_down", "1 while the camera is down (failed ticks in a row), else 0",

@@ -14,6 +14,7 @@ import json
 import re
 from datetime import UTC, datetime
 from typing import Annotated, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
@@ -291,6 +292,95 @@ class CountingArea(BaseModel):
                              description="smaller faces (box height, pixels) are ignored as too far away")
 
 
+DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+_HOURS = re.compile(r"^(?:(?P<days>[a-z,-]+) +)?(?P<start>\d\d:\d\d)-(?P<end>\d\d:\d\d)$")
+
+
+def parse_hours(spec: str) -> tuple[frozenset[int], int, int]:
+    """``'[days ]HH:MM-HH:MM'`` as (weekdays, 0 = Monday; start and end minute of the day). Days are names
+    (``mon`` .. ``sun``), ranges (``mon-fri``, ``fri-mon``) or lists (``mon,wed,sat-sun``); none = every
+    day. An end before the start runs over midnight (the range belongs to the day it starts on);
+    ``24:00`` ends the day. A ValueError says what is wrong.
+
+    >>> parse_hours("mon-fri 08:00-18:30")
+    (frozenset({0, 1, 2, 3, 4}), 480, 1110)
+    >>> parse_hours("22:00-06:00")[1:]
+    (1320, 360)
+    """
+    shown = repr(spec[:40])
+    m = _HOURS.match(spec.strip().lower())
+    if not m:
+        raise ValueError(f"{shown}: expected '[days ]HH:MM-HH:MM', e.g. 'mon-fri 08:00-18:00' or "
+                         "'22:00-06:00'")
+    days: set[int] = set()
+    for part in (m["days"] or "mon-sun").split(","):
+        first, _, last = part.partition("-")
+        if first not in DAYS or (last and last not in DAYS):
+            raise ValueError(f"{shown}: unknown day in {part[:20]!r}; days are {', '.join(DAYS)}")
+        a, b = DAYS.index(first), DAYS.index(last or first)
+        days.update(range(a, b + 1) if a <= b else [*range(a, 7), *range(b + 1)])
+    minutes = []
+    for text in (m["start"], m["end"]):
+        hour, minute = int(text[:2]), int(text[3:])
+        if minute > 59 or hour > 24 or (hour == 24 and minute):
+            raise ValueError(f"{shown}: {text} is not a time of day")
+        minutes.append(hour * 60 + minute)
+    if minutes[0] == 24 * 60 or minutes[0] == minutes[1]:
+        raise ValueError(f"{shown}: the range is empty")
+    return frozenset(days), minutes[0], minutes[1]
+
+
+def _hours(spec: str) -> str:
+    parse_hours(spec)
+    return " ".join(spec.strip().lower().split())
+
+
+Hours = Annotated[str, Field(max_length=64), AfterValidator(_hours)]
+
+
+class Schedule(BaseModel):
+    """When alerts may be raised, in the site's timezone. A camera's schedule and its site's both apply:
+    an alert is raised only when neither forbids it. Frames, faces and health are stored regardless.
+
+    Example (a shop: weekdays 9 to 6, quiet over lunch, paused during a fire drill)::
+
+        Schedule(open_hours=["mon-fri 09:00-18:00"], quiet_hours=["12:00-13:00"],
+                 paused_until=datetime(2026, 12, 5, 10, 0, tzinfo=UTC))
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
+
+    open_hours: list[Hours] = Field(default_factory=list, max_length=32,
+                                    description="when alerts may be raised, e.g. 'mon-fri 08:00-18:00'; "
+                                                "empty = always")
+    quiet_hours: list[Hours] = Field(default_factory=list, max_length=32,
+                                     description="when they may not, even while open (lunch, cleaning)")
+    paused_until: UtcDatetime | None = Field(default=None,
+                                             description="no alerts before this time (maintenance, a drill)")
+
+
+def _timezone(name: str) -> str:
+    try:
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValueError(f"unknown timezone {name[:64]!r}: use an IANA name such as 'Europe/Berlin'"
+                         ) from None
+    return name
+
+
+class Site(BaseModel):
+    """A site: the timezone its schedules and the dashboard's local times are read in, and its schedule
+    (which applies to all of its cameras and to its zone and site rules)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
+
+    id: Annotated[Label, Field(min_length=1)]
+    name: DisplayName = ""
+    timezone: Annotated[str, Field(max_length=64), AfterValidator(_timezone)] = "UTC"
+    schedule: Schedule = Field(default_factory=Schedule)
+    updated_at: UtcDatetime = Field(default_factory=lambda: datetime.now(UTC))
+
+
 # ``${NAME}`` in a camera URL: filled where the flow runs (maskwatch.cameras.sources), never stored. Only
 # variables named for cameras may be used, so a URL cannot pull the store's or the broker's password (or
 # any other secret of the flow's environment) out to the host it names.
@@ -335,6 +425,7 @@ class Camera(BaseModel):
     enabled: bool = True
     rules: RuleOverrides = Field(default_factory=RuleOverrides)
     area: CountingArea = Field(default_factory=CountingArea)
+    schedule: Schedule = Field(default_factory=Schedule)
     allow_private_network: bool = Field(
         default=False,
         description="May fetch from loopback/private/link-local addresses (a camera on the LAN); "
@@ -360,6 +451,7 @@ EVENT_MODELS: dict[str, type[BaseModel]] = {
     "camera_health_event": CameraHealthEvent,
     "dead_letter": DeadLetter,
     "camera": Camera,
+    "site": Site,
 }
 
 

@@ -362,6 +362,42 @@ def test_manage_counting_area_over_the_latest_snapshot(fresh: Settings, dataset_
     assert edited.name == "Front door" and edited.area == saved.area and edited.rules.min_dwell_s == 30
 
 
+def test_manage_schedule_pause_and_site_clocks(fresh: Settings) -> None:
+    from zoneinfo import ZoneInfo
+
+    from maskwatch.cameras import sites
+    from maskwatch.schemas.events import Site
+
+    sites.put_site(Site(id="hq", timezone="Asia/Tokyo"), fresh)
+    registry.put_camera(Camera(id="door", site="hq", source_url="http://10.9.9.9/snap.jpg",
+                               allow_private_network=True), fresh)
+    before = datetime.now(ZoneInfo("Asia/Tokyo"))
+    at = open_app("manage")
+    after = datetime.now(ZoneInfo("Asia/Tokyo"))
+    clocks = unescaped(" ".join(c.value for c in at.sidebar.caption))
+    assert any(f"Local time: hq {t:%a %H:%M} (Asia/Tokyo)" in clocks for t in (before, after)), clocks
+    at.selectbox(key="manage_camera").set_value("door").run()
+    at.text_area(key="quiet:door").input("12:00-13:00\nsat-sun 00:00-24:00")
+    next(b for b in at.button if b.label == "Save schedule").click().run()
+    assert registry.require_camera("door", fresh).schedule.quiet_hours == ["12:00-13:00",
+                                                                           "sat-sun 00:00-24:00"]
+    at.text_area(key="open:door").input("weekdays 9 to 5")
+    next(b for b in at.button if b.label == "Save schedule").click().run()
+    assert any("Not saved" in e.value and "HH:MM" in unescaped(e.value) for e in at.error)
+    assert registry.require_camera("door", fresh).schedule.open_hours == []
+    at.number_input(key="pause_hours:door").set_value(3.0)
+    at.button(key="pause_camera:door").click().run()
+    paused = registry.require_camera("door", fresh).schedule.paused_until
+    assert paused is not None and timedelta(hours=2.9) < paused - datetime.now(UTC) <= timedelta(hours=3)
+    assert registry.require_camera("door", fresh).schedule.quiet_hours  # the hours stay
+    at.button(key="pause_site:door").click().run()
+    assert sites.require_site("hq", fresh).schedule.paused_until is not None
+    assert sites.require_site("hq", fresh).timezone == "Asia/Tokyo"
+    at.button(key="resume:door").click().run()
+    assert registry.require_camera("door", fresh).schedule.paused_until is None
+    assert sites.require_site("hq", fresh).schedule.paused_until is None
+
+
 def test_empty_store_says_so(fresh: Settings) -> None:
     at = open_app()
     assert metrics(at)["Compliance"][0] == "—" and metrics(at)["Faces seen"][0] == "0"

@@ -6,25 +6,31 @@ faces pasted on a wall, each person drifting a little from tick to tick.
 * ``pair``: two unmasked people -> exactly one such alert, naming two people;
 * ``fenced``: the same two, but the camera counts only the left half of its frame -> the right one is
   stored flagged ``outside``, counts towards neither the rule nor the frame's figures, and no alert;
-* ``lingers``: the lone person again, under a dwell rule (8 s) -> one dwell alert.
+* ``lingers``: the lone person again, under a dwell rule (8 s) -> one dwell alert;
+* ``hushed``: the pair on a Tokyo site whose quiet hours, read in Tokyo time, cover the scene -> no alert,
+  and ``paused``: the pair on a camera paused for an hour -> no alert; both counted as suppressed, their
+  frames and faces stored all the same.
 """
 
 from __future__ import annotations
 
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import cv2
 import numpy as np
 import pytest
 
 from maskwatch import store
-from maskwatch.cameras import registry
+from maskwatch.cameras import registry, sites
 from maskwatch.config import Settings
 from maskwatch.inference.serving.engine import InferenceEngine, default_models
-from maskwatch.schemas.events import Camera, CountingArea, RuleOverrides
+from maskwatch.ports import free_port
+from maskwatch.schemas.events import Camera, CountingArea, RuleOverrides, Schedule, Site
 from maskwatch.topics import ensure_topics
 
 from tests.flowkit import (
@@ -33,6 +39,7 @@ from tests.flowkit import (
     flow_env,
     has_frames,
     make_ticks,
+    metric_values,
     produce,
     scenario_base_ms,
     start_flow,
@@ -124,21 +131,33 @@ def test_rules_count_people_and_areas_filter_faces(tmp_path: Path, mw_env: Setti
         Camera(id="fenced", interval_s=INTERVAL_S, source_url=pair, rules=two, area=left_half),
         Camera(id="lingers", interval_s=INTERVAL_S, source_url=alone,
                rules=RuleOverrides(min_people=0, min_dwell_s=8, cooldown_s=3600)),
+        Camera(id="hushed", site="tokyo", interval_s=INTERVAL_S, source_url=pair, rules=two),
+        Camera(id="paused", interval_s=INTERVAL_S, source_url=pair, rules=two,
+               schedule=Schedule(paused_until=datetime.now(UTC) + timedelta(hours=1))),
     ]
     for cam in cameras:
         registry.put_camera(cam, mw_env)
+    # Quiet from three hours before to one hour after now, Tokyo time (UTC+9): the whole scene.
+    tokyo = datetime.now(ZoneInfo("Asia/Tokyo"))
+    quiet = f"{tokyo - timedelta(hours=3):%H:%M}-{tokyo + timedelta(hours=1):%H:%M}"
+    sites.put_site(Site(id="tokyo", timezone="Asia/Tokyo", schedule=Schedule(quiet_hours=[quiet])), mw_env)
     cycle_ms = int(FRAMES * INTERVAL_S * 1000)
     ticks = make_ticks([c.id for c in cameras], TICKS, scenario_base_ms() // cycle_ms * cycle_ms)
     produce(mw_env, ticks)
     log_path = tmp_path / "flow.log"
     # The tests' flow settings turn on the (sightings) ratio rule; here only the people rules are on.
-    env = {**flow_env(mw_env, tmp_path, dataset_dir), "MASKWATCH_FLOW_RULE_NOMASK_RATIO": "0"}
+    env = {**flow_env(mw_env, tmp_path, dataset_dir), "MASKWATCH_FLOW_RULE_NOMASK_RATIO": "0",
+           "MASKWATCH_METRICS_PORT": str(free_port())}
     proc = start_flow(env, log_path)
     try:
         wait_for("every frame", has_frames(mw_env, {c.id: TICKS for c in cameras}), 180, proc, log_path)
         # The first two buckets close with the last ticks; their alerts follow at once.
         wait_for("the alerts", lambda: len(rows("SELECT alert_id FROM alerts FINAL", mw_env)) >= 2, 30,
                  proc, log_path)
+        suppressed = lambda: metric_values(int(env["MASKWATCH_METRICS_PORT"]))  # noqa: E731
+        wait_for("the suppressed alerts", lambda: suppressed().get(
+            'maskwatch_alerts_suppressed_total{reason="quiet"}', 0) >= 1 and suppressed().get(
+            'maskwatch_alerts_suppressed_total{reason="paused"}', 0) >= 1, 30, proc, log_path)
     finally:
         stop(proc)
 
@@ -146,6 +165,9 @@ def test_rules_count_people_and_areas_filter_faces(tmp_path: Path, mw_env: Setti
     assert sorted(alerts) == ["lingers", "pair"], alerts
     assert ">=2 no-mask people" in alerts["pair"]["rule"] and "(2 no-mask people" in alerts["pair"]["message"]
     assert "in view for >=8s" in alerts["lingers"]["rule"]
+    counts = {r["camera_id"]: r["n"] for r in rows(
+        f"SELECT camera_id, countIf(nomask) AS n FROM {CURRENT_DETECTIONS} GROUP BY camera_id", mw_env)}
+    assert counts["hushed"] == counts["paused"] == 2 * TICKS  # analysed and stored, only not alerted
 
     faces = rows(f"SELECT camera_id, tick_id, person_id, ignored, nomask FROM {CURRENT_DETECTIONS}", mw_env)
     by_camera: dict[str, list[dict[str, Any]]] = {}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -182,6 +183,65 @@ def test_counting_area_from_the_cli_and_yaml(settings: Settings, tmp_path: Path)
     assert registry.import_yaml(path).unchanged == ["yard"]
 
 
+def test_sites_and_schedules_from_the_cli_and_yaml(settings: Settings, tmp_path: Path) -> None:
+    from maskwatch.cameras import sites
+    from maskwatch.cameras.cli import sites_command
+
+    runner = CliRunner()
+    done = runner.invoke(sites_command, ["set", "hq", "--timezone", "Europe/Berlin", "--open",
+                                         "mon-fri 08:00-18:00", "--quiet", "12:00-13:00"])
+    assert done.exit_code == 0, done.output
+    assert "site hq: Europe/Berlin; open mon-fri 08:00-18:00; quiet 12:00-13:00" in done.output
+    assert runner.invoke(sites_command, ["set", "hq", "--name", "Head office"]).exit_code == 0
+    hq = sites.require_site("hq")
+    assert (hq.name, hq.timezone, hq.schedule.open_hours) == ("Head office", "Europe/Berlin",
+                                                              ["mon-fri 08:00-18:00"])
+    listed = runner.invoke(sites_command, ["list"]).output
+    assert "hq  Europe/Berlin (now " in listed and "quiet 12:00-13:00" in listed
+    for bad, says in ((["set", "hq", "--timezone", "Mars/Olympus"], "unknown timezone 'Mars/Olympus'"),
+                      (["set", "hq", "--open", "9 to 5"], "expected '[days ]HH:MM-HH:MM'"),
+                      (["pause", "hq", "--for", "soon"], "expected a number and s, m, h or d"),
+                      (["pause", "hq"], "give one of --until or --for")):
+        result = runner.invoke(sites_command, bad)
+        assert result.exit_code in (1, 2) and says in result.output, result.output
+    assert sites.require_site("hq") == hq  # a refused change writes nothing
+    assert runner.invoke(sites_command, ["pause", "hq", "--until", "2030-01-01T08:00+01:00"]).exit_code == 0
+    paused = sites.require_site("hq").schedule.paused_until
+    assert paused is not None and paused.isoformat() == "2030-01-01T07:00:00+00:00"
+    assert runner.invoke(sites_command, ["resume", "hq"]).exit_code == 0
+    assert sites.require_site("hq").schedule.paused_until is None
+
+    assert runner.invoke(cameras, ["add", "door", SECRET_URL, "--site", "hq",
+                                   "--allow-private-network"]).exit_code == 0
+    done = runner.invoke(cameras, ["schedule", "door", "--quiet", "sat-sun 00:00-24:00"])
+    assert done.exit_code == 0 and "quiet sat-sun 00:00-24:00" in done.output, done.output
+    done = runner.invoke(cameras, ["pause", "door", "--for", "2h"])
+    assert done.exit_code == 0 and "alerts paused until" in done.output
+    door = registry.require_camera("door")
+    assert door.schedule.quiet_hours == ["sat-sun 00:00-24:00"] and door.source_url == SECRET_URL
+    assert door.schedule.paused_until is not None
+    assert timedelta(hours=1.9) < door.schedule.paused_until - datetime.now(UTC) <= timedelta(hours=2)
+    assert runner.invoke(cameras, ["resume", "door"]).exit_code == 0
+    assert registry.require_camera("door").schedule.paused_until is None
+    assert runner.invoke(cameras, ["schedule", "door", "--no-quiet"]).exit_code == 0
+    assert registry.require_camera("door").schedule.quiet_hours == []
+
+    # Sites and camera schedules from the camera file; a bad site stops the whole import.
+    path = tmp_path / "cams.yaml"
+    path.write_text("sites:\n  - {id: depot, timezone: Asia/Tokyo, schedule: {open_hours: ['07:00-19:00']}}\n"
+                    "cameras:\n  - id: gate\n    site: depot\n    source_url: http://10.1.2.9/snap.jpg\n"
+                    "    allow_private_network: true\n    schedule: {quiet_hours: ['12:00-12:30']}\n")
+    done = runner.invoke(cameras, ["import", str(path)])
+    assert done.exit_code == 0 and "sites: 1 written, 0 unchanged" in done.output, done.output
+    assert sites.require_site("depot").timezone == "Asia/Tokyo"
+    assert registry.require_camera("gate").schedule.quiet_hours == ["12:00-12:30"]
+    assert "sites: 0 written, 1 unchanged" in runner.invoke(cameras, ["import", str(path)]).output
+    path.write_text("sites:\n  - {id: yard, timezone: Nowhere/Land}\ncameras: []\n")
+    done = runner.invoke(cameras, ["import", str(path)])
+    assert done.exit_code == 1 and "site #1 (yard)" in done.output and "unknown timezone" in done.output
+    assert sites.get_site("yard") is None
+
+
 def test_cli_reports_an_unmigrated_store(store_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MASKWATCH_STORE_URL", store_url)
     result = CliRunner().invoke(cameras, ["list"])
@@ -204,7 +264,7 @@ def test_a_bad_row_written_around_the_registry_skips_that_camera_only(
 
     def row(camera_id: str, name: str = "", rules: str = "{}", url: str = "http://10.9.9.9/x.jpg",
             area: str = "{}") -> list[Any]:
-        return [camera_id, name, "", "", url, url, 5.0, True, rules, area, False, now, 0]
+        return [camera_id, name, "", "", url, url, 5.0, True, rules, area, "{}", False, now, 0]
 
     bad = [row("nul", name="Lobby\x00"), row("rules", rules="{not json"), row("bad id!"),
            row("steal", url="http://public.example/x?q=${MASKWATCH_STORE_PASSWORD}"),

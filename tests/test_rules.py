@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -222,9 +223,8 @@ def test_property_an_overwhelming_incident_always_alerts(raw: list, config: Rule
                              config.nomask_ratio))
 
 
-def _windowed(observations: list[Observation], configs: dict[str, RuleConfig], lateness_s: int = 0) -> tuple[
-    list, list
-]:
+def _windowed(observations: list[Observation], configs: dict[str, RuleConfig], lateness_s: int = 0,
+              suppressed: Callable[[str, datetime], str] | None = None) -> tuple[list, list]:
     """Run the flow's windowing + rules operators over ``observations`` in arrival order."""
     import bytewax.operators as op
     from bytewax.dataflow import Dataflow
@@ -236,7 +236,8 @@ def _windowed(observations: list[Observation], configs: dict[str, RuleConfig], l
     late: list = []
     flow = Dataflow("rules")
     keyed = op.key_on("key", op.input("in", flow, TestingSource(observations)), lambda o: o.scope)
-    down, late_stream = windowed_alerts(keyed, B, lateness_s, lambda key: configs[key])
+    down, late_stream = windowed_alerts(keyed, B, lateness_s, lambda key: configs[key],
+                                        suppressed or (lambda _key, _at: ""))
     op.output("decisions", down, TestingSink(decisions))
     op.output("late", late_stream, TestingSink(late))
     run_main(flow)

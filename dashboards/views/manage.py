@@ -8,16 +8,17 @@ checkbox, since a browser can send any widget value)."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import cv2
 import streamlit as st
 from pydantic import ValidationError
 
-from maskwatch.cameras import registry
+from maskwatch.cameras import registry, sites
 from maskwatch.dashboards import auth, data, queries, ui
 from maskwatch.flows.snapshots import draw_area
-from maskwatch.schemas.events import Camera, CountingArea
+from maskwatch.schemas.events import Camera, CountingArea, Schedule, Site
 from maskwatch.schemas.parse import SchemaError
 
 NEW = "+ New camera"
@@ -110,6 +111,69 @@ def area_editor(camera: Camera) -> None:
             st.rerun()
 
 
+def _paused(schedule: Schedule) -> str:
+    until = schedule.paused_until
+    return f"paused until {until:%Y-%m-%d %H:%M} UTC" if until and until > datetime.now(UTC) else "not paused"
+
+
+def schedule_editor(camera: Camera) -> None:
+    """When the camera (and its site) may raise alerts: hours, and a pause from now."""
+    st.subheader("Alert schedule")
+    site = sites.get_site(camera.site, settings) if camera.site else None
+    timezone = site.timezone if site else "UTC"
+    st.caption(f"Hours are local to the site ({ui.plain(camera.site or 'no site')}: {ui.plain(timezone)}), "
+               "one "
+               "range per line, e.g. `mon-fri 08:00-18:00` or `22:00-06:00`. Outside them no alert is "
+               "raised; frames, faces and health are still stored. The site's schedule applies as well.")
+    left, right = st.columns(2)
+    with left.form(f"schedule_form:{camera.id}"):
+        open_text = st.text_area("Open hours (empty: always)", value="\n".join(camera.schedule.open_hours),
+                                 key=f"open:{camera.id}")
+        quiet_text = st.text_area("Quiet hours", value="\n".join(camera.schedule.quiet_hours),
+                                  key=f"quiet:{camera.id}")
+        if st.form_submit_button("Save schedule"):
+            try:
+                schedule = Schedule(open_hours=[x for x in open_text.splitlines() if x.strip()],
+                                    quiet_hours=[x for x in quiet_text.splitlines() if x.strip()],
+                                    paused_until=camera.schedule.paused_until)
+            except ValidationError as exc:
+                st.error(f"Not saved: {ui.plain('; '.join(e['msg'] for e in exc.errors()))}",
+                         icon=":material/error:")
+            else:
+                with ui.store_errors(settings):
+                    registry.set_schedule(camera.id, schedule, settings)
+                st.session_state["manage_flash"] = f"Schedule of {ui.plain(camera.id)} saved."
+                st.rerun()
+    right.markdown(f"Camera: {_paused(camera.schedule)}"
+                   + (f" · site: {_paused(site.schedule)}" if site else ""))
+    hours = right.number_input("Pause for (hours)", min_value=0.25, max_value=24.0 * 30, value=2.0, step=0.25,
+                               key=f"pause_hours:{camera.id}")
+    until = datetime.now(UTC) + timedelta(hours=float(hours))
+    a, b, c = right.columns(3)
+    if a.button("Pause camera", key=f"pause_camera:{camera.id}"):
+        with ui.store_errors(settings):
+            registry.set_schedule(camera.id, camera.schedule.model_copy(update={"paused_until": until}),
+                                  settings)
+        st.session_state["manage_flash"] = f"Alerts of {ui.plain(camera.id)} paused until {until:%H:%M} UTC."
+        st.rerun()
+    if camera.site and b.button("Pause site", key=f"pause_site:{camera.id}"):
+        with ui.store_errors(settings):
+            current_site = site or Site(id=camera.site)
+            sites.set_schedule(camera.site, current_site.schedule.model_copy(update={"paused_until": until}),
+                               settings)
+        st.session_state["manage_flash"] = (f"Alerts of site {ui.plain(camera.site)} paused until "
+                                            f"{until:%H:%M} UTC.")
+        st.rerun()
+    if c.button("Resume camera and site", key=f"resume:{camera.id}"):
+        with ui.store_errors(settings):
+            registry.set_schedule(camera.id, camera.schedule.model_copy(update={"paused_until": None}),
+                                  settings)
+            if site is not None and site.schedule.paused_until is not None:
+                sites.set_schedule(site.id, site.schedule.model_copy(update={"paused_until": None}), settings)
+        st.session_state["manage_flash"] = f"Alerts of {ui.plain(camera.id)} resumed."
+        st.rerun()
+
+
 with st.form("camera_form", clear_on_submit=False):
     left, right = st.columns(2)
     camera_id = left.text_input("Id", value=current.id if current else "", disabled=current is not None,
@@ -169,7 +233,8 @@ if submitted:
                                        "min_dwell_s": dwell, "window_s": optional(window_s),
                                        "nomask_ratio": ratio, "cooldown_s": cooldown}.items()
                      if v is not None}},
-        "area": current.area if current else {},  # set below, on its own form
+        "area": current.area if current else {},  # set below, on their own forms
+        "schedule": current.schedule if current else {},
     }
     # Without admin, the opt-in may only stay as an admin left it: same camera, same source.
     kept_grant = bool(current and current.allow_private_network and not source.strip())
@@ -199,6 +264,8 @@ if submitted:
 if current:
     st.divider()
     area_editor(current)
+    st.divider()
+    schedule_editor(current)
     st.divider()
     a, b = st.columns(2)
     if a.button("Disable camera" if current.enabled else "Enable camera", key="toggle_enabled"):

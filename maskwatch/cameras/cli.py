@@ -8,19 +8,21 @@ import re
 import sys
 import time
 import uuid
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
+from zoneinfo import ZoneInfo
 
 import click
 from pydantic import ValidationError
 
 from maskwatch import metrics
-from maskwatch.cameras import registry
+from maskwatch.cameras import registry, sites
 from maskwatch.cameras.ticker import Ticker
 from maskwatch.config import Settings
-from maskwatch.schemas.events import Camera, CountingArea
-from maskwatch.schemas.parse import SchemaError
+from maskwatch.schemas.events import Camera, CountingArea, Schedule, Site
+from maskwatch.schemas.parse import SchemaError, validate_event
 from maskwatch.schemas.redaction import redact_text, redact_url
 from maskwatch.shutdown import stop_on_signals
 from maskwatch.store import StoreError
@@ -181,13 +183,169 @@ def area_command(camera_id: str, include: tuple[str, ...], exclude: tuple[str, .
                f"min face {area.min_face_px} px")
 
 
+_DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
+
+
+def _until(until: str | None, for_: str | None) -> datetime:
+    """The end of a pause from --until (ISO 8601; no offset = UTC) or --for (90s, 30m, 2h, 1d)."""
+    if (until is None) == (for_ is None):
+        raise click.UsageError("give one of --until or --for")
+    if for_ is not None:
+        m = _DURATION.match(for_.strip())
+        if not m:
+            raise click.BadParameter(f"{for_[:40]!r}: expected a number and s, m, h or d, e.g. 2h",
+                                     param_hint="--for")
+        unit = {"s": 1, "m": 60, "h": 3600, "d": 86400}[m[2]]
+        return datetime.now(UTC) + timedelta(seconds=float(m[1]) * unit)
+    assert until is not None
+    try:
+        at = datetime.fromisoformat(until.strip())
+    except ValueError:
+        raise click.BadParameter(f"{until[:40]!r}: expected a date and time such as 2026-12-05T08:00+01:00",
+                                 param_hint="--until") from None
+    return at.replace(tzinfo=UTC) if at.tzinfo is None else at.astimezone(UTC)
+
+
+def _schedule(current: Schedule, open_hours: tuple[str, ...] | None, quiet_hours: tuple[str, ...] | None,
+              paused_until: datetime | bool | None = False) -> Schedule:
+    """``current`` with the given parts replaced (``paused_until`` False: kept), as a clear usage error."""
+    update: dict[str, Any] = {}
+    if open_hours is not None:
+        update["open_hours"] = list(open_hours)
+    if quiet_hours is not None:
+        update["quiet_hours"] = list(quiet_hours)
+    if paused_until is not False:
+        update["paused_until"] = paused_until
+    try:
+        return Schedule.model_validate({**current.model_dump(), **update})
+    except ValidationError as exc:
+        raise click.BadParameter("; ".join(e["msg"] for e in exc.errors(include_url=False))) from None
+
+
+def _hours_options(command: Any) -> Any:
+    command = click.option("--quiet", "quiet_hours", multiple=True, metavar="'[DAYS ]HH:MM-HH:MM'",
+                           help="Hours without alerts even while open (lunch, cleaning); repeatable."
+                           )(command)
+    command = click.option("--open", "open_hours", multiple=True, metavar="'[DAYS ]HH:MM-HH:MM'",
+                           help="Hours when alerts may be raised, e.g. 'mon-fri 08:00-18:00' (local to the "
+                                "site); repeatable. None given: unchanged.")(command)
+    return click.option("--always-open", is_flag=True, help="Drop the opening hours (alerts at any hour).")(
+        command)
+
+
+def _pick(values: tuple[str, ...], clear: bool) -> tuple[str, ...] | None:
+    return () if clear else (values or None)
+
+
+@cameras.command("schedule")
+@click.argument("camera_id")
+@_hours_options
+@click.option("--no-quiet", is_flag=True, help="Drop the quiet hours.")
+def schedule_command(camera_id: str, open_hours: tuple[str, ...], quiet_hours: tuple[str, ...],
+                     always_open: bool, no_quiet: bool) -> None:
+    """Set when CAMERA_ID may raise alerts, in its site's timezone (its site's schedule applies too).
+    Frames, faces and health are stored at any hour."""
+    camera = registry.require_camera(camera_id)
+    schedule = _schedule(camera.schedule, _pick(open_hours, always_open), _pick(quiet_hours, no_quiet))
+    registry.set_schedule(camera_id, schedule)
+    click.echo(f"camera {camera_id}: open {', '.join(schedule.open_hours) or 'always'}; quiet "
+               f"{', '.join(schedule.quiet_hours) or 'never'}")
+
+
+@cameras.command("pause")
+@click.argument("camera_id")
+@click.option("--until", help="End of the pause, e.g. 2026-12-05T08:00+01:00 (no offset: UTC).")
+@click.option("--for", "for_", metavar="DURATION", help="Length of the pause: 90s, 30m, 2h, 1d.")
+def pause_command(camera_id: str, until: str | None, for_: str | None) -> None:
+    """Raise no alerts of CAMERA_ID until a time (frames are still analysed and stored)."""
+    end = _until(until, for_)
+    registry.set_schedule(camera_id, _schedule(registry.require_camera(camera_id).schedule, None, None, end))
+    click.echo(f"camera {camera_id}: alerts paused until {end:%Y-%m-%d %H:%M:%S} UTC")
+
+
+@cameras.command("resume")
+@click.argument("camera_id")
+def resume_command(camera_id: str) -> None:
+    """End a pause of CAMERA_ID's alerts now."""
+    registry.set_schedule(camera_id, _schedule(registry.require_camera(camera_id).schedule, None, None, None))
+    click.echo(f"camera {camera_id}: alerts resumed")
+
+
+@click.group("sites", cls=_Group)
+def sites_command() -> None:
+    """Sites: their timezone (schedules and the dashboard's local times use it) and schedule."""
+
+
+@sites_command.command("set")
+@click.argument("site_id")
+@click.option("--name", default=None)
+@click.option("--timezone", default=None, help="IANA timezone, e.g. Europe/Berlin (new sites: UTC).")
+@_hours_options
+@click.option("--no-quiet", is_flag=True, help="Drop the quiet hours.")
+def site_set(site_id: str, name: str | None, timezone: str | None, open_hours: tuple[str, ...],
+             quiet_hours: tuple[str, ...], always_open: bool, no_quiet: bool) -> None:
+    """Create or change site SITE_ID (what is not given stays as it was)."""
+    current = sites.get_site(site_id) or Site(id=site_id)
+    schedule = _schedule(current.schedule, _pick(open_hours, always_open), _pick(quiet_hours, no_quiet))
+    data = {**current.model_dump(), "schedule": schedule.model_dump()}
+    data.update({k: v for k, v in {"name": name, "timezone": timezone}.items() if v is not None})
+    site = sites.put_site(validate_event(Site, data))
+    click.echo(f"site {site.id}: {site.timezone}; open {', '.join(site.schedule.open_hours) or 'always'}; "
+               f"quiet {', '.join(site.schedule.quiet_hours) or 'never'}")
+
+
+@sites_command.command("list")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
+def site_list(as_json: bool) -> None:
+    """List sites with their timezone, local time and schedule."""
+    found = sites.list_sites()
+    if as_json:
+        for site in found:
+            click.echo(site.model_dump_json())
+        return
+    if not found:
+        click.echo("no sites registered (cameras of unregistered sites are on UTC, always open)")
+    for site in found:
+        local = datetime.now(ZoneInfo(site.timezone))
+        paused = site.schedule.paused_until
+        click.echo(f"{site.id}  {site.timezone} (now {local:%a %H:%M})  open "
+                   f"{', '.join(site.schedule.open_hours) or 'always'}  quiet "
+                   f"{', '.join(site.schedule.quiet_hours) or 'never'}"
+                   + (f"  paused until {paused:%Y-%m-%d %H:%M} UTC" if paused else ""))
+
+
+@sites_command.command("pause")
+@click.argument("site_id")
+@click.option("--until", help="End of the pause, e.g. 2026-12-05T08:00+01:00 (no offset: UTC).")
+@click.option("--for", "for_", metavar="DURATION", help="Length of the pause: 90s, 30m, 2h, 1d.")
+def site_pause(site_id: str, until: str | None, for_: str | None) -> None:
+    """Raise no alerts of SITE_ID's cameras, zones and site until a time."""
+    end = _until(until, for_)
+    current = sites.get_site(site_id) or Site(id=site_id)
+    sites.set_schedule(site_id, _schedule(current.schedule, None, None, end))
+    click.echo(f"site {site_id}: alerts paused until {end:%Y-%m-%d %H:%M:%S} UTC")
+
+
+@sites_command.command("resume")
+@click.argument("site_id")
+def site_resume(site_id: str) -> None:
+    """End a pause of SITE_ID's alerts now."""
+    sites.set_schedule(site_id, _schedule(sites.require_site(site_id).schedule, None, None, None))
+    click.echo(f"site {site_id}: alerts resumed")
+
+
 @cameras.command("import")
 @click.argument("path", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 def import_command(path: Path) -> None:
-    """Add/update cameras from a YAML file (idempotent; nothing is written if any entry is invalid)."""
+    """Add/update sites and cameras from a YAML file (``sites:`` and ``cameras:``; idempotent; nothing is
+    written if any entry is invalid)."""
+    registry.load_yaml(path)  # every camera checked before the sites are written
+    written, unchanged = sites.import_yaml(path)
     result = registry.import_yaml(path)
     click.echo(f"imported {path}: {len(result.added)} added, {len(result.updated)} updated, "
-               f"{len(result.unchanged)} unchanged")
+               f"{len(result.unchanged)} unchanged"
+               + (f"; sites: {len(written)} written, {len(unchanged)} unchanged"
+                  if written or unchanged else ""))
 
 
 @click.group("ticker", invoke_without_command=True)

@@ -19,14 +19,14 @@ import yaml
 from maskwatch import metrics, store
 from maskwatch.config import Settings
 from maskwatch.netpolicy import SourcePolicyError, check_source_url
-from maskwatch.schemas.events import Camera, CountingArea
+from maskwatch.schemas.events import Camera, CountingArea, Schedule
 from maskwatch.schemas.parse import SchemaError, validate_event
 from maskwatch.schemas.redaction import redact_text
 
 log = logging.getLogger(__name__)
 
 _COLUMNS = ["id", "name", "site", "zone", "source_url", "display_url", "interval_s", "enabled", "rules",
-            "area", "allow_private_network", "updated_at", "deleted"]
+            "area", "schedule", "allow_private_network", "updated_at", "deleted"]
 
 
 class RegistryError(ValueError):
@@ -36,13 +36,15 @@ class RegistryError(ValueError):
 def _row(camera: Camera, deleted: bool = False) -> list[Any]:
     return [camera.id, camera.name, camera.site, camera.zone, camera.source_url, camera.display_url,
             camera.interval_s, camera.enabled, camera.rules.model_dump_json(exclude_none=True),
-            camera.area.model_dump_json(), camera.allow_private_network, camera.updated_at, int(deleted)]
+            camera.area.model_dump_json(), camera.schedule.model_dump_json(exclude_none=True),
+            camera.allow_private_network, camera.updated_at, int(deleted)]
 
 
 def _from_row(row: dict[str, Any]) -> Camera:
     data = {key: row[key] for key in _COLUMNS if key not in ("display_url", "deleted")}
     data["rules"] = json.loads(data["rules"] or "{}")
     data["area"] = json.loads(data["area"] or "{}")
+    data["schedule"] = json.loads(data["schedule"] or "{}")
     return validate_event(Camera, data)
 
 
@@ -128,6 +130,15 @@ def set_area(camera_id: str, area: CountingArea, settings: Settings | None = Non
     return updated
 
 
+def set_schedule(camera_id: str, schedule: Schedule, settings: Settings | None = None) -> Camera:
+    """Replace a camera's own schedule (its site's applies as well)."""
+    camera = require_camera(camera_id, settings)
+    updated = camera.model_copy(update={"schedule": schedule, "updated_at": _next_version(camera)})
+    _write(updated, settings)
+    log.info("camera %s: schedule set (%s)", camera_id, schedule.model_dump_json(exclude_none=True))
+    return updated
+
+
 def check_source(camera: Camera) -> None:
     """Refuse a camera whose source the fetch policy forbids (``maskwatch.netpolicy``), as a RegistryError."""
     try:
@@ -165,6 +176,8 @@ def load_yaml(path: Path) -> list[Camera]:
     except (OSError, yaml.YAMLError) as exc:
         raise RegistryError(f"{path}: cannot read camera file: {redact_text(str(exc))}") from None
     entries = document.get("cameras") if isinstance(document, dict) else None
+    if entries is None and isinstance(document, dict) and "sites" in document:
+        return []  # a file of sites only (maskwatch.cameras.sites reads them)
     if not isinstance(entries, list):
         raise RegistryError(f"{path}: expected a top-level 'cameras:' list")
     cameras, problems, seen = [], [], set()

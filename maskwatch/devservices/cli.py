@@ -74,7 +74,7 @@ def status() -> None:
 def up_command(cameras_file: Path, durable: bool) -> None:
     """Start everything locally: broker, store, schema, sample cameras, ticker (idempotent)."""
     from maskwatch import store
-    from maskwatch.cameras import registry
+    from maskwatch.cameras import registry, sites
     from maskwatch.devservices import manager
     from maskwatch.topics import TopicError
 
@@ -85,6 +85,7 @@ def up_command(cameras_file: Path, durable: bool) -> None:
         settings = Settings()  # again: the store's password may have been made just now
         applied = store.migrate(settings)
         click.echo(f"store: migrations {', '.join(applied) if applied else 'up to date'}")
+        sites.import_yaml(cameras_file, settings)
         result = registry.import_yaml(cameras_file, settings)
         click.echo(f"cameras: {cameras_file.name}: {len(result.added)} added, {len(result.updated)} updated, "
                    f"{len(result.unchanged)} unchanged")
