@@ -85,8 +85,15 @@ CURRENT_DETECTIONS = (
 
 
 # Estimated distinct people among faces: those the flow associated across a camera's ticks count once
-# (maskwatch.flows.people), faces stored before people were tracked count one each.
-PEOPLE = "(uniqExactIf(person_id, person_id != '') + countIf(person_id = ''))"
+# (maskwatch.flows.people); faces stored before people were tracked have no person and are not counted.
+PEOPLE = "uniqExactIf(person_id, person_id != '')"
+# Ranges longer than this are read from the hourly rollups (schemas/sql/008), which outlive the raw rows'
+# TTL, to the hour; shorter ones from the raw rows, to the millisecond.
+ROLLUP_AFTER = timedelta(days=2)
+
+
+def uses_rollups(scope: Scope) -> bool:
+    return scope.span > ROLLUP_AFTER
 
 
 def _df(settings: Settings, sql: str, params: dict[str, Any]) -> pl.DataFrame:
@@ -152,31 +159,40 @@ def kpis(settings: Settings, scope: Scope) -> pl.DataFrame:
     both = replace(scope, start=scope.previous().start)
     params = both.params() | {"split_ms": _ms(scope.start)}
     period = "if(toUnixTimestamp64Milli({col}) >= {{split_ms:Int64}}, 'current', 'previous')"
-    faces = _df(
-        settings,
-        f"SELECT {period.format(col='scheduled_at')} AS period, countIf(status = 'ok') AS frames, "
-        "sum(faces) AS faces, sum(nomask_faces) AS nomask_faces "
-        f"FROM frames FINAL WHERE {where('scheduled_at')} GROUP BY period LIMIT 2 {_FINAL_SETTINGS}",
-        params,
-    )
+    if uses_rollups(scope):
+        faces = _df(
+            settings,
+            f"SELECT {period.format(col='toDateTime64(hour, 3)')} AS period, "
+            "uniqExactMerge(frames) AS frames, "
+            "sum(faces) AS faces, sum(nomask_faces) AS nomask_faces, "
+            "uniqMerge(nomask_people) AS nomask_people "
+            f"FROM compliance_hourly WHERE {where('hour')} GROUP BY period LIMIT 2",
+            params,
+        )
+    else:
+        faces = _df(
+            settings,
+            f"SELECT {period.format(col='scheduled_at')} AS period, countIf(status = 'ok') AS frames, "
+            "sum(faces) AS faces, sum(nomask_faces) AS nomask_faces "
+            f"FROM frames FINAL WHERE {where('scheduled_at')} GROUP BY period LIMIT 2 {_FINAL_SETTINGS}",
+            params,
+        ).join(_df(
+            settings,
+            f"SELECT {period.format(col='scheduled_at')} AS period, {PEOPLE} AS nomask_people "
+            f"FROM {CURRENT_DETECTIONS} WHERE nomask AND ignored = '' AND {where('scheduled_at')} "
+            f"GROUP BY period LIMIT 2 {_FINAL_SETTINGS}",
+            params,
+        ), on="period", how="left")
     alerts = _df(
         settings,
         f"SELECT {period.format(col='triggered_at')} AS period, count() AS alerts "
         f"FROM alerts FINAL WHERE {where('triggered_at')} GROUP BY period LIMIT 2 {_FINAL_SETTINGS}",
         params,
     )
-    people = _df(
-        settings,
-        f"SELECT {period.format(col='scheduled_at')} AS period, {PEOPLE} AS nomask_people "
-        f"FROM {CURRENT_DETECTIONS} WHERE nomask AND ignored = '' AND {where('scheduled_at')} "
-        f"GROUP BY period LIMIT 2 {_FINAL_SETTINGS}",
-        params,
-    )
     base = pl.DataFrame({"period": ["current", "previous"]})
     out = (
         base.join(faces, on="period", how="left")
         .join(alerts, on="period", how="left")
-        .join(people, on="period", how="left")
         .with_columns(pl.col("frames", "faces", "nomask_faces", "alerts", "nomask_people").fill_null(0)
                       .cast(pl.Int64))
     )
@@ -211,26 +227,36 @@ def timeseries(settings: Settings, scope: Scope, bucket_s: int) -> pl.DataFrame:
         raise ValueError(f"{bucket_s}s buckets over {scope.span} exceed {MAX_BUCKETS} points; pick coarser")
     params = scope.params() | {"bucket_s": bucket_s}
     bucket = "toStartOfInterval({col}, toIntervalSecond({{bucket_s:UInt32}}))"
-    faces = _df(
-        settings,
-        f"SELECT toUnixTimestamp({bucket.format(col='scheduled_at')}) AS bucket, "
-        "sum(faces) AS faces, sum(nomask_faces) AS nomask_faces "
-        f"FROM frames FINAL WHERE {where('scheduled_at')} GROUP BY bucket ORDER BY bucket "
-        f"LIMIT {MAX_BUCKETS + 1} {_FINAL_SETTINGS}",
-        params,
-    )
+    if uses_rollups(scope) and bucket_s >= 3600:
+        faces = _df(
+            settings,
+            f"SELECT toUnixTimestamp({bucket.format(col='hour')}) AS bucket, sum(faces) AS faces, "
+            "sum(nomask_faces) AS nomask_faces, uniqMerge(nomask_people) AS nomask_people "
+            f"FROM compliance_hourly WHERE {where('hour')} GROUP BY bucket ORDER BY bucket "
+            f"LIMIT {MAX_BUCKETS + 1}",
+            params,
+        )
+    else:
+        faces = _df(
+            settings,
+            f"SELECT toUnixTimestamp({bucket.format(col='scheduled_at')}) AS bucket, "
+            "sum(faces) AS faces, sum(nomask_faces) AS nomask_faces "
+            f"FROM frames FINAL WHERE {where('scheduled_at')} GROUP BY bucket ORDER BY bucket "
+            f"LIMIT {MAX_BUCKETS + 1} {_FINAL_SETTINGS}",
+            params,
+        ).join(_df(
+            settings,
+            f"SELECT toUnixTimestamp({bucket.format(col='scheduled_at')}) AS bucket, "
+            f"{PEOPLE} AS nomask_people FROM {CURRENT_DETECTIONS} "
+            f"WHERE nomask AND ignored = '' AND {where('scheduled_at')} "
+            f"GROUP BY bucket ORDER BY bucket LIMIT {MAX_BUCKETS + 1} {_FINAL_SETTINGS}",
+            params,
+        ), on="bucket", how="left")
     alerts = _df(
         settings,
         f"SELECT toUnixTimestamp({bucket.format(col='triggered_at')}) AS bucket, count() AS alerts "
         f"FROM alerts FINAL WHERE {where('triggered_at')} GROUP BY bucket ORDER BY bucket "
         f"LIMIT {MAX_BUCKETS + 1} {_FINAL_SETTINGS}",
-        params,
-    )
-    people = _df(
-        settings,
-        f"SELECT toUnixTimestamp({bucket.format(col='scheduled_at')}) AS bucket, {PEOPLE} AS nomask_people "
-        f"FROM {CURRENT_DETECTIONS} WHERE nomask AND ignored = '' AND {where('scheduled_at')} "
-        f"GROUP BY bucket ORDER BY bucket LIMIT {MAX_BUCKETS + 1} {_FINAL_SETTINGS}",
         params,
     )
     first = datetime.fromtimestamp(math.floor(scope.start.timestamp() / bucket_s) * bucket_s, UTC)
@@ -242,13 +268,12 @@ def timeseries(settings: Settings, scope: Scope, bucket_s: int) -> pl.DataFrame:
     shaped = [
         frame.with_columns(pl.from_epoch(pl.col("bucket").cast(pl.Int64), time_unit="s")
                            .dt.replace_time_zone("UTC").dt.cast_time_unit("us"))
-        for frame in (faces, alerts, people)
+        for frame in (faces, alerts)
     ]
     axis = axis.with_columns(pl.col("bucket").dt.cast_time_unit("us"))
     out = (
         axis.join(shaped[0], on="bucket", how="left")
         .join(shaped[1], on="bucket", how="left")
-        .join(shaped[2], on="bucket", how="left")
         .with_columns(pl.col("faces", "nomask_faces", "alerts", "nomask_people").fill_null(0).cast(pl.Int64))
     )
     return out.with_columns(

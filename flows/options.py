@@ -50,6 +50,8 @@ class FlowOptions:
     snapshots: bool = True
     snapshot_max_width: int = 640
     snapshot_blur_faces: bool = False
+    snapshot_keep_days: float = 30
+    snapshot_max_bytes: int = 10 * 1024**3
     # Alerts already on the alert topic within this horizon are not published again after a replay.
     alert_dedup_horizon_s: int = 7 * 86400
 
@@ -100,5 +102,7 @@ class FlowOptions:
             snapshots=s.snapshots,
             snapshot_max_width=s.snapshot_max_width,
             snapshot_blur_faces=s.snapshot_blur_faces,
+            snapshot_keep_days=s.snapshot_keep_days,
+            snapshot_max_bytes=s.snapshot_max_bytes,
             alert_dedup_horizon_s=s.alert_dedup_horizon_s,
         )

@@ -7,6 +7,7 @@ import threading
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, TypeVar
 
 from maskwatch import metrics
@@ -17,6 +18,7 @@ from maskwatch.flows.options import FlowOptions
 from maskwatch.flows.registry_cache import RegistryCache, store_loader, store_site_loader
 from maskwatch.flows.rules import RuleConfig, parse_scope
 from maskwatch.flows.schedules import Suppressed, suppressed
+from maskwatch.flows.snapshots import SnapshotPruner
 from maskwatch.schemas.events import Camera, Tick
 
 log = logging.getLogger(__name__)
@@ -31,6 +33,7 @@ class FlowRuntime:
         self.settings, self.opts = settings, opts
         self._lock = threading.Lock()
         self._registry: RegistryCache | None = None
+        self._pruner: SnapshotPruner | None = None
         self._local = threading.local()
 
     @property
@@ -40,6 +43,14 @@ class FlowRuntime:
                 self._registry = RegistryCache(store_loader(self.settings), self.opts.registry_refresh_s,
                                                store_site_loader(self.settings))
             return self._registry
+
+    def _start_pruner(self, root: Path) -> None:
+        """One snapshot pruner per process (the first worker to need snapshots starts it)."""
+        with self._lock:
+            if self._pruner is None:
+                self._pruner = SnapshotPruner(root, self.opts.snapshot_keep_days,
+                                              self.opts.snapshot_max_bytes)
+                self._pruner.start()
 
     def wanted_models(self) -> tuple[str, str]:
         """The detector and classifier this flow should serve now: the ones the options name, else the
@@ -61,6 +72,8 @@ class FlowRuntime:
         if proc is None:
             engine = self._engine(*self.wanted_models())
             snapshots = self.settings.home / "snapshots" if self.opts.snapshots else None
+            if snapshots is not None:
+                self._start_pruner(snapshots)
             proc = BatchProcessor(
                 Fetcher(self.opts.fetch), engine, snapshots, detector_model=engine.detector_spec.name,
                 classifier_model=engine.classifier_spec.name, snapshot_max_width=self.opts.snapshot_max_width,

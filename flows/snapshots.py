@@ -1,12 +1,17 @@
 """Annotated snapshots: a downscaled JPEG with face boxes for each frame that has a no-mask face.
 
 Files live under ``MASKWATCH_HOME/snapshots/<camera>/<YYYYMMDD>/<tick>.jpg``; the path is derived from
-the tick, so a replay overwrites the same file instead of adding one.
+the tick, so a replay overwrites the same file instead of adding one. They are deleted by age and by a
+disk budget (``MASKWATCH_FLOW_SNAPSHOT_KEEP_DAYS``, ``..._MAX_BYTES``) while the flow runs.
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
+import threading
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -18,6 +23,7 @@ import numpy as np
 from maskwatch.inference.preprocess import resize_interpolation
 from maskwatch.schemas.events import CountingArea
 
+log = logging.getLogger(__name__)
 NOMASK_COLOR = (0, 0, 255)  # BGR red
 MASK_COLOR = (0, 200, 0)
 IGNORED_COLOR = (160, 160, 160)  # a face outside the camera's counting area
@@ -92,3 +98,60 @@ def save_snapshot(
     tmp.write_bytes(data.tobytes())
     os.replace(tmp, path)
     return path
+
+
+@dataclass(frozen=True)
+class Pruned:
+    files: int
+    bytes: int
+    kept_files: int
+    kept_bytes: int
+
+
+def prune(root: Path, keep_days: float, max_bytes: int, now: float | None = None) -> Pruned:
+    """Delete snapshots under ``root`` older than ``keep_days`` (by file time), then the oldest ones until
+    the rest fit in ``max_bytes``; empty folders go too. A file that vanishes meanwhile (another process
+    pruning the same folder) is skipped."""
+    now = time.time() if now is None else now
+    files = []
+    for path in root.glob("*/*/*.jpg"):
+        try:
+            st = path.stat()
+        except FileNotFoundError:
+            continue
+        files.append((st.st_mtime, st.st_size, path))
+    files.sort()  # oldest first
+    total = sum(size for _, size, _ in files)
+    deleted = freed = 0
+    for mtime, size, path in files:
+        if mtime >= now - keep_days * 86400 and total <= max_bytes:
+            break
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+        total -= size
+        deleted, freed = deleted + 1, freed + size
+    for folder in sorted(root.glob("*/*"), reverse=True) + sorted(root.glob("*"), reverse=True):
+        if folder.is_dir():
+            with contextlib.suppress(OSError):
+                folder.rmdir()  # only if empty
+    return Pruned(deleted, freed, len(files) - deleted, total)
+
+
+class SnapshotPruner(threading.Thread):
+    """Prunes this host's snapshots every ``every_s`` seconds while the flow runs (a daemon thread)."""
+
+    def __init__(self, root: Path, keep_days: float, max_bytes: int, every_s: float = 600.0):
+        super().__init__(name="snapshot-pruner", daemon=True)
+        self.root, self.keep_days, self.max_bytes, self.every_s = root, keep_days, max_bytes, every_s
+        self.stopping = threading.Event()
+
+    def run(self) -> None:
+        while not self.stopping.is_set():
+            try:
+                result = prune(self.root, self.keep_days, self.max_bytes)
+                if result.files:
+                    log.info("snapshots: deleted %d files (%.1f MB); %d kept (%.1f MB)", result.files,
+                             result.bytes / 1e6, result.kept_files, result.kept_bytes / 1e6)
+            except OSError as exc:  # a full or read-only disk must not stop the flow
+                log.warning("snapshots: pruning %s failed: %s", self.root, exc)
+            self.stopping.wait(self.every_s)

@@ -344,6 +344,11 @@ class FlowSettings(_Section):
     snapshots: bool = Field(default=True, description="save an annotated JPEG of frames with a no-mask face")
     snapshot_max_width: int = Field(default=640, ge=32, le=8192, description="snapshot width, pixels")
     snapshot_blur_faces: bool = Field(default=False, description="blur the faces in snapshots")
+    snapshot_keep_days: float = Field(default=30, gt=0, le=36500,
+                                      description="snapshot files older than this are deleted, days")
+    snapshot_max_bytes: int = Field(default=10 * 1024**3, ge=1024**2,
+                                    description="snapshots kept on this host at most, bytes (oldest first "
+                                                "out)")
     alert_dedup_horizon_s: int = Field(
         default=7 * 86400,
         ge=0,
@@ -396,6 +401,10 @@ class Retention(_Section):
     detections: int = Field(default=30, ge=1, le=36500, description="days detections are kept")
     alerts: int = Field(default=365, ge=1, le=36500, description="days alerts are kept")
     camera_health: int = Field(default=14, ge=1, le=36500, description="days camera health rows are kept")
+    rollup_hourly: int = Field(default=400, ge=1, le=36500,
+                               description="days the hourly compliance rollups are kept")
+    rollup_daily: int = Field(default=3650, ge=1, le=36500,
+                              description="days the daily compliance rollups are kept")
 
 
 class DashboardSettings(_Section):

@@ -398,6 +398,27 @@ def test_manage_schedule_pause_and_site_clocks(fresh: Settings) -> None:
     assert sites.require_site("hq", fresh).schedule.paused_until is None
 
 
+def test_long_ranges_read_the_rollups_past_the_raw_ttl(fresh: Settings) -> None:
+    # Rollup rows only: 10 and 40 days ago, long after (and before) any raw frame could still be kept.
+    now = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
+    for days, ticks, nomask in ((10, 40, 10), (40, 20, 10)):
+        store.command(
+            "INSERT INTO compliance_hourly SELECT {h:DateTime('UTC')}, 'hq', 'lobby', 'door', "
+            "uniqExactState(toString(number)), toUInt64(2 * count()), toUInt64({nomask:UInt32}), "
+            "uniqState(toString(number % 4)) FROM numbers({ticks:UInt32})",
+            {"h": now - timedelta(days=days), "nomask": nomask, "ticks": ticks}, settings=fresh)
+    at = open_app(range="Last 30 days")
+    shown = metrics(at)
+    assert shown, texts(at)
+    assert shown["Frames processed"] == ("40", "+20 (+100%)")
+    assert shown["Faces seen"] == ("80", "+40 (+100%)")
+    assert shown["No-mask people (est.)"] == ("4", "+0 (+0%)")
+    assert shown["Compliance"][0] == f"{70 / 80:.1%}"
+    assert any("from the hourly rollups" in c.value for c in at.caption)
+    series = queries.timeseries(fresh, at.session_state["mw_scope"], 86400)
+    assert series["faces"].sum() == 80 and series["nomask_people"].sum() == 4
+
+
 def test_empty_store_says_so(fresh: Settings) -> None:
     at = open_app()
     assert metrics(at)["Compliance"][0] == "—" and metrics(at)["Faces seen"][0] == "0"

@@ -69,3 +69,34 @@ def test_downscaled_snapshot_keeps_the_picture(dataset_dir: Path) -> None:
         ref = cv2.resize(frame, out.shape[1::-1], interpolation=cv2.INTER_AREA)
         assert out.shape == ref.shape and out.shape[1] == width
         assert np.abs(out.astype(np.int16) - ref).mean() < 1.0, width  # nearest: 2.4-7.9
+
+
+def test_snapshots_are_pruned_by_age_then_by_disk_budget(tmp_path: Path) -> None:
+    import os
+    import time
+
+    from maskwatch.flows.snapshots import SnapshotPruner, prune
+
+    now = time.time()
+    files = []
+    for i, (camera, days_old) in enumerate([("a", 40), ("a", 20), ("b", 10), ("b", 2), ("c", 1)]):
+        path = tmp_path / camera / f"2026110{i}" / f"{camera}_{i}.jpg"
+        path.parent.mkdir(parents=True)
+        path.write_bytes(b"x" * 1000)
+        os.utime(path, (now - days_old * 86400, now - days_old * 86400))
+        files.append(path)
+    result = prune(tmp_path, keep_days=30, max_bytes=10_000, now=now)
+    assert (result.files, result.bytes, result.kept_files) == (1, 1000, 4)
+    assert not files[0].exists() and not files[0].parent.exists()  # its empty folder went too
+    result = prune(tmp_path, keep_days=30, max_bytes=2500, now=now)  # the oldest go until 2 fit
+    assert (result.files, result.kept_bytes) == (2, 2000)
+    assert [p.exists() for p in files] == [False, False, False, True, True]
+    # The flow's pruner thread does the same on its own.
+    pruner = SnapshotPruner(tmp_path, keep_days=1.5, max_bytes=10**9, every_s=0.05)
+    pruner.start()
+    deadline = time.monotonic() + 5
+    while files[3].exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    pruner.stopping.set()
+    pruner.join(5)
+    assert not files[3].exists() and files[4].exists()

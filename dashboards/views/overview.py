@@ -13,7 +13,9 @@ settings = ui.settings()
 scope = ui.scope()
 
 st.title("Mask compliance")
-st.caption(f"{ui.describe(scope)} · compared with the previous {ui.span_text(scope.span)}")
+st.caption(f"{ui.describe(scope)} · compared with the previous {ui.span_text(scope.span)}"
+           + (" · from the hourly rollups (kept after the raw rows expire), to the hour"
+              if queries.uses_rollups(scope) else ""))
 serving = data.serving_models(settings)
 if serving.height:
     newest = serving.row(0, named=True)

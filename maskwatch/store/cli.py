@@ -9,7 +9,7 @@ from maskwatch.config import settings
 
 @click.group()
 def store() -> None:
-    """The ClickHouse store: serve the embedded engine, apply migrations."""
+    """The ClickHouse store: serve the embedded engine, apply migrations, change retention."""
 
 
 @store.command()
@@ -35,3 +35,32 @@ def migrate() -> None:
     except StoreError as exc:
         raise click.ClickException(str(exc)) from exc
     click.echo(f"migrations applied: {', '.join(applied) if applied else 'none (up to date)'}")
+
+
+@store.command()
+@click.option("--frames", type=int, help="Days frames are kept.")
+@click.option("--detections", type=int, help="Days detections (faces) are kept.")
+@click.option("--alerts", type=int, help="Days alerts are kept.")
+@click.option("--camera-health", type=int, help="Days camera health rows and changes are kept.")
+@click.option("--rollup-hourly", type=int, help="Days the hourly compliance rollups are kept.")
+@click.option("--rollup-daily", type=int, help="Days the daily compliance rollups are kept.")
+@click.option("--from-env", is_flag=True, help="Set every table to its MASKWATCH_TTL_DAYS_<TABLE> value.")
+def ttl(from_env: bool, **days: int | None) -> None:
+    """Change how long an existing store keeps rows (migrations read MASKWATCH_TTL_DAYS_* only when they
+    create a table). With no option, print the TTLs in force."""
+    from maskwatch.config import Retention
+    from maskwatch.store import StoreError
+    from maskwatch.store.retention import current_ttls, set_ttls
+
+    wanted: dict[str, int] = {k: int(v) for k, v in days.items() if v is not None}
+    if from_env:
+        wanted = {**Retention().model_dump(), **wanted}
+    try:
+        if wanted:
+            for table, kept in set_ttls(wanted).items():
+                click.echo(f"{table}: rows kept {kept} days")
+            return
+        for table, now in current_ttls().items():
+            click.echo(f"{table}: {f'{now} days' if now else 'no TTL (or no such table)'}")
+    except (StoreError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from exc
