@@ -27,6 +27,7 @@ COMMANDS: dict[str, str] = {
     "flow": "maskwatch.flows.cli:flow",
     "dashboard": "maskwatch.dashboards.cli:dashboard",
     "notify": "maskwatch.notify.cli:notify_command",
+    "snapshots": "maskwatch.snapshots.cli:snapshots",
     "up": "maskwatch.devservices.cli:up_command",
     "down": "maskwatch.devservices.cli:down_command",
     "config": "maskwatch.cli:config",

@@ -17,6 +17,7 @@ import os
 import re
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
+from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -441,6 +442,40 @@ class NotifySettings(_Section):
     )
 
 
+class SnapshotLinkSettings(_Section):
+    """Signed, expiring HTTPS links to alert snapshots for chat and webhooks (`maskwatch snapshots serve`)."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="MASKWATCH_SNAPSHOT_LINK_", extra="ignore", frozen=True, validate_default=True
+    )
+    SECRETS: ClassVar[frozenset[str]] = frozenset({"key"})
+    TITLE: ClassVar[str] = "Snapshot links"
+
+    base: str = Field(
+        default="", description="public base URL of `maskwatch snapshots serve`, https:// (unset: no links)"
+    )
+    key: SecretStr | None = Field(default=None, description="HMAC key the links are signed with (or _FILE)")
+    ttl_s: int = Field(default=7 * 86400, ge=60, le=90 * 86400, description="how long a link works, seconds")
+    port: int = Field(default=8502, ge=1, le=65535, description="port `maskwatch snapshots serve` listens on")
+    tls_cert: Path | None = Field(default=None, description="certificate (PEM) to serve HTTPS directly")
+    tls_key: Path | None = Field(default=None, description="its private key (PEM)")
+
+    @model_validator(mode="after")
+    def _https(self) -> SnapshotLinkSettings:
+        if self.base:
+            parts = urlsplit(self.base)
+            loopback = parts.hostname in ("127.0.0.1", "localhost", "::1")
+            if parts.scheme != "https" and not (parts.scheme == "http" and loopback):
+                raise ValueError(f"MASKWATCH_SNAPSHOT_LINK_BASE={self.base[:80]!r} must be an https:// URL "
+                                 "(http:// only on loopback)")
+            if self.key is None:
+                raise ValueError("MASKWATCH_SNAPSHOT_LINK_BASE is set: set MASKWATCH_SNAPSHOT_LINK_KEY "
+                                 "(or _FILE) too")
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("set both MASKWATCH_SNAPSHOT_LINK_TLS_CERT and MASKWATCH_SNAPSHOT_LINK_TLS_KEY")
+        return self
+
+
 class DevServicesSettings(_Section):
     """The embedded default's local services (`maskwatch services up`, `maskwatch up`)."""
 
@@ -480,6 +515,7 @@ SECTIONS: tuple[type[_Section], ...] = (
     Retention,
     DashboardSettings,
     NotifySettings,
+    SnapshotLinkSettings,
     DevServicesSettings,
 )
 

@@ -72,6 +72,7 @@ LAYERS: list[set[str]] = [
     {"maskwatch.inference.serving"},
     {"maskwatch.inference.evaluation"},
     {"maskwatch.inference.training"},
+    {"maskwatch.snapshots"},
     {"maskwatch.cameras", "maskwatch.notify"},
     {"maskwatch.flows"},
     {"maskwatch.dashboards"},

@@ -40,8 +40,10 @@ FAST_RETRY = {"attempts": 4, "base_delay_s": 0.05, "max_delay_s": 0.2, "timeout_
 @dataclass
 class Post:
     path: str
-    body: dict[str, Any]
+    body: dict[str, Any]  # the JSON body ({} for a multipart post)
     at: float
+    headers: dict[str, str]
+    raw: bytes
 
 
 class Hooks:
@@ -63,7 +65,9 @@ class Hooks:
                     queued = hooks.script.get(self.path)
                     status = queued.pop(0) if queued else 200
                     if status == 200:
-                        hooks.posts.append(Post(self.path, json.loads(body), time.monotonic()))
+                        is_json = self.headers.get("Content-Type", "").startswith("application/json")
+                        hooks.posts.append(Post(self.path, json.loads(body) if is_json else {},
+                                                time.monotonic(), dict(self.headers.items()), body))
                 self.send_response(status)
                 self.send_header("Content-Length", "2")
                 self.end_headers()
@@ -221,8 +225,8 @@ def test_one_post_per_destination_in_its_format(settings: Settings, hooks: Hooks
     assert len(slack.body["blocks"][1]["fields"]) <= 10
 
     [teams] = hooks.received("/teams")
-    assert teams.body["@type"] == "MessageCard" and teams.body["@context"] == "https://schema.org/extensions"
-    facts = {f["name"]: f["value"] for f in teams.body["sections"][0]["facts"]}
+    card = adaptive_card(teams.body)
+    facts = {f["title"]: f["value"] for f in card["body"][2]["facts"]}
     assert facts["Camera"] == "cam-1" and facts["Alert id"] == teams_text(alert.alert_id)
 
     generic = hooks.received("/generic")
@@ -400,8 +404,19 @@ def test_config_errors_name_the_problem(tmp_path: Path, monkeypatch: pytest.Monk
         "missing env": ({"destinations": [{"name": "s", "url_env": "NOPE_URL"}]},
                         "url_env NOPE_URL is not set"),
         "no url": ({"destinations": [{"name": "s"}]}, "exactly one of url or url_env"),
-        "bad format": ({"destinations": [{"name": "s", "url": "http://h/x", "format": "email"}]},
+        "bad format": ({"destinations": [{"name": "s", "url": "http://h/x", "format": "fax"}]},
                        "destinations.0.format"),
+        "email with a url": ({"destinations": [{"name": "s", "url": "http://h/x", "format": "email"}]},
+                             "an email destination takes smtp"),
+        "telegram without chat": ({"destinations": [{"name": "t", "url": "https://h/bot1:pw/sendMessage",
+                                                     "format": "telegram"}]}, "chat_id is required"),
+        "hmac on slack": ({"destinations": [{"name": "s", "url": "https://h/x", "format": "slack",
+                                             "hmac_secret_env": "X"}]}, "signs generic webhooks only"),
+        "missing hmac secret": ({"destinations": [{"name": "s", "url": "https://h/x",
+                                                   "hmac_secret_env": "NOPE_URL"}]},
+                                "hmac_secret_env NOPE_URL is not set"),
+        "bad address": ({"destinations": [{"name": "m", "format": "email", "smtp": {
+            "host": "smtp.example", "sender": "a@b.example", "to": ["not an address"]}}]}, "smtp.to.0"),
         "bad scheme": ({"destinations": [{"name": "s", "url": "ftp://u:pw@h/x"}]}, "must be http(s)"),
         "bad port": ({"destinations": [{"name": "s", "url": "https://h:99999/pw"}]}, "invalid port"),
         "dupes": ({"destinations": [{"name": "s", "url": "http://h/1"}, {"name": "s", "url": "http://h/2"}]},
@@ -533,9 +548,29 @@ def test_camera_text_reads_as_text_in_slack_and_teams(settings: Settings, hooks:
     slack = json.dumps(hooks.received("/slack")[0].body)
     assert "<!channel>" not in slack and "<https://evil.example|" not in slack and "&lt;!channel&gt;" in slack
     [teams] = hooks.received("/teams")
-    section = teams.body["sections"][0]
-    assert section["markdown"] is False
-    assert "<img" not in json.dumps(teams.body)
+    card = json.dumps(adaptive_card(teams.body))
+    assert "<img" not in card and "[x](https" not in card and "\\\\[x\\\\]\\\\(https" in card
+
+
+CARD_ELEMENTS = {"TextBlock": {"text"}, "FactSet": {"facts"}, "Image": {"url"}}
+
+
+def adaptive_card(body: dict[str, Any]) -> dict[str, Any]:
+    """The card of a Teams Workflows message, checked against what Teams requires of one (message type,
+    one Adaptive Card attachment of a version Teams renders, known elements with their required fields)."""
+    assert body["type"] == "message" and len(body["attachments"]) == 1
+    attachment = body["attachments"][0]
+    assert attachment["contentType"] == "application/vnd.microsoft.card.adaptive"
+    card = attachment["content"]
+    assert card["type"] == "AdaptiveCard" and card["$schema"].startswith("http://adaptivecards.io/schemas/")
+    assert tuple(int(x) for x in card["version"].split(".")) <= (1, 5)  # Teams renders up to 1.5
+    for element in card["body"]:
+        assert CARD_ELEMENTS[element["type"]] <= set(element), element
+    for fact in next((e["facts"] for e in card["body"] if e["type"] == "FactSet"), []):
+        assert set(fact) == {"title", "value"} and all(isinstance(v, str) for v in fact.values())
+    for action in card.get("actions", []):
+        assert action["type"] == "Action.OpenUrl" and action["url"].startswith(("https://", "http://"))
+    return dict(card)
 
 
 def health_event(kind: str, state: str, previous: str, n: int, camera: str = "cam-1", site: str = "hq"

@@ -6,22 +6,34 @@ Example ``notify.yaml``::
     destinations:
       - name: ops-slack
         url_env: SLACK_WEBHOOK_URL      # the URL from $SLACK_WEBHOOK_URL or the file $SLACK_WEBHOOK_URL_FILE
-        format: slack                   # slack | teams | generic
+        format: slack                   # slack | teams | telegram | email | generic
         sites: [hq]                     # optional filters; empty = every alert
         events: [alerts, camera_health] # the default: alerts, and cameras going down / back up
         rate: {per_minute: 20, burst: 5}
+      - name: site-teams                # a Teams Workflows webhook ("Post to a channel when a webhook
+        url_env: TEAMS_WORKFLOW_URL     # request is received"): an Adaptive Card
+        format: teams
+      - name: guards-telegram
+        url_env: TELEGRAM_SEND_URL      # https://api.telegram.org/bot<token>/sendMessage
+        format: telegram
+        chat_id: "-1001234567890"
+      - name: managers-mail
+        format: email
+        smtp: {host: smtp.example.com, port: 587, security: starttls, username: maskwatch,
+               password_env: SMTP_PASSWORD, sender: maskwatch@example.com, to: [managers@example.com]}
       - name: audit
-        url: http://audit.internal:8080/alerts
+        url: https://audit.internal/alerts
         format: generic
+        hmac_secret_env: AUDIT_HMAC_SECRET   # signs each post (X-Maskwatch-Signature)
 
-Webhook URLs usually carry their secret in the path (Slack, Teams), so they are never logged: only the
-destination's name and host are.
+Webhook URLs usually carry their secret in the path (Slack, Teams, Telegram's bot token), so they are
+never logged: only the destination's name and host are.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
 import yaml
@@ -58,14 +70,49 @@ class RateLimit(BaseModel):
     burst: int = Field(default=5, ge=1, description="Posts allowed back to back after a quiet period.")
 
 
+ENV_NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"
+_ADDRESS = r"^[^@\s<>,;]{1,64}@[A-Za-z0-9.-]{1,253}$"
+
+
+class Smtp(BaseModel):
+    """An e-mail destination's server: TLS always (STARTTLS on 587, or TLS from the start on 465)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
+
+    host: str = Field(min_length=1, max_length=253, pattern=r"^[A-Za-z0-9.:-]+$")
+    port: int = Field(default=587, ge=1, le=65535)
+    security: Literal["starttls", "tls"] = "starttls"
+    username: str = Field(default="", max_length=256)
+    password_env: str | None = Field(default=None, pattern=ENV_NAME,
+                                     description="Env var holding the password (or NAME_FILE).")
+    sender: str = Field(pattern=_ADDRESS)
+    to: list[Annotated[str, Field(pattern=_ADDRESS)]] = Field(min_length=1, max_length=50)
+    ca_file: Path | None = Field(default=None, description="CA bundle for a server with a private CA.")
+
+    def password(self) -> str | None:
+        if self.password_env is None:
+            return None
+        found = secret(self.password_env)
+        if not found:
+            raise NotifyConfigError(f"smtp password_env {self.password_env} is not set "
+                                    f"(set {self.password_env} or {self.password_env}_FILE)")
+        return found
+
+
 class Destination(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
 
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
     url: str | None = Field(default=None, repr=False)
-    url_env: str | None = Field(default=None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
+    url_env: str | None = Field(default=None, pattern=ENV_NAME,
                                 description="Env var holding the URL (or NAME_FILE naming a file with it).")
-    format: Literal["slack", "teams", "generic"] = "generic"
+    format: Literal["slack", "teams", "telegram", "email", "generic"] = "generic"
+    chat_id: str | None = Field(default=None, pattern=r"^(-?[0-9]{1,20}|@[A-Za-z0-9_]{5,32})$",
+                                description="Telegram: the chat, group or channel to post to.")
+    smtp: Smtp | None = None
+    hmac_secret_env: str | None = Field(default=None, pattern=ENV_NAME,
+                                        description="generic: sign each post with the secret in this env "
+                                                    "var (or NAME_FILE)")
     sites: list[str] = Field(default_factory=list)
     zones: list[str] = Field(default_factory=list)
     cameras: list[str] = Field(default_factory=list)
@@ -75,12 +122,34 @@ class Destination(BaseModel):
 
     @model_validator(mode="after")
     def _one_url(self) -> Destination:
+        if self.format == "email":
+            if self.smtp is None or self.url is not None or self.url_env is not None:
+                raise ValueError("an email destination takes smtp: {host, sender, to, ...}, not a url")
+            return self
         if (self.url is None) == (self.url_env is None):
             raise ValueError("give exactly one of url or url_env")
+        if self.smtp is not None:
+            raise ValueError("smtp is for format: email only")
+        if (self.format == "telegram") != (self.chat_id is not None):
+            raise ValueError("chat_id is required for format: telegram, and only for it")
+        if self.hmac_secret_env is not None and self.format != "generic":
+            raise ValueError("hmac_secret_env signs generic webhooks only")
         return self
 
+    def hmac_secret(self) -> bytes | None:
+        if self.hmac_secret_env is None:
+            return None
+        found = secret(self.hmac_secret_env)
+        if not found:
+            raise NotifyConfigError(f"destination {self.name}: hmac_secret_env {self.hmac_secret_env} is not "
+                                    f"set (set {self.hmac_secret_env} or {self.hmac_secret_env}_FILE)")
+        return found.encode()
+
     def resolved_url(self) -> str:
-        """The webhook URL, read from the environment/secret file when ``url_env`` is used."""
+        """The webhook URL, read from the environment/secret file when ``url_env`` is used (an e-mail
+        destination's is ``smtp://host:port``, for logs)."""
+        if self.smtp is not None:
+            return f"smtp://{self.smtp.host}:{self.smtp.port}"
         if self.url is not None:
             url = self.url
         else:
@@ -150,6 +219,9 @@ def load_config(path: Path) -> NotifyConfig:
     for destination in config.destinations:
         try:
             destination.resolved_url()
+            destination.hmac_secret()
+            if destination.smtp is not None:
+                destination.smtp.password()
         except NotifyConfigError as exc:
             raise NotifyConfigError(f"{path}: {exc}") from None
     return config

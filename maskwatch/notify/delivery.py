@@ -1,21 +1,23 @@
-"""Getting one alert to one webhook: rate limit, bounded retries, and a record of what was delivered."""
+"""Getting one alert to one destination (a webhook, or an SMTP server): rate limit, bounded retries,
+and a record of what was delivered."""
 
 from __future__ import annotations
 
-import json
 import logging
 import re
+import smtplib
 import sqlite3
+import ssl
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from email.message import EmailMessage
 from pathlib import Path
-from typing import Any
 
 import httpx
 
-from maskwatch.notify.config import RateLimit, RetryPolicy, host_of
+from maskwatch.notify.config import RateLimit, RetryPolicy, Smtp, host_of
 
 log = logging.getLogger(__name__)
 # httpx logs each request with its full URL at INFO, and a webhook URL's path is often its secret.
@@ -106,15 +108,23 @@ def _phrase(text: str, limit: int = 120) -> str:
     return _NOT_PLAIN.sub("?", text[: limit * 2])[:limit]
 
 
-def post_once(url: str, body: bytes, timeout_s: float) -> tuple[int | None, str, float | None]:
-    """(status, error, retry-after seconds). Errors never quote the URL, whose path may be a secret.
+Attempt = tuple[int | None, str, float | None]  # (status, error, retry-after seconds)
+
+
+def post_once(url: str, body: bytes | None, timeout_s: float, headers: dict[str, str] | None = None,
+              form: dict[str, str] | None = None, files: dict[str, tuple[str, bytes, str]] | None = None
+              ) -> Attempt:
+    """POST ``body`` (JSON), or ``form`` and ``files`` as multipart; (status, error, retry-after seconds).
+    Errors never quote the URL, whose path may be a secret.
 
     A redirect is not followed (it could point anywhere, the store server included): it is a failed
     attempt. An answer that is cut short, malformed or over-long is a failed attempt too, never a crash."""
-    headers = {"Content-Type": "application/json", "User-Agent": "maskwatch-notify"}
+    sent = {"User-Agent": "maskwatch-notify", **(headers or {})}
+    if body is not None:
+        sent.setdefault("Content-Type", "application/json")
     try:
         with httpx.Client(follow_redirects=False, timeout=httpx.Timeout(timeout_s)) as client, \
-                client.stream("POST", url, content=body, headers=headers) as response:
+                client.stream("POST", url, content=body, data=form, files=files, headers=sent) as response:
             received = 0
             for chunk in response.iter_raw():
                 received += len(chunk)
@@ -141,20 +151,49 @@ def post_once(url: str, body: bytes, timeout_s: float) -> tuple[int | None, str,
         return None, f"{host_of(url)}: {type(exc).__name__}: {_phrase(str(exc))}", None
 
 
-def deliver(url: str, payload: dict[str, Any], policy: RetryPolicy, wait: Callable[[float], bool],
+def send_mail(smtp: Smtp, password: str | None, message: EmailMessage, timeout_s: float) -> Attempt:
+    """One try at handing ``message`` to the SMTP server over TLS (STARTTLS, or TLS from the start),
+    with the server's certificate checked. A refusal in the 5xx range is permanent (status 550 style
+    codes are passed on as a non-retryable status); anything else is worth another try."""
+    context = ssl.create_default_context(cafile=str(smtp.ca_file) if smtp.ca_file else None)
+    where = f"smtp://{smtp.host}:{smtp.port}"
+    try:
+        if smtp.security == "tls":
+            client: smtplib.SMTP = smtplib.SMTP_SSL(smtp.host, smtp.port, timeout=timeout_s, context=context)
+        else:
+            client = smtplib.SMTP(smtp.host, smtp.port, timeout=timeout_s)
+        with client:
+            if smtp.security == "starttls":
+                client.starttls(context=context)  # refuses to go on in the clear if the server cannot
+            if smtp.username:
+                client.login(smtp.username, password or "")
+            client.send_message(message)
+        return 250, "", None
+    except smtplib.SMTPResponseException as exc:
+        code = int(exc.smtp_code)
+        text = exc.smtp_error.decode(errors="replace") if isinstance(exc.smtp_error, bytes) else str(exc)
+        return (None if code < 500 else 400), f"{where}: SMTP {code} {_phrase(text)}", None
+    except smtplib.SMTPRecipientsRefused as exc:
+        return 400, f"{where}: recipients refused ({len(exc.recipients)})", None
+    except (smtplib.SMTPException, OSError, ssl.SSLError) as exc:
+        return None, f"{where}: {type(exc).__name__}: {_phrase(str(exc))}", None
+
+
+def deliver(send: Callable[[], Attempt], policy: RetryPolicy, wait: Callable[[float], bool],
             acquire: Callable[[], bool], label: str) -> PostResult:
-    """POST ``payload`` with exponential backoff on retryable failures, at most ``policy.attempts`` tries.
+    """Call ``send`` (one try) with exponential backoff on retryable failures, at most ``policy.attempts``
+    tries: a 2xx status (250 for mail) is success, ``RETRYABLE`` statuses and None are retried, any other
+    status is final.
 
     ``acquire()`` is called before every try (the rate limit) and ``wait(seconds)`` between tries; both
     return False when the notifier is stopping."""
-    body = json.dumps(payload).encode()
     status: int | None = None
     error = ""
     for attempt in range(1, policy.attempts + 1):
         if not acquire():
             return PostResult(False, attempt - 1, status, error, interrupted=True)
-        status, error, retry_after = post_once(url, body, policy.timeout_s)
-        if status is not None and 200 <= status < 300:
+        status, error, retry_after = send()
+        if status is not None and (200 <= status < 300 or status == 250):
             return PostResult(True, attempt, status)
         if status is not None and status not in RETRYABLE:
             return PostResult(False, attempt, status, error)

@@ -1,11 +1,26 @@
-"""Webhook bodies for an alert or a camera health change: Slack (text + Block Kit), Microsoft Teams
-(MessageCard), or the event's JSON."""
+"""Messages for an alert or a camera health change: Slack (text + Block Kit), Microsoft Teams (an
+Adaptive Card for a Workflows webhook; the Office 365 connectors' MessageCard is retired), Telegram
+(plain text), e-mail (plain text, the snapshot attached), or the event's JSON."""
 
 from __future__ import annotations
 
+import re
+from dataclasses import dataclass
+from email.message import EmailMessage
+from pathlib import Path
 from typing import Any
 
 from maskwatch.schemas.events import Alert, CameraHealthEvent
+
+MAX_ATTACHMENT = 5 * 1024**2  # a snapshot is ~100 KB; anything far larger is not one
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """What the notifier can offer of an alert's picture: a signed link; the file, if on this host."""
+
+    url: str = ""
+    path: Path | None = None
 
 # Camera names, sites, zones and messages are typed by people who are not the channel's readers: in a
 # chat they must read as text, never as a link, a mention or formatting.
@@ -16,9 +31,22 @@ def slack_text(text: str) -> str:
     return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
+_CARD_MARKS = re.compile(r"([\\`*_~\[\]()|])")
+_LINE_START = re.compile(r"^(?:([-+#>])|(\d+)\.)")
+
+
 def teams_text(text: str) -> str:
-    """Text for a Teams card with markdown off: HTML escaped (the card renders a subset of it)."""
-    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    """Text for an Adaptive Card TextBlock or fact, which render a markdown subset: HTML escaped and every
+    markdown mark backslash-escaped, so no [link](url), emphasis or list comes from camera-typed text."""
+    escaped = text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    inline = _CARD_MARKS.sub(r"\\\1", " ".join(escaped.split()))
+    return _LINE_START.sub(lambda m: f"\\{m[1]}" if m[1] else f"{m[2]}\\.", inline)
+
+
+def one_line(text: str, limit: int = 200) -> str:
+    """Text for a mail header or a chat preview: one line, at most ``limit`` characters."""
+    flat = " ".join(text.split())
+    return flat if len(flat) <= limit else flat[: limit - 1] + "…"
 
 
 def _where(alert: Alert) -> str:
@@ -41,44 +69,101 @@ def _facts(alert: Alert) -> list[tuple[str, str]]:
     return facts
 
 
-def slack(alert: Alert) -> dict[str, Any]:
+def slack(alert: Alert, snapshot: Snapshot = Snapshot()) -> dict[str, Any]:
     fields = [{"type": "mrkdwn", "text": f"*{name}*\n{slack_text(value)}"} for name, value in _facts(alert)]
+    blocks: list[dict[str, Any]] = [
+        {"type": "header", "text": {"type": "plain_text", "text": f"No-mask alert: {_where(alert)}"}},
+        {"type": "section", "fields": fields[:10]},  # Slack allows at most 10 fields per section
+    ]
+    if snapshot.url:
+        blocks.append({"type": "image", "image_url": snapshot.url, "alt_text": "alert snapshot"})
+    blocks.append({"type": "context", "elements": [
+        {"type": "mrkdwn", "text": f"triggered {alert.triggered_at:%Y-%m-%d %H:%M:%S} UTC"}]})
     return {
         "text": slack_text(summary(alert)),  # shown in notifications and by clients without Block Kit
-        "blocks": [
-            {"type": "header", "text": {"type": "plain_text", "text": f"No-mask alert: {_where(alert)}"}},
-            {"type": "section", "fields": fields[:10]},  # Slack allows at most 10 fields per section
-            {"type": "context", "elements": [
-                {"type": "mrkdwn", "text": f"triggered {alert.triggered_at:%Y-%m-%d %H:%M:%S} UTC"}]},
-        ],
+        "blocks": blocks,
     }
 
 
-def teams(alert: Alert) -> dict[str, Any]:
-    return {
-        "@type": "MessageCard",
-        "@context": "https://schema.org/extensions",
-        "summary": teams_text(summary(alert)),
-        "themeColor": "D13438",
-        "title": teams_text(f"No-mask alert: {_where(alert)}"),
-        "sections": [{
-            "activityTitle": teams_text(alert.rule),
-            "activitySubtitle": f"triggered {alert.triggered_at:%Y-%m-%d %H:%M:%S} UTC",
-            "facts": [{"name": name, "value": teams_text(value)} for name, value in _facts(alert)],
-            "markdown": False,  # card text is plain: no links or images from camera-controlled text
-        }],
-    }
+def adaptive_card(title: str, subtitle: str, facts: list[tuple[str, str]], image_url: str = "",
+                  attention: bool = True) -> dict[str, Any]:
+    """A Teams Workflows message holding one Adaptive Card (schema 1.4)."""
+    body: list[dict[str, Any]] = [
+        {"type": "TextBlock", "text": teams_text(title), "weight": "Bolder", "size": "Medium", "wrap": True,
+         "color": "Attention" if attention else "Good"},
+        {"type": "TextBlock", "text": teams_text(subtitle), "wrap": True, "isSubtle": True},
+    ]
+    if facts:
+        body.append({"type": "FactSet", "facts": [{"title": teams_text(n), "value": teams_text(v)}
+                                                  for n, v in facts]})
+    card: dict[str, Any] = {"$schema": "http://adaptivecards.io/schemas/adaptive-card.json",
+                            "type": "AdaptiveCard", "version": "1.4", "body": body}
+    if image_url:
+        body.append({"type": "Image", "url": image_url, "altText": "alert snapshot", "size": "Large"})
+        card["actions"] = [{"type": "Action.OpenUrl", "title": "Open snapshot", "url": image_url}]
+    return {"type": "message", "attachments": [
+        {"contentType": "application/vnd.microsoft.card.adaptive", "contentUrl": None, "content": card}]}
 
 
-def generic(alert: Alert) -> dict[str, Any]:
+def teams(alert: Alert, snapshot: Snapshot = Snapshot()) -> dict[str, Any]:
+    return adaptive_card(f"No-mask alert: {_where(alert)}",
+                         f"{alert.rule} · triggered {alert.triggered_at:%Y-%m-%d %H:%M:%S} UTC",
+                         _facts(alert), snapshot.url)
+
+
+def telegram_text(alert: Alert, snapshot: Snapshot = Snapshot(), limit: int = 4096) -> str:
+    """Plain text (no parse mode, so nothing in it is markup), the link last; at most ``limit`` long."""
+    lines = [f"No-mask alert: {_where(alert)}", *(f"{name}: {value}" for name, value in _facts(alert))]
+    link = f"\nSnapshot: {snapshot.url}" if snapshot.url else ""
+    text = "\n".join(one_line(line, 300) for line in lines)
+    return text[: limit - len(link)] + link
+
+
+def telegram(alert: Alert, snapshot: Snapshot = Snapshot(), chat_id: str = "") -> dict[str, Any]:
+    return {"chat_id": chat_id, "text": telegram_text(alert, snapshot),
+            "link_preview_options": {"is_disabled": not snapshot.url}}
+
+
+def generic(alert: Alert, snapshot: Snapshot = Snapshot()) -> dict[str, Any]:
     return alert.model_dump(mode="json")
 
 
 FORMATTERS = {"slack": slack, "teams": teams, "generic": generic}
 
 
-def render(alert: Alert, fmt: str) -> dict[str, Any]:
-    return FORMATTERS[fmt](alert)
+def render(alert: Alert, fmt: str, snapshot: Snapshot = Snapshot()) -> dict[str, Any]:
+    return FORMATTERS[fmt](alert, snapshot)
+
+
+def email(alert: Alert, sender: str, to: list[str], snapshot: Snapshot = Snapshot()) -> EmailMessage:
+    """The alert as a plain-text mail, with the snapshot attached when it is on this host, else linked."""
+    message = EmailMessage()
+    message["Subject"] = one_line(f"No-mask alert: {_where(alert)} ({alert.rule})")
+    message["From"], message["To"] = sender, ", ".join(to)
+    message["X-Maskwatch-Alert-Id"] = alert.alert_id
+    lines = [summary(alert), "", *(f"{name}: {value}" for name, value in _facts(alert))]
+    if snapshot.url:
+        lines += ["", f"Snapshot (link expires): {snapshot.url}"]
+    message.set_content("\n".join(lines))
+    picture = _readable(snapshot.path)
+    if picture is not None:
+        message.add_attachment(picture, maintype="image", subtype="jpeg",
+                               filename=f"{alert.camera_id}-{alert.triggered_at:%Y%m%d-%H%M%S}.jpg")
+    return message
+
+
+def _readable(path: Path | None) -> bytes | None:
+    try:
+        if path is not None and path.is_file() and path.stat().st_size <= MAX_ATTACHMENT:
+            return path.read_bytes()
+    except OSError:
+        pass
+    return None
+
+
+def attachment(snapshot: Snapshot) -> bytes | None:
+    """The snapshot's bytes when the file is on this host (and plausibly a snapshot), else None."""
+    return _readable(snapshot.path)
 
 
 def health_summary(event: CameraHealthEvent) -> str:
@@ -91,15 +176,23 @@ def health_summary(event: CameraHealthEvent) -> str:
             f"(since {event.changed_at:%Y-%m-%d %H:%M:%S} UTC)")
 
 
-def render_health(event: CameraHealthEvent, fmt: str) -> dict[str, Any]:
+def render_health(event: CameraHealthEvent, fmt: str, chat_id: str = "") -> dict[str, Any]:
     """A camera going down or back up, in the destination's format (plain text: names are typed by
     people and errors quote what the camera answered)."""
     text = health_summary(event)
     if fmt == "slack":
         return {"text": slack_text(text)}
     if fmt == "teams":
-        return {"@type": "MessageCard", "@context": "https://schema.org/extensions",
-                "summary": teams_text(text), "themeColor": "D13438" if event.kind == "down" else "107C10",
-                "title": teams_text(text), "sections": [{"text": teams_text(event.camera_id),
-                                                         "markdown": False}]}
+        return adaptive_card(text, event.camera_id, [], attention=event.kind == "down")
+    if fmt == "telegram":
+        return {"chat_id": chat_id, "text": one_line(text, 4096),
+                "link_preview_options": {"is_disabled": True}}
     return event.model_dump(mode="json")
+
+
+def health_email(event: CameraHealthEvent, sender: str, to: list[str]) -> EmailMessage:
+    message = EmailMessage()
+    message["Subject"] = one_line(health_summary(event))
+    message["From"], message["To"] = sender, ", ".join(to)
+    message.set_content(health_summary(event))
+    return message

@@ -1,5 +1,6 @@
 """``maskwatch notify``: alerts from the alert topic, and cameras going down or coming back up from the
-camera-health topic, to Slack / Teams / generic webhooks, at least once. (Health changes to ``degraded``
+camera-health topic, to Slack, Teams (Workflows), Telegram, e-mail and (HMAC-signed) generic webhooks, at
+least once, with the alert's snapshot attached or linked. (Health changes to ``degraded``
 and back are on the topic and the dashboard, not posted: one failed check is not worth a page.)
 
 The consumer commits an alert's offset only after every matching destination has it (or the failure went to
@@ -11,20 +12,33 @@ own token bucket (every HTTP try takes a token) and bounded exponential backoff.
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from maskwatch import metrics
-from maskwatch.config import Settings
+from maskwatch.config import Settings, SnapshotLinkSettings
 from maskwatch.notify.config import Destination, NotifyConfig, host_of
-from maskwatch.notify.delivery import DeliveryStore, TokenBucket, deliver
-from maskwatch.notify.messages import render, render_health
+from maskwatch.notify.delivery import Attempt, DeliveryStore, TokenBucket, deliver, post_once, send_mail
+from maskwatch.notify.messages import (
+    Snapshot,
+    attachment,
+    email,
+    health_email,
+    render,
+    render_health,
+    telegram,
+    telegram_text,
+)
+from maskwatch.notify.signing import sign
 from maskwatch.schemas.events import Alert, CameraHealthEvent, DeadLetter
 from maskwatch.schemas.parse import SchemaError, parse_event
+from maskwatch.snapshots.links import make_link
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +75,8 @@ class Notifier:
         self.settings = settings or Settings()
         self.config = config
         self.urls = {d.name: d.resolved_url() for d in config.destinations}
+        self.secrets = {d.name: key for d in config.destinations if (key := d.hmac_secret()) is not None}
+        self.links = SnapshotLinkSettings()
         self.buckets = {d.name: TokenBucket(d.rate) for d in config.destinations}
         self.store = DeliveryStore(state_path or self.settings.home / "notify" / "delivered.sqlite")
         self.stats = NotifyStats()
@@ -126,16 +142,54 @@ class Notifier:
         else:
             self.stats.alerts += 1
             key, what = event.alert_id, f"alert {event.alert_id}"
+        snapshot = self._snapshot(event) if isinstance(event, Alert) else Snapshot()
         for destination in self.config.destinations:
             if not destination.matches(event):
                 continue
-            body = (render_health(event, destination.format) if isinstance(event, CameraHealthEvent)
-                    else render(event, destination.format))
-            if not self._deliver(key, what, body, destination, msg):
+            if not self._deliver(key, what, self._sender(event, destination, snapshot), destination, msg):
                 return False
         return True
 
-    def _deliver(self, key: str, what: str, body: dict[str, Any], destination: Destination, msg: Any
+    def _snapshot(self, alert: Alert) -> Snapshot:
+        """The alert's picture: the file if it is on this host, and a signed link when links are set up."""
+        if not alert.snapshot_path:
+            return Snapshot()
+        path = Path(alert.snapshot_path)
+        url = ""
+        if self.links.base and self.links.key is not None:
+            made = make_link(self.links.base, self.settings.home / "snapshots", alert.snapshot_path,
+                             self.links.key.get_secret_value().encode(), self.links.ttl_s)
+            url = made[0] if made else ""
+        return Snapshot(url, path if path.is_file() else None)
+
+    def _sender(self, event: Alert | CameraHealthEvent, destination: Destination, snapshot: Snapshot
+                ) -> Callable[[], Attempt]:
+        """One try at telling ``destination`` of ``event``, in its format."""
+        timeout = self.config.retry.timeout_s
+        if destination.smtp is not None:
+            smtp = destination.smtp
+            message = (health_email(event, smtp.sender, smtp.to) if isinstance(event, CameraHealthEvent)
+                       else email(event, smtp.sender, smtp.to, snapshot))
+            password = smtp.password()
+            return lambda: send_mail(smtp, password, message, timeout)
+        url = self.urls[destination.name]
+        if isinstance(event, CameraHealthEvent):
+            body = render_health(event, destination.format, destination.chat_id or "")
+        elif destination.format == "telegram":
+            picture = attachment(snapshot)
+            if picture is not None:  # sendPhoto: the picture itself, the text as its caption
+                photo_url = url.rsplit("/", 1)[0] + "/sendPhoto"
+                form = {"chat_id": destination.chat_id or "", "caption": telegram_text(event, snapshot, 1024)}
+                files = {"photo": (f"{event.camera_id}.jpg", picture, "image/jpeg")}
+                return lambda: post_once(photo_url, None, timeout, form=form, files=files)
+            body = telegram(event, snapshot, destination.chat_id or "")
+        else:
+            body = render(event, destination.format, snapshot)
+        data = json.dumps(body).encode()
+        secret = self.secrets.get(destination.name)
+        return lambda: post_once(url, data, timeout, sign(secret, data) if secret else None)
+
+    def _deliver(self, key: str, what: str, send: Callable[[], Attempt], destination: Destination, msg: Any
                  ) -> bool:
         name = destination.name
         if self.store.delivered(key, name):
@@ -144,8 +198,8 @@ class Notifier:
             log.info("%s already delivered to %s; not posting again", what, name)
             return True
         label = f"{what} -> {name} ({host_of(self.urls[name])})"
-        result = deliver(self.urls[name], body, self.config.retry,
-                         wait=self._wait, acquire=lambda: self._take_token(name), label=label)
+        result = deliver(send, self.config.retry, wait=self._wait, acquire=lambda: self._take_token(name),
+                         label=label)
         self.stats.retries += max(0, result.attempts - 1)
         if result.interrupted:
             return False
@@ -153,7 +207,8 @@ class Notifier:
             self.store.mark(key, name)
             self.stats.posted += 1
             POSTS.labels(name, "posted").inc()
-            log.info("%s: delivered (HTTP %s, %d tries)", label, result.status, result.attempts)
+            log.info("%s: delivered (%s %s, %d tries)", label, "SMTP" if destination.smtp else "HTTP",
+                     result.status, result.attempts)
             return True
         self.stats.failed += 1
         POSTS.labels(name, "failed").inc()
