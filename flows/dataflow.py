@@ -6,8 +6,9 @@
                   -> faces outside the camera's counting area flagged; faces associated into people
                   -> frames, detections, camera health -> ClickHouse
                   -> camera health changes (down, back up, ...) -> ClickHouse and the camera-health topic
-                  -> event-time buckets per camera (and zone/site) -> rules -> alerts
-                  -> alerts to ClickHouse and the alert topic
+                  -> event-time buckets per camera (and zone/site) -> rules -> an alert's life
+                     (opened, updated, resolved, re-opened) within the camera's and site's schedule
+                  -> alert rows and events to ClickHouse, events (contract v2) to the alert topic
 
 Run it with ``maskwatch flow run`` (or ``python -m bytewax.run maskwatch.flows.detect:flow``). Everything
 is read
@@ -26,18 +27,19 @@ from bytewax.dataflow import Dataflow
 
 from maskwatch import metrics
 from maskwatch.config import Settings
-from maskwatch.flows.alerts import observations, to_alert
+from maskwatch.flows.alerts import observations, to_alert, to_event
 from maskwatch.flows.batching import FetchInfer, TickOutcome, micro_batches
 from maskwatch.flows.cluster import running
 from maskwatch.flows.health import HealthState, HealthThresholds, track
+from maskwatch.flows.lifecycle import Step
 from maskwatch.flows.options import FlowOptions
 from maskwatch.flows.people import PeopleState, associate
-from maskwatch.flows.rules import AlertDecision, Observation
+from maskwatch.flows.rules import Observation
 from maskwatch.flows.runtime import FlowRuntime
 from maskwatch.flows.sinks import AlertTopicSink, StoreItem, StoreSink, dead_letter_rows, store_writer
 from maskwatch.flows.ticks import dead_letter_message, first_delivery, is_tick, parse_tick
 from maskwatch.flows.windows import windowed_alerts
-from maskwatch.schemas.events import Alert, CameraHealthEvent, Tick
+from maskwatch.schemas.events import Alert, AlertEvent, CameraHealthEvent, Tick
 from maskwatch.schemas.redaction import redact_text
 
 log = logging.getLogger(__name__)
@@ -113,26 +115,33 @@ def build_flow(settings: Settings | None = None, opts: FlowOptions | None = None
     # 6. Rules: event-time buckets per scope (camera, and zone/site if enabled), then the pure decision
     #    with per-camera overrides; outside a camera's or site's schedule no alert is raised.
     scoped = op.flat_map("observe", tracked, lambda o: observations(o, opts.rule_scopes))
-    decisions, late = windowed_alerts(scoped, opts.bucket_s, opts.lateness_s,
-                                      lambda scope: rt.rule_config(scope)[1], rt.suppressed)
+    steps, late = windowed_alerts(scoped, opts.bucket_s, opts.lateness_s,
+                                  lambda scope: rt.rule_config(scope)[1], rt.suppressed)
     op.inspect("late_ticks", late, lambda _step, item: _count_late(item))
 
-    def alert(decision: AlertDecision) -> Alert:
-        camera, config = rt.rule_config(decision.scope)
-        metrics.ALERTS.inc()  # a replay after a crash may count an alert again; its id is not repeated
-        return to_alert(camera, config, decision)
+    # 7. Each step of an alert's life (opened, updated, resolved, re-opened): its event (contract v2, with
+    #    a signed snapshot link) and the alert's row in the store with its state.
+    def alert(step: Step) -> tuple[Alert, AlertEvent]:
+        camera, config = rt.rule_config(step.decision.scope)
+        if step.kind in ("opened", "reopened"):
+            metrics.ALERTS.inc()  # a replay after a crash may count one again; its event id is not repeated
+        row = to_alert(camera, config, step.decision, step.kind, step.opened_at, step.at)
+        return row, to_event(step, camera, config, rt.site_timezone(row.site),
+                             rt.snapshot_link(step.decision.snapshot_path))
 
-    alerts = op.map("alerts", op.key_rm("alerts_rm", decisions), alert)
+    alerts = op.map("alerts", op.key_rm("alerts_rm", steps), alert)
+    events = op.map("alert_events", alerts, lambda pair: pair[1])
 
-    # 7. Sinks: every row to the store (buffered on disk while it is down), alerts also to Kafka.
-    rows = op.merge("rows", frames, health, op.map("alert_rows", alerts, lambda a: ("alerts", a)),
+    # 8. Sinks: every row to the store (buffered on disk while it is down), alert events also to Kafka.
+    rows = op.merge("rows", frames, health,
+                    op.flat_map("alert_rows", alerts, lambda p: [("alert_events", p[1]), ("alerts", p[0])]),
                     op.map("health_change_rows", changes, lambda c: ("camera_health_events", c)))
     buffer_dir = settings.home / "buffer" / "store"
     refused = dead_letter_rows(settings.kafka_config(), settings.topic_dead_letter,
                                buffer_dir / "refused-rows.jsonl")
     op.output("store", rows, StoreSink(store_writer(settings), buffer_dir, opts.buffer_max_bytes,
                                        opts.store_retry_max_s, refused))
-    op.output("alert_topic", alerts, AlertTopicSink(dict(settings.kafka_config()), settings.topic_alerts,
+    op.output("alert_topic", events, AlertTopicSink(dict(settings.kafka_config()), settings.topic_alerts,
                                                     opts.alert_dedup_horizon_s))
     # Health changes: at least once (a replay may publish one again; its event_id says it is the same).
     health_messages = op.map("health_message", changes, lambda c: KafkaSinkMessage(

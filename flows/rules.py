@@ -13,7 +13,8 @@ view for ten ticks is one person:
   ``nomask_ratio``.
 
 A threshold of 0 turns its rule off; by default only ``nomask_people`` is on. The first rule that holds
-fires one alert, then the scope is quiet for ``cooldown_s`` so one incident is one alert. Alert ids hash
+is the window's decision; :mod:`maskwatch.flows.lifecycle` turns the decisions into one alert's life
+(opened, updated, resolved, re-opened within ``cooldown_s``), so one incident is one alert. Alert ids hash
 (scope, rule, window start), so replaying the same ticks yields the same ids and sinks can drop the
 repeats. A tick counted twice (a duplicate, a replay) adds nothing: buckets remember the ticks they hold.
 A zone or site counts the people of each of its cameras: one person seen by two cameras is two.
@@ -184,12 +185,22 @@ class AlertDecision:
     people: int = 0  # distinct no-mask people in the window
 
 
+@dataclass(frozen=True)
+class Incident:
+    """A scope's current (or last) alert (see :mod:`maskwatch.flows.lifecycle`)."""
+
+    decision: AlertDecision  # what opened it, or the latest figures reported
+    last_held: datetime  # end of the last bucket in which a rule held
+    opened_at: datetime  # end of the bucket that opened it
+    resolved_at: datetime | None = None
+
+
 @dataclass
 class RuleState:
-    """Per-scope memory kept by Bytewax (and recovered with it): recent buckets and the cool-down."""
+    """Per-scope memory kept by Bytewax (and recovered with it): recent buckets and the alert's life."""
 
     buckets: list[Bucket] = field(default_factory=list)
-    quiet_until: datetime | None = None
+    incident: Incident | None = None
 
 
 SCOPES = ("camera", "zone", "site")
@@ -230,7 +241,9 @@ def alert_id(scope: str, rule: str, window_start: datetime) -> str:
 def evaluate(
     state: RuleState, bucket: Bucket, bucket_s: int, config: RuleConfig, scope: str
 ) -> tuple[RuleState, AlertDecision | None]:
-    """Add a closed bucket to the scope's state and decide whether an alert fires now.
+    """Add a closed bucket to the scope's state and say which rule holds in the window ending with it
+    (None: none does, or the bucket came late). Whether that opens, updates or re-opens an alert is
+    :func:`maskwatch.flows.lifecycle.advance`'s to say.
 
     Buckets may arrive out of order or with gaps; the window is always the ``window_s`` ending at the
     latest bucket's end. Buckets older than the longest window are dropped so state stays bounded.
@@ -240,11 +253,9 @@ def evaluate(
     end = buckets[-1].start + timedelta(seconds=bucket_s)
     start = end - timedelta(seconds=config.window_s)
     buckets = [b for b in buckets if b.start >= start]
-    new_state = RuleState(buckets=buckets, quiet_until=state.quiet_until)
+    new_state = RuleState(buckets=buckets, incident=state.incident)
     if bucket.start + timedelta(seconds=bucket_s) != end:
         return new_state, None  # a late bucket updates history but does not trigger
-    if state.quiet_until is not None and end <= state.quiet_until:
-        return new_state, None
     frames = sum(b.frames for b in buckets)
     faces = sum(b.faces for b in buckets)
     nomask_faces = sum(b.nomask_faces for b in buckets)
@@ -270,7 +281,6 @@ def evaluate(
     rule, threshold, value = fired
     evidence = tuple(t for b in buckets for t in b.nomask_ticks)[-MAX_EVIDENCE:]
     snapshot = next((b.snapshot_path for b in reversed(buckets) if b.snapshot_path), "")
-    new_state.quiet_until = end + timedelta(seconds=config.cooldown_s)
     return new_state, AlertDecision(
         alert_id(scope, rule, start), scope, rule, start, end, frames, nomask_frames, nomask_faces, faces,
         threshold, value, evidence, snapshot, len(dwell),

@@ -12,7 +12,7 @@ from typing import Any, TypeVar
 
 from maskwatch import metrics
 from maskwatch.cameras.capture.fetcher import Fetcher
-from maskwatch.config import Settings
+from maskwatch.config import Settings, SnapshotLinkSettings
 from maskwatch.flows.batching import BatchProcessor, Pending, TickOutcome
 from maskwatch.flows.options import FlowOptions
 from maskwatch.flows.registry_cache import RegistryCache, store_loader, store_site_loader
@@ -20,6 +20,7 @@ from maskwatch.flows.rules import RuleConfig, parse_scope
 from maskwatch.flows.schedules import Suppressed, suppressed
 from maskwatch.flows.snapshots import SnapshotPruner
 from maskwatch.schemas.events import Camera, Tick
+from maskwatch.snapshots.links import make_link
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -34,6 +35,7 @@ class FlowRuntime:
         self._lock = threading.Lock()
         self._registry: RegistryCache | None = None
         self._pruner: SnapshotPruner | None = None
+        self._links: SnapshotLinkSettings | None = None
         self._local = threading.local()
 
     @property
@@ -162,3 +164,23 @@ class FlowRuntime:
             if reason := suppressed(schedule, timezone, at):
                 return reason
         return ""
+
+    def site_timezone(self, site_id: str) -> str:
+        site = self.registry.site(site_id) if site_id else None
+        return site.timezone if site is not None else "UTC"
+
+    def snapshot_link(self, snapshot_path: str) -> tuple[str, datetime] | None:
+        """A signed, expiring link to a snapshot for the alert event, when links are set up
+        (``MASKWATCH_SNAPSHOT_LINK_*``); never the host path."""
+        links = self.links
+        if not snapshot_path or not links.base or links.key is None:
+            return None
+        return make_link(links.base, self.settings.home / "snapshots", snapshot_path,
+                         links.key.get_secret_value().encode(), links.ttl_s)
+
+    @property
+    def links(self) -> SnapshotLinkSettings:
+        with self._lock:
+            if self._links is None:
+                self._links = SnapshotLinkSettings()
+            return self._links

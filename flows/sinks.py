@@ -33,7 +33,7 @@ from pydantic import BaseModel
 from maskwatch import metrics
 from maskwatch.config import Settings
 from maskwatch.flows.buffer import BufferFullError, DiskBuffer, Row
-from maskwatch.schemas.events import Alert, DeadLetter
+from maskwatch.schemas.events import AlertEvent, DeadLetter
 from maskwatch.schemas.redaction import redact_text
 
 log = logging.getLogger(__name__)
@@ -271,14 +271,15 @@ class StoreSink(DynamicSink[StoreItem]):
         return StorePartition(self._write, buffer, self._retry_max_s)
 
 
-def alert_payload(alert: Alert) -> bytes:
-    return alert.model_dump_json().encode()
+def alert_payload(event: AlertEvent) -> bytes:
+    return event.model_dump_json().encode()
 
 
-def published_alert_ids(
+def published_event_ids(
     config: dict[str, str], topic: str, horizon_s: int, timeout_s: float = 30.0
 ) -> set[str]:
-    """Alert ids already on ``topic`` since ``now - horizon_s`` (read with a throwaway consumer)."""
+    """Ids of the alert events already on ``topic`` since ``now - horizon_s`` (read with a throwaway
+    consumer); a version 1 alert counts by its alert id."""
     consumer = Consumer({**config, "group.id": "maskwatch-flow-alert-dedup", "enable.auto.commit": False,
                          "enable.partition.eof": True, "auto.offset.reset": "earliest"})
     try:
@@ -305,8 +306,9 @@ def published_alert_ids(
                 # A record that is not an alert is not ours to judge here; the topic's consumers do.
                 # Brokers without timestamp lookup (Tansu) start at the beginning: filter here too.
                 if msg.timestamp()[1] >= since_ms:
-                    with contextlib.suppress(ValueError, KeyError, TypeError):
-                        seen.add(json.loads(msg.value() or b"")["alert_id"])
+                    with contextlib.suppress(ValueError, KeyError, TypeError, AttributeError):
+                        record = json.loads(msg.value() or b"")
+                        seen.add(record.get("event_id") or record["alert_id"])
                 part, offset = msg.partition() or 0, msg.offset() or 0
                 if offset + 1 >= ends.get(part, 0):
                     ends.pop(part, None)
@@ -321,26 +323,27 @@ def published_alert_ids(
 ALERT_PRODUCER = {"enable.idempotence": True, "acks": "all", "max.in.flight.requests.per.connection": 5}
 
 
-class AlertPartition(StatelessSinkPartition[Alert]):
+class AlertPartition(StatelessSinkPartition[AlertEvent]):
     def __init__(self, make_producer: Callable[[], Producer], topic: str, seen: set[str]):
         self._make_producer = make_producer
         self._producer = make_producer()
         self._topic = topic
         self._seen = seen
 
-    def _publish(self, alerts: list[Alert]) -> list[Any]:
+    def _publish(self, events: list[AlertEvent]) -> list[Any]:
         errors: list[Any] = []
-        for alert in alerts:
-            self._producer.produce(self._topic, key=alert.camera_id.encode(), value=alert_payload(alert),
-                                   headers=[("schema_version", str(alert.schema_version).encode())],
+        for event in events:
+            self._producer.produce(self._topic, key=event.camera_id.encode(), value=alert_payload(event),
+                                   headers=[("schema_version", str(event.schema_version).encode()),
+                                            ("kind", event.kind.encode())],
                                    on_delivery=lambda err, _msg: errors.append(err) if err else None)
         left = self._producer.flush(30)
         if left:
             raise RuntimeError(f"{left} alerts not acknowledged by Kafka within 30s")
         return errors
 
-    def write_batch(self, items: Sequence[Alert]) -> None:
-        fresh = [a for a in items if a.alert_id not in self._seen]
+    def write_batch(self, items: Sequence[AlertEvent]) -> None:
+        fresh = [e for e in items if e.event_id not in self._seen]
         if not fresh:
             return
         errors = self._publish(fresh)
@@ -353,15 +356,16 @@ class AlertPartition(StatelessSinkPartition[Alert]):
             errors = self._publish(fresh)
         if errors:
             raise RuntimeError(f"alerts not published to {self._topic}: {errors[0]}")
-        self._seen.update(a.alert_id for a in fresh)
-        log.info("published %d alert(s) to %s", len(fresh), self._topic)
+        self._seen.update(e.event_id for e in fresh)
+        log.info("published %d alert event(s) to %s", len(fresh), self._topic)
 
     def close(self) -> None:
         self._producer.flush(30)
 
 
-class AlertTopicSink(DynamicSink[Alert]):
-    """JSON alerts (``maskwatch.schemas.events.Alert``) keyed by camera id; each alert id published once."""
+class AlertTopicSink(DynamicSink[AlertEvent]):
+    """Alert events (``maskwatch.schemas.events.AlertEvent``, contract v2) as JSON keyed by camera id;
+    each event id published once."""
 
     def __init__(self, config: dict[str, str], topic: str, horizon_s: int):
         self._config = config
@@ -371,8 +375,8 @@ class AlertTopicSink(DynamicSink[Alert]):
     def build(self, step_id: str, worker_index: int, worker_count: int) -> AlertPartition:
         from maskwatch.kafka import PRODUCER_DEFAULTS
 
-        seen = published_alert_ids(self._config, self._topic, self._horizon_s)
-        log.info("alert topic %s holds %d recent alert(s); those are not published again",
+        seen = published_event_ids(self._config, self._topic, self._horizon_s)
+        log.info("alert topic %s holds %d recent alert event(s); those are not published again",
                  self._topic, len(seen))
         config = {**PRODUCER_DEFAULTS, **ALERT_PRODUCER, **self._config}
         return AlertPartition(lambda: Producer(config), self._topic, seen)

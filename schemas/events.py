@@ -171,6 +171,80 @@ class Alert(Event):
     tick_ids: list[TickId] = Field(default_factory=list, max_length=64)
     snapshot_path: str = ""
     message: SafeText = ""
+    status: Literal["open", "resolved"] = Field(default="open", description="where its life is now")
+    people: int = Field(default=0, ge=0, description="distinct no-mask people in the window")
+    severity: Literal["warning", "critical"] = "warning"
+    updated_at: UtcDatetime | None = Field(default=None, description="event time of its latest step")
+
+
+ALERT_EVENT_VERSION = 2
+AlertEventKind = Literal["opened", "updated", "resolved", "acknowledged", "reopened"]
+RuleKind = Literal["nomask_people", "nomask_in_frame", "nomask_dwell", "nomask_ratio"]
+AlertId = Annotated[str, Field(pattern=r"^[\x21-\x7e]{1,128}$",
+                               description="Deterministic id (printable ASCII).")]
+
+
+class RuleInfo(BaseModel):
+    """The rule an alert is about, and the settings it was judged by."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
+
+    kind: RuleKind
+    description: SafeText = Field(description="e.g. '>=3 no-mask people in 60s'")
+    parameters: dict[Annotated[str, Field(pattern=r"^[a-z_]{1,40}$")], float] = Field(
+        default_factory=dict, max_length=16, description="e.g. {'min_people': 3, 'window_s': 60}")
+
+
+class AlertEvent(BaseModel):
+    """One step in the life of an alert, on the alert topic (keyed by camera id); every step of one alert
+    carries its ``alert_id``. ``opened``: a rule first held; ``updated``: it holds with a higher figure
+    (more people); ``resolved``: no rule held for a whole window; ``reopened``: one held again within the
+    cool-down after that (the same alert); ``acknowledged``: someone took it on (``acknowledged_by``).
+    Times are event time (the ticks'), except an acknowledgement's, which is when it was made.
+    ``event_id`` is deterministic: a replay after a crash repeats ids, and consumers drop the repeats.
+
+    Version 2 of the alert contract; version 1 (:class:`Alert`, one message per alert) is what the topic
+    carried before: see docs/alerts.md for the migration."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
+
+    schema_version: Literal[2] = 2  # ALERT_EVENT_VERSION
+    event_id: str = Field(pattern=r"^[\x21-\x7e]{1,200}$", description="f'{alert_id}:{kind}:{epoch ms}'")
+    kind: AlertEventKind
+    alert_id: AlertId
+    at: UtcDatetime
+    camera_id: CameraId = Field(description="The camera (for a zone or site alert: the one that saw the "
+                                            "latest no-mask face).")
+    camera_name: DisplayName = ""
+    site: Label = ""
+    zone: Label = ""
+    scope: Literal["camera", "zone", "site"] = "camera"
+    site_timezone: str = Field(default="UTC", max_length=64, description="IANA name; local times use it")
+    severity: Literal["warning", "critical"] = Field(
+        description="critical when the rule's figure is at least twice its threshold")
+    rule: RuleInfo
+    window_start: UtcDatetime
+    window_end: UtcDatetime
+    people: int = Field(ge=0, description="distinct no-mask people in the window")
+    nomask_faces: int = Field(ge=0, description="no-mask sightings in the window")
+    faces: int = Field(ge=0)
+    frames: int = Field(ge=0)
+    value: float = Field(description="the rule's figure (people, seconds, share)")
+    threshold: float
+    tick_ids: list[TickId] = Field(default_factory=list, max_length=64)
+    snapshot_url: str = Field(default="", max_length=4096,
+                              description="signed, expiring https:// link to the annotated snapshot, or ''")
+    snapshot_expires_at: UtcDatetime | None = None
+    acknowledged_by: DisplayName = ""
+    note: SafeText = ""
+    message: SafeText = ""
+
+    @model_validator(mode="after")
+    def _link(self) -> AlertEvent:
+        if self.snapshot_url and not self.snapshot_url.startswith(("https://", "http://127.0.0.1",
+                                                                   "http://localhost")):
+            raise ValueError("snapshot_url must be an https:// link")
+        return self
 
 
 class CameraHealth(Event):
@@ -447,6 +521,7 @@ EVENT_MODELS: dict[str, type[BaseModel]] = {
     "frame_result": FrameResult,
     "face_detection": FaceDetection,
     "alert": Alert,
+    "alert_event": AlertEvent,
     "camera_health": CameraHealth,
     "camera_health_event": CameraHealthEvent,
     "dead_letter": DeadLetter,

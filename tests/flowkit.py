@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import http.server
+import json
 import os
 import subprocess
 import sys
@@ -17,7 +18,7 @@ import uuid
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -470,3 +471,39 @@ class DemoEnv:
     def settings(self) -> Settings:
         """Read afresh: the store's password exists only once `maskwatch up` made it."""
         return Settings()
+
+
+def alert_event(n: int = 0, camera: str = "cam-1", kind: str = "opened", site: str = "hq",
+                zone: str = "lobby", **changes: Any) -> Any:
+    """Alert ``n``'s ``kind`` step as the flow publishes it (contract v2)."""
+    from maskwatch.schemas.events import AlertEvent, RuleInfo
+
+    start = datetime(2026, 11, 26, 9, 0, tzinfo=UTC) + timedelta(minutes=n)
+    alert_id = f"{camera}:nomask_people:{int(start.timestamp() * 1000)}"
+    at = start + timedelta(seconds=60)
+    event = AlertEvent(
+        event_id=f"{alert_id}:{kind}:{int(at.timestamp() * 1000)}", kind=kind,  # type: ignore[arg-type]
+        alert_id=alert_id, at=at, camera_id=camera, camera_name="Lobby door", site=site, zone=zone,
+        site_timezone="Europe/Berlin", severity="warning",
+        rule=RuleInfo(kind="nomask_people", description=">=3 no-mask people in 60s",
+                      parameters={"min_people": 3, "window_s": 60}),
+        window_start=start, window_end=at, people=3, nomask_faces=5, faces=8, frames=12, value=3.0,
+        threshold=3.0, tick_ids=[f"{camera}:{int(start.timestamp() * 1000)}"],
+        message="Lobby door: >=3 no-mask people in 60s (3 no-mask people, seen 5 times on 4/12 frames)")
+    return event.model_copy(update=changes) if changes else event
+
+
+def alert_steps(messages: list[Any]) -> list[dict[str, Any]]:
+    """The alert topic's records as payloads, each event id once (a repeat fails here)."""
+    payloads = [json.loads(m.value()) for m in messages]
+    ids = [p["event_id"] for p in payloads]
+    assert len(ids) == len(set(ids)), f"an alert event published twice: {sorted(ids)}"
+    return payloads
+
+
+def opened(messages: list[Any]) -> list[dict[str, Any]]:
+    """The alerts opened on the alert topic (one per incident; later steps share their alert id)."""
+    steps = alert_steps(messages)
+    first = [p for p in steps if p["kind"] == "opened"]
+    assert {p["alert_id"] for p in steps} == {p["alert_id"] for p in first}, "a step of an unopened alert"
+    return first

@@ -75,11 +75,14 @@ def window(scope: Scope, column: str = "scheduled_at") -> str:
 
 @pytest.fixture(scope="module")
 def seeded(
-    store_server: Any, tmp_path_factory: pytest.TempPathFactory, dataset_dir: Path
+    store_server: Any, broker: Any, tmp_path_factory: pytest.TempPathFactory, dataset_dir: Path
 ) -> Iterator[Settings]:
-    """One seeded database for the read-only page tests: 6 cameras × 3 days at one tick a minute."""
+    """One seeded database for the read-only page tests: 6 cameras × 3 days at one tick a minute (and
+    the real broker, which acknowledgements are published to)."""
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("MASKWATCH_HOME", str(tmp_path_factory.mktemp("dashboard-home")))
+        mp.setenv("MASKWATCH_KAFKA_BOOTSTRAP", broker.bootstrap)
+        mp.setenv("MASKWATCH_TOPIC_ALERTS", f"maskwatch.alerts.{uuid.uuid4().hex[:12]}")
         mp.setenv("MASKWATCH_STORE_URL", f"{store_server.url}/?database=t_{uuid.uuid4().hex}")
         settings = Settings()
         store.migrate(settings)
@@ -250,6 +253,17 @@ def test_alerts_feed_detail_snapshots_and_acknowledge(seeded: Settings) -> None:
                            "WHERE alert_id = {id:String}", {"id": newest["alert_id"]}, seeded)
     assert ack == [{"acknowledged": True, "acknowledged_by": "Dana", "note": "spoke to the lobby staff"}]
     assert metrics(at)["Status"][0] == "Acknowledged"
+    # ... and the alert's "acknowledged" event is on the alert topic (contract v2) and in the store.
+    from maskwatch.schemas.events import AlertEvent
+
+    from tests.flowkit import read_topic
+
+    [message] = read_topic(seeded, seeded.topic_alerts, 1)
+    event = AlertEvent.model_validate_json(message.value())
+    assert (event.kind, event.alert_id, event.acknowledged_by, event.note) == (
+        "acknowledged", newest["alert_id"], "Dana", "spoke to the lobby staff")
+    assert store.query_rows("SELECT kind FROM alert_events FINAL WHERE alert_id = {id:String}",
+                            {"id": newest["alert_id"]}, seeded) == [{"kind": "acknowledged"}]
     at.toggle(key="unacked_only").set_value(True).run()
     assert newest["alert_id"] not in list(at.dataframe[0].value["alert_id"])
 

@@ -20,10 +20,13 @@ import pytest
 from maskwatch import store
 from maskwatch.config import Settings
 from maskwatch.ports import free_port
+from maskwatch.schemas.events import AlertEvent
+from maskwatch.schemas.parse import parse_event
 
 from tests.flowkit import (
     build_scenario,
     has_frames,
+    opened,
     produce,
     read_topic,
     start_flow,
@@ -92,11 +95,12 @@ def test_flow_end_to_end(tmp_path: Path, mw_env: Settings, dataset_dir: Path, ha
     late = [t for t in alert["tick_ids"] if int(t.split(":")[1]) >= unmasked_ms]
     assert len(late) > len(alert["tick_ids"]) / 2
     assert Path(alert["snapshot_path"]).is_file()
-    # ... and exactly once on the alert topic, keyed by camera, as the versioned JSON schema.
-    assert len(alerts_on_topic) == 1
-    payload = json.loads(alerts_on_topic[0].value())
-    assert alerts_on_topic[0].key() == b"mixed" and payload["alert_id"] == alert["alert_id"]
-    assert payload["schema_version"] == 1
+    # ... and opened once on the alert topic, keyed by camera, as the versioned JSON schema (v2); its later
+    # steps (more people, resolved) share its id, each event once.
+    [payload] = opened(alerts_on_topic)
+    assert {m.key() for m in alerts_on_topic} == {b"mixed"} and payload["alert_id"] == alert["alert_id"]
+    assert payload["schema_version"] == 2 and payload["rule"]["kind"] in ("nomask_people", "nomask_ratio")
+    assert parse_event(AlertEvent, alerts_on_topic[0].value()).camera_id == "mixed"
 
     # Dead letters: each malformed tick with a reason naming the problem, raw payload kept.
     letters = [json.loads(m.value()) for m in dead]

@@ -28,9 +28,11 @@ from maskwatch.notify.config import NotifyConfig, NotifyConfigError, RateLimit, 
 from maskwatch.notify.delivery import TokenBucket
 from maskwatch.notify.messages import slack_text, teams_text
 from maskwatch.notify.service import Notifier, NotifyStats
-from maskwatch.schemas.events import Alert, CameraHealthEvent, DeadLetter
+from maskwatch.schemas.events import Alert, AlertEvent, CameraHealthEvent, DeadLetter
 from maskwatch.schemas.parse import parse_event
 from maskwatch.topics import ensure_topics
+
+from tests.flowkit import alert_event
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SECRET = "T0SECRET/B0SECRET/xoxSECRETxyz"  # the secret part of a Slack-style webhook path
@@ -109,14 +111,12 @@ def settings(mw_env: Settings) -> Settings:
     return mw_env
 
 
-def make_alert(n: int = 0, camera: str = "cam-1", site: str = "hq", zone: str = "lobby") -> Alert:
-    start = datetime(2026, 11, 26, 9, 0, tzinfo=UTC) + timedelta(minutes=n)
-    return Alert(alert_id=f"{camera}:nomask>=2/60s:{int(start.timestamp() * 1000)}", camera_id=camera,
-                 site=site, zone=zone, rule=">=2 no-mask faces in 60s",
-                 triggered_at=start + timedelta(seconds=40), window_start=start,
-                 window_end=start + timedelta(seconds=60), faces=5, nomask_faces=3,
-                 nomask_ratio=0.6, tick_ids=[f"{camera}:{int(start.timestamp() * 1000)}"],
-                 message="3 of 5 faces without a mask")
+def make_alert(n: int = 0, camera: str = "cam-1", site: str = "hq", zone: str = "lobby",
+               kind: str = "opened") -> AlertEvent:
+    """Alert ``n`` opened (contract v2): 3 no-mask people, 3 no-mask faces of 5."""
+    event: AlertEvent = alert_event(n, camera, kind, site=site, zone=zone, nomask_faces=3, faces=5,
+                                    message="3 of 5 faces without a mask")
+    return event
 
 
 def produce(settings: Settings, records: list[tuple[str, bytes]]) -> None:
@@ -126,7 +126,7 @@ def produce(settings: Settings, records: list[tuple[str, bytes]]) -> None:
     assert producer.flush(30) == 0
 
 
-def alert_record(alert: Alert) -> tuple[str, bytes]:
+def alert_record(alert: AlertEvent | Alert) -> tuple[str, bytes]:
     return alert.camera_id, alert.model_dump_json().encode()
 
 
@@ -218,10 +218,10 @@ def test_one_post_per_destination_in_its_format(settings: Settings, hooks: Hooks
     assert stats.failed == 0 and stats.duplicates == 0 and stats.invalid == 0
 
     [slack] = hooks.received(f"/slack/{SECRET}")
-    assert isinstance(slack.body["text"], str) and "cam-1" in slack.body["text"]
+    assert isinstance(slack.body["text"], str) and "hq / lobby / Lobby door" in slack.body["text"]
     assert [b["type"] for b in slack.body["blocks"]] == ["header", "section", "context"]
     fields = " ".join(f["text"] for f in slack.body["blocks"][1]["fields"])
-    assert slack_text(alert.alert_id) in fields and "3 of 5" in fields
+    assert slack_text(alert.alert_id) in fields and "3 no-mask of 5 faces" in fields
     assert len(slack.body["blocks"][1]["fields"]) <= 10
 
     [teams] = hooks.received("/teams")
@@ -230,9 +230,9 @@ def test_one_post_per_destination_in_its_format(settings: Settings, hooks: Hooks
     assert facts["Camera"] == "cam-1" and facts["Alert id"] == teams_text(alert.alert_id)
 
     generic = hooks.received("/generic")
-    assert sorted(parse_event(Alert, json.dumps(p.body)).alert_id for p in generic) == sorted(
+    assert sorted(parse_event(AlertEvent, json.dumps(p.body)).alert_id for p in generic) == sorted(
         [alert.alert_id, other_site.alert_id])
-    assert parse_event(Alert, json.dumps(generic[0].body)) in (alert, other_site)
+    assert parse_event(AlertEvent, json.dumps(generic[0].body)) in (alert, other_site)
 
     assert committed_offset(settings, group) == 2, "both alerts committed after delivery"
     logged = "\n".join(r.getMessage() for r in caplog.records)
@@ -345,8 +345,8 @@ def test_malformed_records_go_to_the_dead_letter_topic(settings: Settings, hooks
     assert set(by_key) == {"k1", "k2", "k3"}
     assert all(r.stage == "notify_parse" and r.topic == settings.topic_alerts for r in records)
     assert "not valid JSON" in by_key["k1"].error
-    assert "alert.camera_id" in by_key["k2"].error
-    assert "alert.window_start" in by_key["k3"].error and "required" in by_key["k3"].error
+    assert "alert_event.camera_id" in by_key["k2"].error
+    assert "alert_event.window_start" in by_key["k3"].error and "required" in by_key["k3"].error
     assert json.loads(by_key["k3"].payload) == missing, "the original record is kept"
     assert sorted(r.offset for r in records) == [0, 1, 2]
     assert committed_offset(settings, group) == 4
@@ -371,7 +371,7 @@ def test_permanent_failure_and_exhausted_retries_are_dead_lettered(settings: Set
     assert set(records) == {"notify:gone", "notify:down"}
     assert "HTTP 404" in records["notify:gone"].error and "SECRET" not in records["notify:gone"].error
     assert "4 tries" in records["notify:down"].error and "HTTP 503" in records["notify:down"].error
-    assert parse_event(Alert, records["notify:down"].payload) == alert
+    assert parse_event(AlertEvent, records["notify:down"].payload) == alert
     assert committed_offset(settings, group) == 1
 
 

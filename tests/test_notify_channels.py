@@ -23,9 +23,9 @@ from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 from maskwatch.config import Settings
 from maskwatch.notify.signing import SIGNATURE, TIMESTAMP, verify
 from maskwatch.ports import free_port
-from maskwatch.schemas.events import Alert
+from maskwatch.schemas.events import Alert, AlertEvent
 from maskwatch.schemas.parse import parse_event
-from maskwatch.snapshots.links import check
+from maskwatch.snapshots.links import check, make_link
 from maskwatch.topics import ensure_topics
 
 from tests.test_notify import (
@@ -72,8 +72,11 @@ def links(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MASKWATCH_SNAPSHOT_LINK_KEY", LINK_KEY)
 
 
-def with_snapshot(alert: Alert, path: Path) -> Alert:
-    return alert.model_copy(update={"snapshot_path": str(path)})
+def with_snapshot(alert: AlertEvent, path: Path) -> AlertEvent:
+    """The event as the flow publishes it when links are set up: a signed link, no host path."""
+    made = make_link("https://snapshots.example.com", path.parents[2], str(path), LINK_KEY.encode(), 3600)
+    assert made is not None
+    return alert.model_copy(update={"snapshot_url": made[0], "snapshot_expires_at": made[1]})
 
 
 def test_teams_gets_an_adaptive_card_with_a_signed_snapshot_link(settings: Settings, hooks: Hooks,
@@ -95,7 +98,7 @@ def test_teams_gets_an_adaptive_card_with_a_signed_snapshot_link(settings: Setti
 
 
 def test_telegram_posts_the_snapshot_itself_or_plain_text(settings: Settings, hooks: Hooks, tmp_path: Path,
-                                                          snapshot: Path) -> None:
+                                                          snapshot: Path, links: None) -> None:
     with_picture = with_snapshot(make_alert(), snapshot)
     without = make_alert(1).model_copy(update={"message": "<b>bold</b> *not* [a](https://evil.example)"})
     produce(settings, [alert_record(with_picture), alert_record(without)])
@@ -107,7 +110,7 @@ def test_telegram_posts_the_snapshot_itself_or_plain_text(settings: Settings, ho
     assert photo.headers["Content-Type"].startswith("multipart/form-data")
     parts = _multipart(photo)
     assert parts["chat_id"] == b"-1001234567890" and parts["photo"] == snapshot.read_bytes()
-    assert b"No-mask alert: hq / lobby / cam-1" in parts["caption"] and len(parts["caption"]) <= 1024 * 4
+    assert b"No-mask alert: hq / lobby / Lobby door" in parts["caption"] and len(parts["caption"]) <= 1024 * 4
     [text] = hooks.received(f"/bot{BOT}/sendMessage")
     assert text.body["chat_id"] == "-1001234567890" and "parse_mode" not in text.body  # plain text
     assert "<b>bold</b> *not* [a](https://evil.example)" in text.body["text"]  # shown as typed
@@ -131,7 +134,7 @@ def test_generic_webhooks_are_signed(settings: Settings, hooks: Hooks, tmp_path:
     [post] = hooks.received("/audit")
     assert post.headers[SIGNATURE].startswith("v1=") and post.headers[TIMESTAMP].isdigit()
     assert verify(HMAC_SECRET.encode(), post.headers, post.raw)
-    assert parse_event(Alert, post.raw) == alert
+    assert parse_event(AlertEvent, post.raw) == alert
     assert not verify(b"another secret", post.headers, post.raw)
     assert not verify(HMAC_SECRET.encode(), post.headers, post.raw.replace(b"cam-1", b"cam-2"))
     stale = {**post.headers, TIMESTAMP: str(int(post.headers[TIMESTAMP]) - 3600)}
@@ -187,7 +190,7 @@ def _mail(port: int, ca_file: Path | None, **extra: Any) -> dict[str, Any]:
 
 def test_email_over_starttls_with_the_snapshot_attached(settings: Settings, tmp_path: Path,
                                                         snapshot: Path, smtp_server: tuple[Inbox, int, Path],
-                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+                                                        monkeypatch: pytest.MonkeyPatch, links: None) -> None:
     inbox, port, ca_file = smtp_server
     monkeypatch.setenv("TEST_SMTP_PASSWORD", "smtp-pw")
     alert = with_snapshot(make_alert(), snapshot).model_copy(update={"message": "line one\r\nBcc: x@evil"})
@@ -196,12 +199,13 @@ def test_email_over_starttls_with_the_snapshot_attached(settings: Settings, tmp_
         running.wait(lambda s: s.posted == 1)
     [message] = inbox.messages
     assert inbox.envelopes[0].rcpt_tos == ["managers@example.com", "guard@example.com"]
-    assert message["Subject"].startswith("No-mask alert: hq / lobby / cam-1")
+    assert message["Subject"].startswith("No-mask alert: hq / lobby / Lobby door")
     assert message["X-Maskwatch-Alert-Id"] == alert.alert_id and message["Bcc"] is None
     [picture] = list(message.iter_attachments())
     assert picture.get_content_type() == "image/jpeg" and picture.get_content() == snapshot.read_bytes()
     text = message.get_body(("plain",))
-    assert text is not None and "3 of 5" in text.get_content()
+    assert text is not None and "3 no-mask of 5 faces" in text.get_content()
+    assert "Bcc: x@evil" in text.get_content()  # the camera's text stays in the body, never a header
 
 
 def test_email_refuses_an_untrusted_server_and_a_wrong_password(settings: Settings, tmp_path: Path,
@@ -247,3 +251,36 @@ def test_camera_health_reaches_every_channel_kind(settings: Settings, hooks: Hoo
     assert hooks.received(f"/bot{BOT}/sendMessage")[0].body["chat_id"] == "@site_guards"
     assert inbox.messages[0]["Subject"].startswith("Camera down: hq / Front <door>")
     assert json.dumps(hooks.received(f"/bot{BOT}/sendMessage")[0].body).count("Camera down") == 1
+
+
+def test_each_step_of_an_alerts_life_once_and_version_1_alerts_still(settings: Settings, hooks: Hooks,
+                                                                     tmp_path: Path, snapshot: Path,
+                                                                     links: None) -> None:
+    from tests.flowkit import alert_event
+
+    life = [alert_event(0, kind=k, people=p) for k, p in (("opened", 3), ("updated", 5), ("resolved", 5),
+                                                          ("acknowledged", 5))]
+    life[3] = life[3].model_copy(update={"acknowledged_by": "Dana", "note": "spoke to the staff"})
+    v1 = Alert(alert_id="old-1", camera_id="cam-2", rule=">=3 no-mask faces in 60s",
+               triggered_at=life[0].at, window_start=life[0].window_start, window_end=life[0].window_end,
+               faces=4, nomask_faces=3, nomask_ratio=0.5, snapshot_path=str(snapshot))
+    produce(settings, [alert_record(e) for e in life] + [alert_record(life[1])] + [alert_record(v1)])
+    destinations: list[dict[str, Any]] = [{"name": "chat", "url": f"{hooks.base}/chat", "format": "slack"},
+                                          {"name": "audit", "url": f"{hooks.base}/audit", "format": "generic",
+                                           "alert_events": ["opened", "updated", "resolved", "acknowledged",
+                                                            "reopened"]}]
+    with Running(notifier(settings, tmp_path, destinations)) as running:
+        stats = running.wait(lambda s: s.posted == 4 + 5)
+    assert stats.duplicates == 1  # the "updated" published twice is posted once
+    # Chat gets the life without the noisy "more people" step; the audit log all of it.
+    chat = [p.body["text"] for p in hooks.received("/chat")]
+    assert [t.split(" at ")[0].split(":")[0] for t in chat] == ["No-mask alert", "Resolved",
+                                                               "Acknowledged by Dana", "No-mask alert"]
+    audit = [parse_event(AlertEvent, json.dumps(p.body)) for p in hooks.received("/audit")]
+    assert [e.kind for e in audit] == ["opened", "updated", "resolved", "acknowledged", "opened"]
+    assert len({e.alert_id for e in audit[:4]}) == 1
+    # A version 1 alert (still on the topic from before the upgrade) arrives as its opened event, its
+    # snapshot as a signed link: never its host path.
+    old = audit[4]
+    assert old.alert_id == "old-1" and old.snapshot_url.startswith("https://snapshots.example.com/s/cam-1/")
+    assert str(snapshot.parent) not in json.dumps(hooks.received("/audit")[4].body)

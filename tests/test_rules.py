@@ -10,6 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from maskwatch.flows.lifecycle import Step, advance
 from maskwatch.flows.rules import (
     RULE_DWELL,
     RULE_IN_FRAME,
@@ -28,18 +29,24 @@ T0 = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
 B = 10
 
 
-def run(observations: list[Observation], config: RuleConfig, bucket_s: int = B) -> list:
-    """Fold observations into buckets (what the flow's fold_window does) and evaluate in order."""
+def steps(observations: list[Observation], config: RuleConfig, bucket_s: int = B) -> list[Step]:
+    """Fold observations into buckets (what the flow's fold_window does), evaluate them in order and
+    follow the alert's life (what the flow's rule_state step does)."""
     buckets: dict[datetime, Bucket] = {}
     for obs in observations:
         start = bucket_start(obs.ts, bucket_s)
         buckets.setdefault(start, Bucket(start)).add(obs)
-    state, alerts = RuleState(), []
+    state, out = RuleState(), []
     for start in sorted(buckets):
-        state, decision = evaluate(state, buckets[start], bucket_s, config, "cam")
-        if decision:
-            alerts.append(decision)
-    return alerts
+        state, held = evaluate(state, buckets[start], bucket_s, config, "cam")
+        state.incident, made = advance(state.incident, held, start + timedelta(seconds=bucket_s), config)
+        out += made
+    return out
+
+
+def run(observations: list[Observation], config: RuleConfig, bucket_s: int = B) -> list:
+    """The alerts opened (each one incident)."""
+    return [s.decision for s in steps(observations, config, bucket_s) if s.kind == "opened"]
 
 
 def obs(second: float, faces: int = 1, nomask: int = 0, frames: int = 1,
@@ -75,16 +82,31 @@ def test_people_rule_counts_people_not_sightings() -> None:
     assert alerts[0].tick_ids and all(t.startswith("cam:") for t in alerts[0].tick_ids)
 
 
-def test_people_rule_fires_once_per_incident_with_cooldown() -> None:
+def test_one_incident_is_one_alert_through_its_life() -> None:
     config = RuleConfig(window_s=30, min_people=3, cooldown_s=60)
     masked = [obs(s, faces=2) for s in range(0, 30, 2)]
     unmasked = [obs(s, faces=1, nomask=1) for s in range(30, 90, 2)]  # someone new on each tick
-    alerts = run(masked + unmasked, config)
-    # The 3rd no-mask person is in bucket [30,40) -> one alert, then quiet for 60 s.
-    assert [a.rule for a in alerts] == [RULE_PEOPLE]
-    assert alerts[0].window_end == T0 + timedelta(seconds=40) and alerts[0].people >= 3
-    alerts = run(masked + unmasked + [obs(s, faces=1, nomask=1) for s in range(90, 120, 2)], config)
-    assert len(alerts) == 2 and alerts[1].window_end > alerts[0].window_end + timedelta(seconds=60)
+    calm = [obs(s, faces=2) for s in range(90, 160, 2)]
+    life = steps(masked + unmasked + calm, config)
+    # Opened in bucket [30,40) with the 3rd person; updated while more people come; resolved once a
+    # whole window (30 s) passed without the rule holding: the last one holding ended at 110.
+    assert life[0].kind == "opened" and life[0].at == T0 + timedelta(seconds=40)
+    assert {s.kind for s in life[1:-1]} == {"updated"} and life[-1].kind == "resolved"
+    assert life[-1].at == T0 + timedelta(seconds=140)
+    assert len({s.decision.alert_id for s in life}) == 1
+    people = [s.decision.people for s in life if s.kind != "resolved"]
+    assert people == sorted(people) and people[-1] > people[0]
+    assert all(s.opened_at == life[0].at for s in life)
+    # Back within the cool-down after resolving: the same alert, re-opened.
+    again = [obs(s, faces=1, nomask=1) for s in range(160, 180, 2)]
+    later = steps(masked + unmasked + calm + again, config)
+    assert [s.kind for s in later if s.kind != "updated"][-2:] == ["resolved", "reopened"]
+    assert len({s.decision.alert_id for s in later}) == 1
+    # Back after the cool-down: a new alert.
+    late = [obs(s, faces=1, nomask=1) for s in range(400, 420, 2)]
+    fresh = steps(masked + unmasked + calm + late, config)
+    assert [s.kind for s in fresh if s.kind in ("opened", "reopened")] == ["opened", "opened"]
+    assert len({s.decision.alert_id for s in fresh}) == 2
 
 
 def test_in_frame_and_dwell_rules() -> None:
@@ -241,7 +263,7 @@ def _windowed(observations: list[Observation], configs: dict[str, RuleConfig], l
     op.output("decisions", down, TestingSink(decisions))
     op.output("late", late_stream, TestingSink(late))
     run_main(flow)
-    return [d for _, d in decisions], [o for _, (_, o) in late]
+    return [d.decision for _, d in decisions if d.kind == "opened"], [o for _, (_, o) in late]
 
 
 def _cam(scope: str, second: float, nomask: int) -> Observation:

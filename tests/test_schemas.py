@@ -20,7 +20,7 @@ from maskwatch.schemas import (
     validate_event,
 )
 from maskwatch.schemas.events import EVENT_MODELS, SCHEMA_VERSION
-from maskwatch.schemas.generate import JSON_DIR, render
+from maskwatch.schemas.generate import JSON_DIR, model_version, render
 
 NOW = "2026-01-01T12:00:00Z"
 GOOD_TICK = {"camera_id": "lobby", "tick_id": "lobby:1767268800000", "scheduled_at": NOW, "emitted_at": NOW}
@@ -32,8 +32,8 @@ def test_generated_json_schemas_are_up_to_date() -> None:
     assert set(on_disk) == set(expected), "run `python -m maskwatch.schemas.generate`"
     for name, text in expected.items():
         assert on_disk[name] == text, f"{name} is stale: run `python -m maskwatch.schemas.generate`"
-    for name in EVENT_MODELS:
-        schema = json.loads(on_disk[f"{name}.v{SCHEMA_VERSION}.json"])
+    for name, model in EVENT_MODELS.items():
+        schema = json.loads(on_disk[f"{name}.v{model_version(model)}.json"])
         if name not in ("camera", "site"):  # registry records, not events
             assert "schema_version" in schema["properties"], name
 

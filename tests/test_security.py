@@ -33,7 +33,7 @@ from maskwatch.cameras.cli import cameras
 from maskwatch.config import ConfigError, Settings
 from maskwatch.dashboards import auth, data, seed
 from maskwatch.dashboards.cli import dashboard
-from maskwatch.notify.messages import render
+from maskwatch.notify.messages import from_v1, render
 from maskwatch.schemas.events import Alert, CameraHealth
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -543,7 +543,7 @@ def test_webhook_urls_in_alert_text_never_reach_the_page_or_a_notification(with_
     page = _texts(at)
     assert "https://hooks.slack.com/services/***" in page and "SECRET42" not in page
     for fmt in ("slack", "teams", "generic"):
-        assert "SECRET42" not in json.dumps(render(alert, fmt)), fmt
+        assert "SECRET42" not in json.dumps(render(from_v1(alert), fmt)), fmt
 
 
 def test_operator_cannot_grant_private_network_admin_can(with_login: Path) -> None:

@@ -8,7 +8,7 @@ from dataclasses import replace
 import polars as pl
 import streamlit as st
 
-from maskwatch.dashboards import auth, data, queries, ui
+from maskwatch.dashboards import acks, auth, data, queries, ui
 
 REFRESH_S = 10
 
@@ -122,8 +122,9 @@ elif not row["acknowledged"]:
         note = st.text_input("Note (optional)", key="ack_note")
         if st.form_submit_button("Acknowledge", type="primary"):
             with ui.store_errors(settings):
-                queries.acknowledge(settings, selected, who, note)
+                _, unpublished = acks.acknowledge(settings, selected, who, note)
             data.clear_alerts()
             by = ui.plain(who.strip() or "dashboard")
-            st.session_state["alert_flash"] = f"Alert acknowledged by {by}."
+            st.session_state["alert_flash"] = f"Alert acknowledged by {by}." + (
+                f" (Stored; not yet on the alert topic: {ui.plain(unpublished)}.)" if unpublished else "")
             st.rerun()

@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 @click.option("--check", is_flag=True, help="Validate the config (and its URL secrets) and exit.")
 def notify_command(config_path: Path | None, group_id: str | None, state_path: Path | None,
                    metrics_port: int | None, check: bool) -> None:
-    """Post alerts from the alert topic to webhooks (Slack, Teams, generic JSON) until SIGTERM."""
+    """Post alerts from the alert topic to Slack, Teams, Telegram, e-mail and webhooks until SIGTERM."""
     settings = NotifySettings()
     config_path = config_path or settings.config
     if config_path is None:

@@ -40,10 +40,13 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from maskwatch.config import secret
-from maskwatch.schemas.events import Alert, CameraHealthEvent
+from maskwatch.schemas.events import AlertEvent, AlertEventKind, CameraHealthEvent
 
 EventKind = Literal["alerts", "camera_health"]
 EVENT_KINDS: tuple[EventKind, ...] = ("alerts", "camera_health")
+
+
+DEFAULT_ALERT_EVENTS: tuple[AlertEventKind, ...] = ("opened", "reopened", "resolved", "acknowledged")
 
 
 class NotifyConfigError(ValueError):
@@ -118,6 +121,9 @@ class Destination(BaseModel):
     cameras: list[str] = Field(default_factory=list)
     # What this destination is told of: no-mask alerts, and cameras going down and coming back up.
     events: list[EventKind] = Field(default_factory=lambda: list(EVENT_KINDS), min_length=1)
+    # Which steps of an alert's life it is told of; "updated" (more people) is left out unless asked for.
+    alert_events: list[AlertEventKind] = Field(default_factory=lambda: list(DEFAULT_ALERT_EVENTS),
+                                               min_length=1)
     rate: RateLimit = Field(default_factory=RateLimit)
 
     @model_validator(mode="after")
@@ -170,8 +176,10 @@ class Destination(BaseModel):
                                     f"(host {parts.hostname})") from None
         return url
 
-    def matches(self, event: Alert | CameraHealthEvent) -> bool:
-        kind = "alerts" if isinstance(event, Alert) else "camera_health"
+    def matches(self, event: AlertEvent | CameraHealthEvent) -> bool:
+        kind = "alerts" if isinstance(event, AlertEvent) else "camera_health"
+        if isinstance(event, AlertEvent) and event.kind not in self.alert_events:
+            return False
         return (kind in self.events
                 and (not self.sites or event.site in self.sites)
                 and (not self.zones or event.zone in self.zones)

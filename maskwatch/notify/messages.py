@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from datetime import datetime
 from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from maskwatch.schemas.events import Alert, CameraHealthEvent
+from maskwatch.schemas.events import Alert, AlertEvent, CameraHealthEvent, RuleInfo
 
 MAX_ATTACHMENT = 5 * 1024**2  # a snapshot is ~100 KB; anything far larger is not one
 
@@ -49,36 +51,78 @@ def one_line(text: str, limit: int = 200) -> str:
     return flat if len(flat) <= limit else flat[: limit - 1] + "…"
 
 
-def _where(alert: Alert) -> str:
-    return " / ".join(part for part in (alert.site, alert.zone, alert.camera_id) if part)
+TITLES = {"opened": "No-mask alert", "updated": "No-mask alert, more people", "resolved": "Resolved",
+          "reopened": "No-mask alert again", "acknowledged": "Acknowledged"}
 
 
-def summary(alert: Alert) -> str:
+def from_v1(alert: Alert) -> AlertEvent:
+    """A version 1 alert (one message per alert, before alerts had a life) as the ``opened`` event."""
+    kind = "nomask_ratio" if "frames with a no-mask face" in alert.rule else "nomask_people"
+    return AlertEvent(
+        event_id=alert.alert_id, kind="opened", alert_id=alert.alert_id, at=alert.triggered_at,
+        camera_id=alert.camera_id, site=alert.site, zone=alert.zone, severity="warning",
+        rule=RuleInfo(kind=kind, description=alert.rule), window_start=alert.window_start,  # type: ignore[arg-type]
+        window_end=alert.window_end, people=alert.people or alert.nomask_faces,
+        nomask_faces=alert.nomask_faces, faces=alert.faces, frames=0, value=float(alert.nomask_faces),
+        threshold=0.0, tick_ids=alert.tick_ids, message=alert.message)
+
+
+def _where(event: AlertEvent) -> str:
+    name = event.camera_name or event.camera_id
+    return " / ".join(part for part in (event.site, event.zone, name) if part)
+
+
+def _zone(event: AlertEvent) -> ZoneInfo:
+    try:
+        return ZoneInfo(event.site_timezone)
+    except (ZoneInfoNotFoundError, ValueError):
+        return ZoneInfo("UTC")
+
+
+def _local(event: AlertEvent, at: datetime) -> str:
+    """``at`` in the site's local time, which is what its people read."""
+    zone = _zone(event)
+    return f"{at.astimezone(zone):%Y-%m-%d %H:%M:%S} {zone.key}"
+
+
+def summary(event: AlertEvent) -> str:
     """One line for notification previews and plain-text fallbacks."""
-    return (f"No-mask alert at {_where(alert)}: {alert.nomask_faces} of {alert.faces} faces without a mask "
-            f"({alert.nomask_ratio:.0%}) — rule {alert.rule}")
+    if event.kind == "acknowledged":
+        return (f"Acknowledged by {event.acknowledged_by or 'someone'}: {_where(event)} — "
+                f"{event.rule.description}")
+    if event.kind == "resolved":
+        return f"Resolved: {_where(event)} — {event.rule.description}"
+    people = f"{event.people} no-mask {'person' if event.people == 1 else 'people'}"
+    return f"{TITLES[event.kind]} at {_where(event)}: {people} — rule {event.rule.description}"
 
 
-def _facts(alert: Alert) -> list[tuple[str, str]]:
-    window = f"{alert.window_start:%Y-%m-%d %H:%M:%S} – {alert.window_end:%H:%M:%S} UTC"
-    facts = [("Camera", alert.camera_id), ("Site", alert.site or "—"), ("Zone", alert.zone or "—"),
-             ("No-mask faces", f"{alert.nomask_faces} of {alert.faces} ({alert.nomask_ratio:.0%})"),
-             ("Rule", alert.rule), ("Window", window), ("Alert id", alert.alert_id)]
-    if alert.message:
-        facts.append(("Message", alert.message))
+def _facts(event: AlertEvent) -> list[tuple[str, str]]:
+    window = f"{_local(event, event.window_start)} – {event.window_end.astimezone(_zone(event)):%H:%M:%S}"
+    facts = [("Camera", event.camera_id), ("Site", event.site or "—"), ("Zone", event.zone or "—"),
+             ("No-mask people", str(event.people)),
+             ("Sightings", f"{event.nomask_faces} no-mask of {event.faces} faces"),
+             ("Rule", event.rule.description), ("Severity", event.severity), ("Window", window),
+             ("Alert id", event.alert_id)]
+    if event.kind == "acknowledged":
+        facts.insert(0, ("Acknowledged by", event.acknowledged_by or "—"))
+        if event.note:
+            facts.insert(1, ("Note", event.note))
+    elif event.message:
+        facts.append(("Message", event.message))
     return facts
 
 
-def slack(alert: Alert, snapshot: Snapshot = Snapshot()) -> dict[str, Any]:
+def slack(alert: AlertEvent, snapshot: Snapshot = Snapshot()) -> dict[str, Any]:
     fields = [{"type": "mrkdwn", "text": f"*{name}*\n{slack_text(value)}"} for name, value in _facts(alert)]
     blocks: list[dict[str, Any]] = [
-        {"type": "header", "text": {"type": "plain_text", "text": f"No-mask alert: {_where(alert)}"}},
+        {"type": "header", "text": {"type": "plain_text",
+                                    "text": one_line(f"{TITLES[alert.kind]}: {_where(alert)}", 150)}},
         {"type": "section", "fields": fields[:10]},  # Slack allows at most 10 fields per section
     ]
     if snapshot.url:
         blocks.append({"type": "image", "image_url": snapshot.url, "alt_text": "alert snapshot"})
     blocks.append({"type": "context", "elements": [
-        {"type": "mrkdwn", "text": f"triggered {alert.triggered_at:%Y-%m-%d %H:%M:%S} UTC"}]})
+        {"type": "mrkdwn", "text": slack_text(f"{alert.kind} {_local(alert, alert.at)}")}]})
     return {
         "text": slack_text(summary(alert)),  # shown in notifications and by clients without Block Kit
         "blocks": blocks,
@@ -105,40 +149,44 @@ def adaptive_card(title: str, subtitle: str, facts: list[tuple[str, str]], image
         {"contentType": "application/vnd.microsoft.card.adaptive", "contentUrl": None, "content": card}]}
 
 
-def teams(alert: Alert, snapshot: Snapshot = Snapshot()) -> dict[str, Any]:
-    return adaptive_card(f"No-mask alert: {_where(alert)}",
-                         f"{alert.rule} · triggered {alert.triggered_at:%Y-%m-%d %H:%M:%S} UTC",
-                         _facts(alert), snapshot.url)
+def teams(alert: AlertEvent, snapshot: Snapshot = Snapshot()) -> dict[str, Any]:
+    return adaptive_card(f"{TITLES[alert.kind]}: {_where(alert)}",
+                         f"{alert.rule.description} · {alert.kind} {_local(alert, alert.at)}",
+                         _facts(alert), snapshot.url,
+                         attention=alert.kind in ("opened", "updated", "reopened"))
 
 
-def telegram_text(alert: Alert, snapshot: Snapshot = Snapshot(), limit: int = 4096) -> str:
+def telegram_text(alert: AlertEvent, snapshot: Snapshot = Snapshot(), limit: int = 4096) -> str:
     """Plain text (no parse mode, so nothing in it is markup), the link last; at most ``limit`` long."""
-    lines = [f"No-mask alert: {_where(alert)}", *(f"{name}: {value}" for name, value in _facts(alert))]
+    lines = [f"{TITLES[alert.kind]}: {_where(alert)}", *(f"{name}: {value}" for name, value in _facts(alert))]
     link = f"\nSnapshot: {snapshot.url}" if snapshot.url else ""
     text = "\n".join(one_line(line, 300) for line in lines)
     return text[: limit - len(link)] + link
 
 
-def telegram(alert: Alert, snapshot: Snapshot = Snapshot(), chat_id: str = "") -> dict[str, Any]:
+def telegram(alert: AlertEvent, snapshot: Snapshot = Snapshot(), chat_id: str = "") -> dict[str, Any]:
     return {"chat_id": chat_id, "text": telegram_text(alert, snapshot),
             "link_preview_options": {"is_disabled": not snapshot.url}}
 
 
-def generic(alert: Alert, snapshot: Snapshot = Snapshot()) -> dict[str, Any]:
+def generic(alert: AlertEvent, snapshot: Snapshot = Snapshot()) -> dict[str, Any]:
+    """The event itself (contract v2), with the snapshot's link when the notifier made one."""
+    if snapshot.url and not alert.snapshot_url:
+        alert = alert.model_copy(update={"snapshot_url": snapshot.url})
     return alert.model_dump(mode="json")
 
 
 FORMATTERS = {"slack": slack, "teams": teams, "generic": generic}
 
 
-def render(alert: Alert, fmt: str, snapshot: Snapshot = Snapshot()) -> dict[str, Any]:
+def render(alert: AlertEvent, fmt: str, snapshot: Snapshot = Snapshot()) -> dict[str, Any]:
     return FORMATTERS[fmt](alert, snapshot)
 
 
-def email(alert: Alert, sender: str, to: list[str], snapshot: Snapshot = Snapshot()) -> EmailMessage:
+def email(alert: AlertEvent, sender: str, to: list[str], snapshot: Snapshot = Snapshot()) -> EmailMessage:
     """The alert as a plain-text mail, with the snapshot attached when it is on this host, else linked."""
     message = EmailMessage()
-    message["Subject"] = one_line(f"No-mask alert: {_where(alert)} ({alert.rule})")
+    message["Subject"] = one_line(f"{TITLES[alert.kind]}: {_where(alert)} ({alert.rule.description})")
     message["From"], message["To"] = sender, ", ".join(to)
     message["X-Maskwatch-Alert-Id"] = alert.alert_id
     lines = [summary(alert), "", *(f"{name}: {value}" for name, value in _facts(alert))]
@@ -148,7 +196,7 @@ def email(alert: Alert, sender: str, to: list[str], snapshot: Snapshot = Snapsho
     picture = _readable(snapshot.path)
     if picture is not None:
         message.add_attachment(picture, maintype="image", subtype="jpeg",
-                               filename=f"{alert.camera_id}-{alert.triggered_at:%Y%m%d-%H%M%S}.jpg")
+                               filename=f"{alert.camera_id}-{alert.at:%Y%m%d-%H%M%S}.jpg")
     return message
 
 

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qsl, unquote, urlsplit
 
 from maskwatch import metrics
 from maskwatch.config import Settings, SnapshotLinkSettings
@@ -29,6 +30,7 @@ from maskwatch.notify.messages import (
     Snapshot,
     attachment,
     email,
+    from_v1,
     health_email,
     render,
     render_health,
@@ -36,9 +38,9 @@ from maskwatch.notify.messages import (
     telegram_text,
 )
 from maskwatch.notify.signing import sign
-from maskwatch.schemas.events import Alert, CameraHealthEvent, DeadLetter
+from maskwatch.schemas.events import Alert, AlertEvent, CameraHealthEvent, DeadLetter
 from maskwatch.schemas.parse import SchemaError, parse_event
-from maskwatch.snapshots.links import make_link
+from maskwatch.snapshots.links import check, make_link
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +50,19 @@ DEAD_LETTERS = metrics.NOTIFY_DEAD_LETTERS
 
 # An alert may wait on rate limits and backoff for minutes; don't let the group evict us meanwhile.
 MAX_POLL_INTERVAL_MS = 1_800_000
+
+
+def _alert(payload: bytes) -> tuple[AlertEvent, str]:
+    """An alert event (contract v2), or a version 1 alert as its ``opened`` event, with the v1 alert's
+    host path of its snapshot ('' for v2, which carries a link instead)."""
+    try:
+        version = json.loads(payload).get("schema_version", 1)
+    except (ValueError, AttributeError, UnicodeDecodeError):
+        version = 2  # let the parser say what is wrong
+    if version == 1:
+        alert = parse_event(Alert, payload)
+        return from_v1(alert), alert.snapshot_path
+    return parse_event(AlertEvent, payload), ""
 
 
 class DeadLetterError(RuntimeError):
@@ -125,9 +140,9 @@ class Notifier:
     def handle(self, msg: Any) -> bool:
         """True when the record is done with (delivered, duplicate or dead-lettered) and may be committed."""
         health = msg.topic() == self.settings.topic_camera_health
-        model: type[Alert] | type[CameraHealthEvent] = CameraHealthEvent if health else Alert
         try:
-            event = parse_event(model, msg.value() or b"")
+            payload = msg.value() or b""
+            event = parse_event(CameraHealthEvent, payload) if health else _alert(payload)
         except SchemaError as exc:
             self.stats.invalid += 1
             log.error("invalid %s at %s[%d]@%d: %s", "camera health event" if health else "alert",
@@ -138,31 +153,39 @@ class Notifier:
             if event.kind not in ("down", "up"):
                 return True
             self.stats.health += 1
-            key, what = event.event_id, f"camera {event.kind} {event.camera_id}"
+            what = f"camera {event.kind} {event.camera_id}"
+            snapshot = Snapshot()
         else:
             self.stats.alerts += 1
-            key, what = event.alert_id, f"alert {event.alert_id}"
-        snapshot = self._snapshot(event) if isinstance(event, Alert) else Snapshot()
+            what = f"alert {event[0].alert_id} {event[0].kind}"
+            snapshot = self._snapshot(*event)
+        record = event if isinstance(event, CameraHealthEvent) else event[0]
         for destination in self.config.destinations:
-            if not destination.matches(event):
+            if not destination.matches(record):
                 continue
-            if not self._deliver(key, what, self._sender(event, destination, snapshot), destination, msg):
+            if not self._deliver(record.event_id, what, self._sender(record, destination, snapshot),
+                                 destination, msg):
                 return False
         return True
 
-    def _snapshot(self, alert: Alert) -> Snapshot:
-        """The alert's picture: the file if it is on this host, and a signed link when links are set up."""
-        if not alert.snapshot_path:
-            return Snapshot()
-        path = Path(alert.snapshot_path)
-        url = ""
-        if self.links.base and self.links.key is not None:
-            made = make_link(self.links.base, self.settings.home / "snapshots", alert.snapshot_path,
-                             self.links.key.get_secret_value().encode(), self.links.ttl_s)
+    def _snapshot(self, event: AlertEvent, host_path: str = "") -> Snapshot:
+        """The alert's picture: its signed link, and the file when it is on this host (found from the
+        link, or from a version 1 alert's path), so mail and Telegram can attach it."""
+        root = self.settings.home / "snapshots"
+        key = self.links.key.get_secret_value().encode() if self.links.key is not None else None
+        url = event.snapshot_url
+        if not url and host_path and self.links.base and key is not None:
+            made = make_link(self.links.base, root, host_path, key, self.links.ttl_s)
             url = made[0] if made else ""
-        return Snapshot(url, path if path.is_file() else None)
+        path = Path(host_path) if host_path else None
+        if path is None and url and key is not None:
+            parts = urlsplit(url)
+            relative, params = unquote(parts.path.partition("/s/")[2]), dict(parse_qsl(parts.query))
+            if relative and not check(relative, params.get("exp", ""), params.get("sig", ""), key):
+                path = root / relative  # our own signed link: the file may be right here
+        return Snapshot(url, path if path is not None and path.is_file() else None)
 
-    def _sender(self, event: Alert | CameraHealthEvent, destination: Destination, snapshot: Snapshot
+    def _sender(self, event: AlertEvent | CameraHealthEvent, destination: Destination, snapshot: Snapshot
                 ) -> Callable[[], Attempt]:
         """One try at telling ``destination`` of ``event``, in its format."""
         timeout = self.config.retry.timeout_s

@@ -25,7 +25,14 @@ from clickhouse_connect.driver.client import Client
 from pydantic import BaseModel
 
 from maskwatch.config import Retention, Settings
-from maskwatch.schemas.events import Alert, CameraHealth, CameraHealthEvent, FaceDetection, FrameResult
+from maskwatch.schemas.events import (
+    Alert,
+    AlertEvent,
+    CameraHealth,
+    CameraHealthEvent,
+    FaceDetection,
+    FrameResult,
+)
 from maskwatch.schemas.redaction import redact_url
 
 log = logging.getLogger(__name__)
@@ -40,6 +47,7 @@ EVENT_TABLES: dict[type[BaseModel], str] = {
     FrameResult: "frames",
     FaceDetection: "detections",
     Alert: "alerts",
+    AlertEvent: "alert_events",
     CameraHealth: "camera_health",
     CameraHealthEvent: "camera_health_events",
 }

@@ -16,6 +16,7 @@ TTL_TABLES: dict[str, tuple[str, str]] = {
     "frames": ("frames", "toDateTime(scheduled_at)"),
     "detections": ("detections", "toDateTime(scheduled_at)"),
     "alerts": ("alerts", "toDateTime(triggered_at)"),
+    "alert_events": ("alerts", "toDateTime(at)"),
     "camera_health": ("camera_health", "toDateTime(scheduled_at)"),
     "camera_health_events": ("camera_health", "toDateTime(changed_at)"),
     "compliance_hourly": ("rollup_hourly", "hour"),

@@ -20,6 +20,7 @@ from tests.flowkit import (
     build_scenario,
     frame_counts,
     has_frames,
+    opened,
     produce,
     read_topic,
     start_flow,
@@ -76,7 +77,7 @@ def test_durable_broker_restart_mid_stream(tmp_path: Path, durable_services: Set
     finally:
         stop(proc)
     dups, rows = assert_rows_once(settings, sc.expected_frames)
-    assert len(on_topic) == 1
+    assert len(opened(on_topic)) == 1
     fault_figures(fault=f"durable broker restart ({DOWN_S}s down) mid-stream", ticks=len(sc.ticks),
                   frames=rows,
                   broker_down_s=round(restarted - stopped, 1), restart_to_all_rows_s=round(caught_up_s, 1),
