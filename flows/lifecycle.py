@@ -25,9 +25,11 @@ class Step:
     opened_at: datetime  # when the alert first opened (its store row is filed under it)
 
 
-def advance(incident: Incident | None, held: AlertDecision | None, end: datetime, config: RuleConfig
-            ) -> tuple[Incident | None, list[Step]]:
-    """The incident after the bucket ending at ``end``, in which ``held`` held (or nothing did).
+def advance(incident: Incident | None, held: AlertDecision | None, end: datetime, config: RuleConfig,
+            bucket_s: int = 10) -> tuple[Incident | None, list[Step]]:
+    """The incident after the bucket ending at ``end`` (``bucket_s`` long), in which ``held`` held (or
+    nothing did). Buckets with no ticks at all never close, so a gap of a whole window before ``end``
+    (a camera that was off, a flow that was down) resolved the incident at its end.
 
     >>> from datetime import UTC
     >>> t = datetime(2026, 1, 1, tzinfo=UTC)
@@ -43,6 +45,13 @@ def advance(incident: Incident | None, held: AlertDecision | None, end: datetime
     >>> [s.kind for s in steps + more + done + again]
     ['opened', 'updated', 'resolved', 'reopened']
     """
+    if incident is not None and incident.resolved_at is None \
+            and end - timedelta(seconds=bucket_s) - incident.last_held >= timedelta(seconds=config.window_s):
+        resolved_at = incident.last_held + timedelta(seconds=config.window_s)
+        incident = replace(incident, resolved_at=resolved_at)
+        gone = Step("resolved", resolved_at, incident.decision, incident.opened_at)
+        incident, after = advance(incident, held, end, config, bucket_s)
+        return incident, [gone, *after]
     if incident is not None and incident.resolved_at is None:
         if held is None:
             if end - incident.last_held >= timedelta(seconds=config.window_s):

@@ -50,13 +50,13 @@ def windowed_alerts(
         end = bucket.start + timedelta(seconds=bucket_s)
         if end != new_state.buckets[-1].start + timedelta(seconds=bucket_s):
             return new_state, []  # a late bucket: history only
-        incident, steps = advance(new_state.incident, held, end, config)
+        incident, steps = advance(new_state.incident, held, end, config, bucket_s)
         if held is not None and any(s.kind != "resolved" for s in steps) \
                 and (reason := suppressed(key, end)):
             metrics.ALERTS_SUPPRESSED.labels(reason=reason).inc()
             log.info("%s: %s alert not raised at %s: %s by its schedule", key, held.rule, end.isoformat(),
                      reason)
-            incident, steps = advance(new_state.incident, None, end, config)
+            incident, steps = advance(new_state.incident, None, end, config, bucket_s)
         new_state.incident = incident
         return new_state, steps
 

@@ -39,7 +39,8 @@ def steps(observations: list[Observation], config: RuleConfig, bucket_s: int = B
     state, out = RuleState(), []
     for start in sorted(buckets):
         state, held = evaluate(state, buckets[start], bucket_s, config, "cam")
-        state.incident, made = advance(state.incident, held, start + timedelta(seconds=bucket_s), config)
+        state.incident, made = advance(state.incident, held, start + timedelta(seconds=bucket_s), config,
+                                       bucket_s)
         out += made
     return out
 
@@ -107,6 +108,23 @@ def test_one_incident_is_one_alert_through_its_life() -> None:
     fresh = steps(masked + unmasked + calm + late, config)
     assert [s.kind for s in fresh if s.kind in ("opened", "reopened")] == ["opened", "opened"]
     assert len({s.decision.alert_id for s in fresh}) == 2
+
+
+def test_a_gap_without_ticks_resolves_the_incident() -> None:
+    # Buckets without ticks never close: a camera off (or the flow down) for longer than a window ends
+    # the incident at the gap, and what follows is judged afresh.
+    config = RuleConfig(window_s=20, min_people=1, cooldown_s=0)
+    before = [obs(s, 1, 1) for s in range(0, 20, 2)]
+    after = [obs(s, 1, 1) for s in range(100, 120, 2)]
+    life = steps(before + after, config)
+    kinds = [s.kind for s in life if s.kind != "updated"]
+    assert kinds == ["opened", "resolved", "opened"]
+    resolved = next(s for s in life if s.kind == "resolved")
+    assert resolved.at == T0 + timedelta(seconds=40)  # a window after it last held, not when ticks came back
+    assert len({s.decision.alert_id for s in life}) == 2
+    # With a cool-down longer than the gap it is the same alert, re-opened.
+    again = steps(before + after, RuleConfig(window_s=20, min_people=1, cooldown_s=600))
+    assert [s.kind for s in again if s.kind != "updated"] == ["opened", "resolved", "reopened"]
 
 
 def test_in_frame_and_dwell_rules() -> None:
