@@ -357,8 +357,8 @@ def read_alerts(settings: Settings, timeout: float = 10.0) -> list[tuple[float, 
 def live_latency(
     settings: Settings, live_start_ms: int, live_end_ms: int, ticks: Sequence[Tick]
 ) -> dict[str, Any]:
-    """Tick -> frame row (processed_at) and tick -> alert on the topic, where the alert's tick is the one
-    that closed its window: the camera's first tick at or after the window end."""
+    """Tick -> frame row (processed_at) and tick -> alert event on the topic, where the event's tick is the
+    one that closed its bucket: the camera's first tick at or after the event's time."""
     times: dict[str, list[float]] = {}
     for t in ticks:
         times.setdefault(t.camera_id, []).append(t.scheduled_at.timestamp())
@@ -370,7 +370,8 @@ def live_latency(
     frame_ms = [float(r["ms"]) for r in rows]
     alert_ms = []
     for published, a in read_alerts(settings):
-        end = datetime.fromisoformat(a["window_end"]).timestamp()
+        # Every step of an alert's life is published when the bucket ending at its `at` closes.
+        end = datetime.fromisoformat(a.get("at") or a["window_end"]).timestamp()
         start = datetime.fromisoformat(a["window_start"]).timestamp()
         if start * 1000 >= live_start_ms and end * 1000 <= live_end_ms:
             cam = times.get(a["camera_id"], [])

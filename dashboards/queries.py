@@ -377,6 +377,7 @@ _ALERT_COLUMNS = (
     "a.zone AS zone, a.rule AS rule, a.faces AS faces, a.nomask_faces AS nomask_faces, "
     "a.nomask_ratio AS nomask_ratio, a.window_start AS window_start, a.window_end AS window_end, "
     "a.message AS message, a.snapshot_path AS snapshot_path, a.tick_ids AS tick_ids, "
+    "a.status AS status, a.people AS people, a.severity AS severity, "
     "k.acknowledged AS acknowledged, k.acknowledged_by AS acknowledged_by, "
     "k.acknowledged_at AS acknowledged_at, k.note AS note"
 )
@@ -402,6 +403,16 @@ def alert(settings: Settings, alert_id: str) -> pl.DataFrame:
         settings,
         f"SELECT {_ALERT_COLUMNS} FROM (SELECT * FROM alerts FINAL WHERE alert_id = {{id:String}}) AS a "
         f"LEFT JOIN {_ACKS} AS k ON a.alert_id = k.alert_id LIMIT 1",
+        {"id": alert_id},
+    )
+
+
+def alert_life(settings: Settings, alert_id: str) -> pl.DataFrame:
+    """The steps of one alert's life (opened, updated, resolved, re-opened, acknowledged), oldest first."""
+    return _df(
+        settings,
+        "SELECT at, kind, people, nomask_faces, severity, acknowledged_by, note FROM alert_events FINAL "
+        "WHERE alert_id = {id:String} ORDER BY at, event_id LIMIT 500",
         {"id": alert_id},
     )
 

@@ -253,6 +253,8 @@ def test_alerts_feed_detail_snapshots_and_acknowledge(seeded: Settings) -> None:
                            "WHERE alert_id = {id:String}", {"id": newest["alert_id"]}, seeded)
     assert ack == [{"acknowledged": True, "acknowledged_by": "Dana", "note": "spoke to the lobby staff"}]
     assert metrics(at)["Status"][0] == "Acknowledged"
+    life = next(d.value for d in at.dataframe if "kind" in d.value.columns)  # the alert's life, as stored
+    assert list(life["kind"]) == ["acknowledged"] and list(life["acknowledged_by"]) == ["Dana"]
     # ... and the alert's "acknowledged" event is on the alert topic (contract v2) and in the store.
     from maskwatch.schemas.events import AlertEvent
 

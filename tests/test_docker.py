@@ -91,7 +91,7 @@ def settings_from(env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> Setti
     return Settings()
 
 
-MASKWATCH_SERVICES = ("migrate", "flow", "flow-gpu", "ticker", "dashboard", "notifier")
+MASKWATCH_SERVICES = ("migrate", "flow", "flow-gpu", "ticker", "dashboard", "notifier", "snapshots")
 
 
 # --- compose ---------------------------------------------------------------------------------------

@@ -78,12 +78,16 @@ row = found.row(0, named=True)
 flash = st.session_state.pop("alert_flash", None)
 if flash:
     st.success(flash, icon=":material/check_circle:")
-cols = st.columns(4)
+cols = st.columns(5)
+cols[4].metric("No-mask people", ui.count(row["people"]), border=True,
+               help="Distinct unmasked people in the window (faces associated across ticks)")
 cols[0].metric("No-mask faces", ui.count(row["nomask_faces"]), border=True)
 cols[1].metric("Faces in window", ui.count(row["faces"]), border=True)
 cols[2].metric("Frames with no-mask", ui.pct(row["nomask_ratio"]), border=True,
                help="Share of the window's frames that had at least one face without a mask")
-cols[3].metric("Status", "Acknowledged" if row["acknowledged"] else "Open", border=True)
+status = "Acknowledged" if row["acknowledged"] else "Resolved" if row["status"] == "resolved" else "Open"
+cols[3].metric("Status", status, border=True, help="Open while its rule holds; resolved once no rule held "
+               "for a whole window; acknowledged once someone took it on")
 st.markdown(
     f"**{ui.plain(row['camera_id'])}** · {ui.plain(row['site'])} / {ui.plain(row['zone'])} · rule "
     f"{ui.plain(row['rule'])}  \n"
@@ -94,6 +98,17 @@ if row["acknowledged"]:
     st.caption(f"Acknowledged by {ui.plain(row['acknowledged_by'])} at "
                f"{row['acknowledged_at']:%Y-%m-%d %H:%M:%S} UTC"
                + (f": {ui.plain(row['note'])}" if row["note"] else ""))
+
+with ui.store_errors(settings):
+    life = queries.alert_life(settings, selected)
+if life.height:
+    st.dataframe(life, hide_index=True, width="stretch", column_config={
+        "at": st.column_config.DatetimeColumn("When", format="YYYY-MM-DD HH:mm:ss"),
+        "kind": st.column_config.TextColumn("Step"),
+        "people": st.column_config.NumberColumn("No-mask people"),
+        "nomask_faces": st.column_config.NumberColumn("Sightings"),
+        "acknowledged_by": st.column_config.TextColumn("By"),
+    })
 
 with ui.store_errors(settings):
     frames = data.alert_frames(settings, selected)

@@ -30,9 +30,11 @@ def serve(host: str) -> None:
     """Serve MASKWATCH_HOME/snapshots to holders of a valid link on MASKWATCH_SNAPSHOT_LINK_PORT."""
     import threading
 
+    from maskwatch import metrics
     from maskwatch.snapshots.server import SnapshotServer
 
     links = SnapshotLinkSettings()
+    metrics.serve_metrics()  # liveness, like every other job
     tls = (links.tls_cert, links.tls_key) if links.tls_cert and links.tls_key else None
     server = SnapshotServer((host, links.port), Settings().home / "snapshots", _key(links), tls)
     log.info("serving snapshot links on %s://%s:%d", "https" if tls else "http", host, links.port)
