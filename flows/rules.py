@@ -126,6 +126,10 @@ class Bucket:
     nomask_ticks: list[str] = field(default_factory=list)
     snapshot_path: str = ""
 
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        # A bucket snapshotted by a version that counted sightings only: its people start empty.
+        self.__dict__.update({"max_in_frame": 0, "people": {}, "ticks": set(), **state})
+
     def add(self, obs: Observation) -> Bucket:
         if obs.tick_id and obs.tick_id in self.ticks:
             return self  # the same tick again (a duplicate delivery): counted once

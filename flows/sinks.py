@@ -212,7 +212,10 @@ class StorePartition(StatelessSinkPartition[StoreItem]):
     def write_batch(self, items: Sequence[StoreItem]) -> None:
         by_table: dict[str, list[Row]] = defaultdict(list)
         for table, event in items:
-            by_table[table].append(dict(event))
+            # A nested record (an alert event's rule) is one JSON column, as the store and the disk
+            # buffer both take it.
+            by_table[table].append({k: v.model_dump_json() if isinstance(v, BaseModel) else v
+                                    for k, v in dict(event).items()})
         with self._lock:
             ready = self._drain()
             # Faces before their frames: a frame row in the store means its faces are too.

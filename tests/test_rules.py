@@ -161,6 +161,26 @@ def test_a_duplicated_tick_never_counts_twice() -> None:
     assert bucket.merge(bucket).frames == 3
 
 
+def test_state_recovered_from_the_version_before_people_still_works() -> None:
+    import pickle
+
+    from maskwatch.flows.windows import _current
+
+    # What a recovery snapshot of the previous version holds: buckets without people or ticks, and a
+    # rule state with a cool-down instead of an incident.
+    old_bucket = Bucket(T0)
+    for name in ("people", "ticks", "max_in_frame"):
+        del old_bucket.__dict__[name]
+    bucket = pickle.loads(pickle.dumps(old_bucket))
+    bucket.add(obs(1, 1, 1))
+    assert (bucket.frames, len(bucket.people)) == (1, 1)
+    old_state = RuleState(buckets=[bucket])
+    del old_state.__dict__["incident"]
+    old_state.__dict__["quiet_until"] = T0
+    state = _current(pickle.loads(pickle.dumps(old_state)))
+    assert state.incident is None and state.buckets == [bucket]
+
+
 def test_failed_fetches_move_time_but_never_count() -> None:
     config = RuleConfig(window_s=10, min_people=1, nomask_ratio=0.1, min_frames=1, cooldown_s=0)
     assert run([obs(s, faces=0, nomask=0, frames=0) for s in range(0, 60, 2)], config) == []
