@@ -78,7 +78,10 @@ def test_flow_end_to_end(tmp_path: Path, mw_env: Settings, dataset_dir: Path, ha
     assert "hunter2" not in refused and "refused" in refused
     hang = [h for (cam, _), h in by.items() if cam == "hang"]
     assert {h["status"] for h in hang} <= {"timeout", "fetch_error"} and max(h["f"] for h in hang) == 3
-    assert all("time" in h["e"] or "deadline" in h["e"] for h in hang)
+    # Normally a timeout (its deadline); on a loaded box a fetch can instead see the server drop the
+    # connection after its 5 s (a fetch_error; seen in 1 of ~10 full runs, see issue #19's note).
+    assert all("time" in h["e"] or "deadline" in h["e"] for h in hang if h["status"] == "timeout")
+    assert all("127.0.0.1" in h["e"] for h in hang if h["status"] == "fetch_error")
     assert by[("corrupt", "decode_error")]["f"] == 3
     assert ("mixed", "ok") in by and by[("mixed", "ok")]["f"] == 0
     everything = json.dumps([q("SELECT * FROM frames"), q("SELECT * FROM camera_health")], default=str)
