@@ -110,9 +110,9 @@ def box_agreement(
         a, b = boxes_a[scores_a >= score_threshold], boxes_b[scores_b >= score_threshold]
         if not len(s.boxes) or not len(a) or not len(b):
             continue
-        best_a, best_b = iou_matrix(a, s.boxes).argmax(0), iou_matrix(b, s.boxes).argmax(0)
-        ok_a = iou_matrix(a, s.boxes).max(0) >= iou
-        ok_b = iou_matrix(b, s.boxes).max(0) >= iou
+        overlap_a, overlap_b = iou_matrix(a, s.boxes), iou_matrix(b, s.boxes)
+        best_a, best_b = overlap_a.argmax(0), overlap_b.argmax(0)
+        ok_a, ok_b = overlap_a.max(0) >= iou, overlap_b.max(0) >= iou
         for j in np.flatnonzero(ok_a & ok_b):
             pairs.append(float(iou_matrix(a[best_a[j] : best_a[j] + 1], b[best_b[j] : best_b[j] + 1])[0, 0]))
     return (float(np.mean(pairs)) if pairs else float("nan")), len(pairs)
