@@ -21,19 +21,20 @@ def observations(outcome: TickOutcome, scopes: tuple[str, ...]) -> list[tuple[st
             for key in scope_keys(f.camera_id, f.site, f.zone, scopes)]
 
 
-def _place(camera: Camera | None, d: AlertDecision) -> tuple[str, str, str, str, str]:
-    """(kind, camera id, site, zone, rule text) of a decision. A zone/site alert is filed under the
-    camera that saw its latest no-mask face (the schema keys alerts by camera)."""
+def _place(camera: Camera | None, config: RuleConfig, d: AlertDecision
+           ) -> tuple[str, str, str, str, str, str]:
+    """(scope kind, camera id, site, zone, rule text, what to call the place) of a decision. A zone/site
+    alert is filed under the camera that saw its latest no-mask face (the schema keys alerts by camera)
+    and its rule text names the scope."""
     kind, site, zone = parse_scope(d.scope)
     camera_id = d.scope if kind == "camera" else d.tick_ids[-1].split(":")[0]
     if kind == "camera" and camera is not None:
         site, zone = camera.site, camera.zone
-    return kind, camera_id, site, zone, ""
-
-
-def _rule_text(kind: str, site: str, zone: str, config: RuleConfig, d: AlertDecision) -> str:
     rule = config.describe(d.rule)
-    return rule if kind == "camera" else f"{kind} {site}{'/' + zone if zone else ''}: {rule}"
+    if kind != "camera":
+        rule = f"{kind} {site}{'/' + zone if zone else ''}: {rule}"
+    where = camera.name if kind == "camera" and camera is not None and camera.name else camera_id
+    return kind, camera_id, site, zone, rule, where
 
 
 def severity(d: AlertDecision) -> Literal["warning", "critical"]:
@@ -56,9 +57,7 @@ def to_alert(camera: Camera | None, config: RuleConfig, d: AlertDecision, step: 
              opened_at: datetime | None = None, at: datetime | None = None) -> Alert:
     """The alert's row in the store: its figures and where its life is (``step``), filed under the time
     it opened, so every step of one alert replaces the same row."""
-    kind, camera_id, site, zone, _ = _place(camera, d)
-    rule = _rule_text(kind, site, zone, config, d)
-    where = camera.name if kind == "camera" and camera is not None and camera.name else camera_id
+    _kind, camera_id, site, zone, rule, where = _place(camera, config, d)
     ratio = d.nomask_frames / d.frames if d.frames else 0.0
     opened = opened_at or d.window_end
     return Alert(
@@ -74,9 +73,7 @@ def to_event(step: Step, camera: Camera | None, config: RuleConfig, site_timezon
              snapshot: tuple[str, datetime] | None = None) -> AlertEvent:
     """The step as it goes on the alert topic (contract v2); ``snapshot`` is a signed link and its expiry."""
     d = step.decision
-    kind, camera_id, site, zone, _ = _place(camera, d)
-    rule = _rule_text(kind, site, zone, config, d)
-    where = camera.name if kind == "camera" and camera is not None and camera.name else camera_id
+    kind, camera_id, site, zone, rule, where = _place(camera, config, d)
     return AlertEvent(
         event_id=f"{d.alert_id}:{step.kind}:{epoch_ms(step.at)}", kind=step.kind, alert_id=d.alert_id,
         at=step.at, camera_id=camera_id, camera_name=camera.name if camera is not None else "", site=site,

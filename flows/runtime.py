@@ -20,7 +20,7 @@ from maskwatch.flows.rules import RuleConfig, parse_scope
 from maskwatch.flows.schedules import Suppressed, suppressed
 from maskwatch.flows.snapshots import SnapshotPruner
 from maskwatch.schemas.events import Camera, Tick
-from maskwatch.snapshots.links import make_link
+from maskwatch.snapshots.links import signed_link
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -172,11 +172,7 @@ class FlowRuntime:
     def snapshot_link(self, snapshot_path: str) -> tuple[str, datetime] | None:
         """A signed, expiring link to a snapshot for the alert event, when links are set up
         (``MASKWATCH_SNAPSHOT_LINK_*``); never the host path."""
-        links = self.links
-        if not snapshot_path or not links.base or links.key is None:
-            return None
-        return make_link(links.base, self.settings.home / "snapshots", snapshot_path,
-                         links.key.get_secret_value().encode(), links.ttl_s)
+        return signed_link(self.links, self.settings.home / "snapshots", snapshot_path)
 
     @property
     def links(self) -> SnapshotLinkSettings:

@@ -344,6 +344,22 @@ Point = Annotated[tuple[Annotated[float, Field(ge=0, le=1)], Annotated[float, Fi
 Polygon = Annotated[list[Point], Field(min_length=3, max_length=64)]
 
 
+POINTS_FORMAT = "'x,y x,y x,y ...' with x and y between 0 and 1"
+
+
+def parse_points(text: str) -> list[tuple[float, float]]:
+    """A polygon as people type it, ``'x,y x,y x,y'`` (fractions of the frame), as points; ValueError
+    otherwise (the ranges are checked where the points become a :class:`CountingArea`).
+
+    >>> parse_points("0,0 0.5,0 0.5,1")
+    [(0.0, 0.0), (0.5, 0.0), (0.5, 1.0)]
+    """
+    try:
+        return [(float(x), float(y)) for x, y in (pair.split(",") for pair in text.split())]
+    except ValueError:
+        raise ValueError(f"{text[:80]!r}: expected {POINTS_FORMAT}") from None
+
+
 class CountingArea(BaseModel):
     """Which of a camera's faces count towards rules and compliance. A face counts when the centre of its
     box lies inside one of ``include`` (or ``include`` is empty), inside none of ``exclude``, and its box

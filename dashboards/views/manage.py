@@ -18,7 +18,7 @@ from pydantic import ValidationError
 from maskwatch.cameras import registry, sites
 from maskwatch.dashboards import auth, data, queries, ui
 from maskwatch.flows.snapshots import draw_area
-from maskwatch.schemas.events import Camera, CountingArea, Schedule, Site
+from maskwatch.schemas.events import POINTS_FORMAT, Camera, CountingArea, Schedule, Site, parse_points
 from maskwatch.schemas.parse import SchemaError
 
 NEW = "+ New camera"
@@ -62,10 +62,9 @@ def _polygons(text: str) -> list[list[tuple[float, float]]]:
     for number, line in enumerate(text.splitlines(), start=1):
         if line.strip():
             try:
-                out.append([(float(x), float(y)) for x, y in (pair.split(",") for pair in line.split())])
+                out.append(parse_points(line))
             except ValueError:
-                raise ValueError(f"line {number}: expected 'x,y x,y x,y ...' with x and y between 0 and 1"
-                                 ) from None
+                raise ValueError(f"line {number}: expected {POINTS_FORMAT}") from None
     return out
 
 

@@ -21,7 +21,7 @@ from maskwatch import metrics
 from maskwatch.cameras import registry, sites
 from maskwatch.cameras.ticker import Ticker
 from maskwatch.config import Settings
-from maskwatch.schemas.events import Camera, CountingArea, Schedule, Site
+from maskwatch.schemas.events import Camera, CountingArea, Schedule, Site, parse_points
 from maskwatch.schemas.parse import SchemaError, validate_event
 from maskwatch.schemas.redaction import redact_text, redact_url
 from maskwatch.shutdown import stop_on_signals
@@ -151,12 +151,10 @@ def disable(camera_id: str) -> None:
 
 
 def _polygon(text: str) -> list[tuple[float, float]]:
-    """'x,y x,y x,y' (fractions of the frame) as points; a clear error otherwise."""
     try:
-        return [(float(x), float(y)) for x, y in (pair.split(",") for pair in text.split())]
-    except ValueError:
-        raise click.BadParameter(f"{text[:80]!r}: expected 'x,y x,y x,y ...' with x and y between 0 and 1"
-                                 ) from None
+        return parse_points(text)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
 
 
 @cameras.command("area")

@@ -19,7 +19,7 @@ import yaml
 from maskwatch import metrics, store
 from maskwatch.config import Settings
 from maskwatch.netpolicy import SourcePolicyError, check_source_url
-from maskwatch.schemas.events import Camera, CountingArea, Schedule
+from maskwatch.schemas.events import Camera, CountingArea, Schedule, Site
 from maskwatch.schemas.parse import SchemaError, validate_event
 from maskwatch.schemas.redaction import redact_text
 
@@ -67,8 +67,9 @@ def _write(camera: Camera, settings: Settings | None, deleted: bool = False) -> 
     store.client(settings).insert("cameras", [_row(camera, deleted)], column_names=_COLUMNS)
 
 
-def _next_version(previous: Camera | None) -> datetime:
-    """Now, but strictly after the previous row's version (ms precision), so the newest write wins."""
+def next_version(previous: Camera | Site | None) -> datetime:
+    """Now, but strictly after the previous row's version (ms precision), so the newest write wins (the
+    cameras and sites tables are both ReplacingMergeTrees by ``updated_at``)."""
     now = datetime.now(UTC)
     if previous is not None and now <= previous.updated_at:
         now = previous.updated_at + timedelta(milliseconds=1)
@@ -96,7 +97,7 @@ def require_camera(camera_id: str, settings: Settings | None = None) -> Camera:
 
 def put_camera(camera: Camera, settings: Settings | None = None) -> Camera:
     """Add or replace a camera (by id); returns it as stored."""
-    stored = camera.model_copy(update={"updated_at": _next_version(get_camera(camera.id, settings))})
+    stored = camera.model_copy(update={"updated_at": next_version(get_camera(camera.id, settings))})
     _write(stored, settings)
     log.info("camera %s saved, source %s", stored.id, stored.display_url)
     return stored
@@ -104,7 +105,7 @@ def put_camera(camera: Camera, settings: Settings | None = None) -> Camera:
 
 def remove_camera(camera_id: str, settings: Settings | None = None) -> Camera:
     camera = require_camera(camera_id, settings)
-    _write(camera.model_copy(update={"updated_at": _next_version(camera)}), settings, deleted=True)
+    _write(camera.model_copy(update={"updated_at": next_version(camera)}), settings, deleted=True)
     log.info("camera %s removed", camera_id)
     return camera
 
@@ -113,7 +114,7 @@ def set_enabled(camera_id: str, enabled: bool, settings: Settings | None = None)
     camera = require_camera(camera_id, settings)
     if camera.enabled == enabled:
         return camera
-    updated = camera.model_copy(update={"enabled": enabled, "updated_at": _next_version(camera)})
+    updated = camera.model_copy(update={"enabled": enabled, "updated_at": next_version(camera)})
     _write(updated, settings)
     log.info("camera %s %s", camera_id, "enabled" if enabled else "disabled")
     return updated
@@ -123,7 +124,7 @@ def set_area(camera_id: str, area: CountingArea, settings: Settings | None = Non
     """Replace a camera's counting area (which of its faces count); the flow applies it within its
     registry refresh."""
     camera = require_camera(camera_id, settings)
-    updated = camera.model_copy(update={"area": area, "updated_at": _next_version(camera)})
+    updated = camera.model_copy(update={"area": area, "updated_at": next_version(camera)})
     _write(updated, settings)
     log.info("camera %s: counting area set (%d include, %d exclude polygons, min face %d px)", camera_id,
              len(area.include), len(area.exclude), area.min_face_px)
@@ -133,7 +134,7 @@ def set_area(camera_id: str, area: CountingArea, settings: Settings | None = Non
 def set_schedule(camera_id: str, schedule: Schedule, settings: Settings | None = None) -> Camera:
     """Replace a camera's own schedule (its site's applies as well)."""
     camera = require_camera(camera_id, settings)
-    updated = camera.model_copy(update={"schedule": schedule, "updated_at": _next_version(camera)})
+    updated = camera.model_copy(update={"schedule": schedule, "updated_at": next_version(camera)})
     _write(updated, settings)
     log.info("camera %s: schedule set (%s)", camera_id, schedule.model_dump_json(exclude_none=True))
     return updated

@@ -7,14 +7,13 @@ from __future__ import annotations
 
 import json
 import logging
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from maskwatch import store
-from maskwatch.cameras.registry import RegistryError
+from maskwatch.cameras.registry import RegistryError, next_version
 from maskwatch.config import Settings
 from maskwatch.schemas.events import Schedule, Site
 from maskwatch.schemas.parse import SchemaError, validate_event
@@ -62,16 +61,9 @@ def require_site(site_id: str, settings: Settings | None = None) -> Site:
     return site
 
 
-def _version(previous: Site | None) -> datetime:
-    now = datetime.now(UTC)
-    if previous is not None and now <= previous.updated_at:
-        now = previous.updated_at + timedelta(milliseconds=1)
-    return now
-
-
 def put_site(site: Site, settings: Settings | None = None) -> Site:
     """Add or replace a site (by id); returns it as stored."""
-    stored = site.model_copy(update={"updated_at": _version(get_site(site.id, settings))})
+    stored = site.model_copy(update={"updated_at": next_version(get_site(site.id, settings))})
     store.client(settings).insert("sites", [_row(stored)], column_names=_COLUMNS)
     log.info("site %s saved (timezone %s)", stored.id, stored.timezone)
     return stored
@@ -85,7 +77,7 @@ def set_schedule(site_id: str, schedule: Schedule, settings: Settings | None = N
 
 def remove_site(site_id: str, settings: Settings | None = None) -> Site:
     site = require_site(site_id, settings)
-    store.client(settings).insert("sites", [_row(site.model_copy(update={"updated_at": _version(site)}),
+    store.client(settings).insert("sites", [_row(site.model_copy(update={"updated_at": next_version(site)}),
                                                  deleted=True)], column_names=_COLUMNS)
     log.info("site %s removed", site_id)
     return site

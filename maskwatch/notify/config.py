@@ -77,6 +77,15 @@ ENV_NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"
 _ADDRESS = r"^[^@\s<>,;]{1,64}@[A-Za-z0-9.-]{1,253}$"
 
 
+def required_secret(field: str, env: str, owner: str = "") -> str:
+    """The secret the environment variable ``env`` (or its ``_FILE`` twin) holds, named by ``field`` of
+    the config; a NotifyConfigError saying which to set when neither is."""
+    found = secret(env)
+    if not found:
+        raise NotifyConfigError(f"{owner}{field} {env} is not set (set {env} or {env}_FILE)")
+    return found
+
+
 class Smtp(BaseModel):
     """An e-mail destination's server: TLS always (STARTTLS on 587, or TLS from the start on 465)."""
 
@@ -93,13 +102,7 @@ class Smtp(BaseModel):
     ca_file: Path | None = Field(default=None, description="CA bundle for a server with a private CA.")
 
     def password(self) -> str | None:
-        if self.password_env is None:
-            return None
-        found = secret(self.password_env)
-        if not found:
-            raise NotifyConfigError(f"smtp password_env {self.password_env} is not set "
-                                    f"(set {self.password_env} or {self.password_env}_FILE)")
-        return found
+        return None if self.password_env is None else required_secret("smtp password_env", self.password_env)
 
 
 class Destination(BaseModel):
@@ -145,11 +148,7 @@ class Destination(BaseModel):
     def hmac_secret(self) -> bytes | None:
         if self.hmac_secret_env is None:
             return None
-        found = secret(self.hmac_secret_env)
-        if not found:
-            raise NotifyConfigError(f"destination {self.name}: hmac_secret_env {self.hmac_secret_env} is not "
-                                    f"set (set {self.hmac_secret_env} or {self.hmac_secret_env}_FILE)")
-        return found.encode()
+        return required_secret("hmac_secret_env", self.hmac_secret_env, f"destination {self.name}: ").encode()
 
     def resolved_url(self) -> str:
         """The webhook URL, read from the environment/secret file when ``url_env`` is used (an e-mail
@@ -160,11 +159,7 @@ class Destination(BaseModel):
             url = self.url
         else:
             assert self.url_env is not None
-            found = secret(self.url_env)
-            if not found:
-                raise NotifyConfigError(f"destination {self.name}: url_env {self.url_env} is not set "
-                                        f"(set {self.url_env} or {self.url_env}_FILE)")
-            url = found
+            url = required_secret("url_env", self.url_env, f"destination {self.name}: ")
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise NotifyConfigError(f"destination {self.name}: webhook URL must be http(s)://host/..., "

@@ -193,25 +193,22 @@ def email(alert: AlertEvent, sender: str, to: list[str], snapshot: Snapshot = Sn
     if snapshot.url:
         lines += ["", f"Snapshot (link expires): {snapshot.url}"]
     message.set_content("\n".join(lines))
-    picture = _readable(snapshot.path)
+    picture = attachment(snapshot)
     if picture is not None:
         message.add_attachment(picture, maintype="image", subtype="jpeg",
                                filename=f"{alert.camera_id}-{alert.at:%Y%m%d-%H%M%S}.jpg")
     return message
 
 
-def _readable(path: Path | None) -> bytes | None:
+def attachment(snapshot: Snapshot) -> bytes | None:
+    """The snapshot's bytes when the file is on this host (and plausibly a snapshot), else None."""
+    path = snapshot.path
     try:
         if path is not None and path.is_file() and path.stat().st_size <= MAX_ATTACHMENT:
             return path.read_bytes()
     except OSError:
         pass
     return None
-
-
-def attachment(snapshot: Snapshot) -> bytes | None:
-    """The snapshot's bytes when the file is on this host (and plausibly a snapshot), else None."""
-    return _readable(snapshot.path)
 
 
 def health_summary(event: CameraHealthEvent) -> str:

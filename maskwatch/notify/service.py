@@ -20,7 +20,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qsl, unquote, urlsplit
 
 from maskwatch import metrics
 from maskwatch.config import Settings, SnapshotLinkSettings
@@ -40,7 +39,7 @@ from maskwatch.notify.messages import (
 from maskwatch.notify.signing import sign
 from maskwatch.schemas.events import Alert, AlertEvent, CameraHealthEvent, DeadLetter
 from maskwatch.schemas.parse import SchemaError, parse_event
-from maskwatch.snapshots.links import check, make_link
+from maskwatch.snapshots.links import linked_file, signed_link
 
 log = logging.getLogger(__name__)
 
@@ -172,17 +171,13 @@ class Notifier:
         """The alert's picture: its signed link, and the file when it is on this host (found from the
         link, or from a version 1 alert's path), so mail and Telegram can attach it."""
         root = self.settings.home / "snapshots"
-        key = self.links.key.get_secret_value().encode() if self.links.key is not None else None
         url = event.snapshot_url
-        if not url and host_path and self.links.base and key is not None:
-            made = make_link(self.links.base, root, host_path, key, self.links.ttl_s)
-            url = made[0] if made else ""
+        if not url and (made := signed_link(self.links, root, host_path)) is not None:
+            url = made[0]
         path = Path(host_path) if host_path else None
-        if path is None and url and key is not None:
-            parts = urlsplit(url)
-            relative, params = unquote(parts.path.partition("/s/")[2]), dict(parse_qsl(parts.query))
-            if relative and not check(relative, params.get("exp", ""), params.get("sig", ""), key):
-                path = root / relative  # our own signed link: the file may be right here
+        if path is None and url and self.links.key is not None:
+            # Our own signed link: the file it names may be right here.
+            path = linked_file(url, root, self.links.key.get_secret_value().encode())
         return Snapshot(url, path if path is not None and path.is_file() else None)
 
     def _sender(self, event: AlertEvent | CameraHealthEvent, destination: Destination, snapshot: Snapshot

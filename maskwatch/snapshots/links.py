@@ -17,7 +17,9 @@ import hmac
 import re
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from urllib.parse import quote
+from urllib.parse import parse_qsl, quote, unquote, urlsplit
+
+from maskwatch.config import SnapshotLinkSettings
 
 # What a snapshot's path under the root looks like (maskwatch.flows.snapshots.snapshot_path): anything
 # else is refused before the file system is touched.
@@ -68,3 +70,21 @@ def check(relative: str, expires: str, sig: str, key: bytes, now: datetime | Non
     if int(expires) < (now or datetime.now(UTC)).timestamp():
         return "expired"
     return ""
+
+
+def signed_link(links: SnapshotLinkSettings, root: Path, snapshot: str) -> tuple[str, datetime] | None:
+    """:func:`make_link` with the configured base, key and lifetime; None when links are not set up
+    (``MASKWATCH_SNAPSHOT_LINK_BASE``/``_KEY``) or ``snapshot`` is not a snapshot under ``root``."""
+    if not snapshot or not links.base or links.key is None:
+        return None
+    return make_link(links.base, root, snapshot, links.key.get_secret_value().encode(), links.ttl_s)
+
+
+def linked_file(url: str, root: Path, key: bytes) -> Path | None:
+    """The file under ``root`` that a valid, unexpired link signed with ``key`` names; None for any other
+    link."""
+    parts = urlsplit(url)
+    relative, params = unquote(parts.path.partition("/s/")[2]), dict(parse_qsl(parts.query))
+    if not relative or check(relative, params.get("exp", ""), params.get("sig", ""), key):
+        return None
+    return root / relative
