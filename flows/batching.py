@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import time
 import zlib
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from concurrent.futures import Future, wait
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -114,18 +114,20 @@ class BatchProcessor:
         """Fetch and infer the whole batch: one outcome per tick, in order."""
         return self.finish(self.start(batch), wait=True)[0]
 
-    def process_detaching(self, batch: Sequence[tuple[Tick, Camera]]
+    def process_detaching(self, batch: Sequence[tuple[Tick, Camera]], behind: Collection[str] = ()
                           ) -> tuple[list[TickOutcome], list[Pending]]:
         """As ``process``, but the ticks of suspect cameras (failed or slow last time), and of any camera
         not done within ``batch_wait_s``, are not waited for: they come back as pending fetches, to
         ``finish`` later, so one slow camera does not hold the healthy ones of its batch until its
-        deadline."""
+        deadline. ``behind`` names cameras whose earlier ticks are still pending elsewhere: their ticks
+        here are detached too, so that no outcome overtakes an earlier one of its camera."""
         pending = self.start(batch)
         # Healthy cameras answer in well under a second; one that does not is detached too, so a camera
         # that has just started to hang stalls its batch for batch_wait_s once, not for its deadline.
         wait([p.future for p in pending if not p.suspect and p.future is not None],
              timeout=min(self.fetcher.opts.batch_wait_s, self.fetcher.opts.deadline_s))
-        ready = [p for p in pending if not p.suspect and (p.future is None or p.future.done())]
+        ready = in_camera_order(pending, lambda p: not p.suspect and (p.future is None or p.future.done()),
+                                behind)
         outcomes, _ = self.finish(ready, wait=True)
         taken = {id(p) for p in ready}
         return outcomes, [p for p in pending if id(p) not in taken]
@@ -151,8 +153,9 @@ class BatchProcessor:
     def finish(self, pending: Sequence[Pending], wait: bool) -> tuple[list[TickOutcome], list[Pending]]:
         """Outcomes of the fetches that are done (all of them if ``wait``), inferred together; and the
         fetches still running."""
-        done = [p for p in pending if wait or p.future is None or p.future.done()]
-        running = [p for p in pending if not (wait or p.future is None or p.future.done())]
+        done = pending if wait else in_camera_order(pending, lambda p: p.future is None or p.future.done())
+        taken = {id(p) for p in done}
+        running = [p for p in pending if id(p) not in taken]
         if not done:
             return [], running
         fetched = [Fetched(p.request.camera_id, p.request.tick_id, "fetch_error", error=p.error)
@@ -237,6 +240,22 @@ class BatchProcessor:
         return TickOutcome(frame, faces, "ok", fetched.latency_ms, "", now)
 
 
+def in_camera_order(pending: Sequence[Pending], ready: Callable[[Pending], bool], behind: Collection[str] = ()
+                    ) -> list[Pending]:
+    """The ``ready`` fetches that no earlier, unready fetch of the same camera precedes (``pending`` is in
+    tick order; ``behind`` names cameras that already wait on one). What follows a camera's outcomes
+    (people, health, rules) counts "in a row" and tracks people in tick order: a backed-off camera's
+    instant ``skipped`` tick must not overtake its slow earlier fetch."""
+    blocked = set(behind)
+    out = []
+    for p in pending:
+        if p.camera.id not in blocked and ready(p):
+            out.append(p)
+        else:
+            blocked.add(p.camera.id)
+    return out
+
+
 class FetchInfer(StatefulLogic[list[Tick], TickOutcome, list[Tick]]):
     """The ``fetch_infer`` step of one shard: each micro-batch is fetched and inferred, and its outcomes
     go on at once, except those of suspect cameras (failed or slow last time), which follow on their
@@ -245,7 +264,8 @@ class FetchInfer(StatefulLogic[list[Tick], TickOutcome, list[Tick]]):
 
     POLL = timedelta(milliseconds=100)
 
-    def __init__(self, process: Callable[[list[Tick]], tuple[list[TickOutcome], list[Pending]]],
+    def __init__(self,
+                 process: Callable[[list[Tick], Collection[str]], tuple[list[TickOutcome], list[Pending]]],
                  finish: Callable[[list[Pending], bool], tuple[list[TickOutcome], list[Pending]]],
                  resume: list[Tick] | None):
         self._process, self._finish = process, finish
@@ -256,7 +276,7 @@ class FetchInfer(StatefulLogic[list[Tick], TickOutcome, list[Tick]]):
         ticks, self._resume = self._resume + value, []
         # Earlier ticks whose fetch has ended go first, so a camera's outcomes keep their order.
         earlier, self._pending = self._finish(self._pending, False)
-        outcomes, detached = self._process(ticks)
+        outcomes, detached = self._process(ticks, {p.camera.id for p in self._pending})
         self._pending += detached
         return [*earlier, *outcomes], StatefulLogic.RETAIN
 

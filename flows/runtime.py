@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
@@ -106,9 +106,10 @@ class FlowRuntime:
         """Fetch and infer a micro-batch, waiting for every tick."""
         return self._resolved(ticks, lambda proc, batch: proc.process(batch))
 
-    def process_detaching(self, ticks: list[Tick]) -> tuple[list[TickOutcome], list[Pending]]:
+    def process_detaching(self, ticks: list[Tick], behind: Collection[str] = ()
+                          ) -> tuple[list[TickOutcome], list[Pending]]:
         """Fetch and infer a micro-batch; suspect cameras' ticks come back pending (see ``finish``)."""
-        return self._resolved(ticks, lambda proc, batch: proc.process_detaching(batch))
+        return self._resolved(ticks, lambda proc, batch: proc.process_detaching(batch, behind))
 
     def finish(self, pending: list[Pending], wait: bool) -> tuple[list[TickOutcome], list[Pending]]:
         return self.processor().finish(pending, wait)

@@ -319,8 +319,8 @@ def test_the_flow_step_does_not_hold_healthy_cameras_for_a_slow_one(camera: int)
         ms = round(at.timestamp() * 1000)
         return [Tick(camera_id=c, tick_id=f"{c}:{ms}", scheduled_at=at, emitted_at=at) for c in cams]
 
-    def process(batch: list[Tick]) -> Any:
-        return proc.process_detaching([(t, cams[t.camera_id]) for t in batch])
+    def process(batch: list[Tick], behind: Any) -> Any:
+        return proc.process_detaching([(t, cams[t.camera_id]) for t in batch], behind)
 
     try:
         step = FetchInfer(process, proc.finish, None)
@@ -338,6 +338,59 @@ def test_the_flow_step_does_not_hold_healthy_cameras_for_a_slow_one(camera: int)
             time.sleep(0.1)
         assert [(o.frame.camera_id, o.fetched_status) for o in later] == [("slow", "timeout")] * 2
         assert step.snapshot() == [] and resumed.snapshot() == [] and step.notify_at() is None
+    finally:
+        proc.fetcher.close()
+        dripper.close()
+
+
+def test_a_cameras_outcomes_leave_the_flow_step_in_tick_order(camera: int) -> None:
+    """A camera's first tick hangs (dripping answer) and its next one answers at once (as a backed-off
+    camera's ``skipped`` tick does): the step gives the second outcome only after the first, because
+    health ("failures in a row"), people tracking and the rules read a camera's outcomes in tick order."""
+    from datetime import UTC, datetime, timedelta
+    from types import SimpleNamespace
+
+    from maskwatch.flows.batching import BatchProcessor, FetchInfer
+    from maskwatch.schemas.events import Camera as CameraRow
+    from maskwatch.schemas.events import Tick
+
+    class NoEngine:
+        def infer(self, frames: Any) -> list[Any]:
+            return [SimpleNamespace(faces=[], width=f.shape[1], height=f.shape[0], timings={})
+                    for f in frames]
+
+    dripper = Dripper()
+    slow = CameraRow(id="x", allow_private_network=True, source_url=f"http://127.0.0.1:{dripper.port}/a.jpg")
+    fast = slow.model_copy(update={"source_url": f"http://127.0.0.1:{camera}/a.jpg"})
+    proc = BatchProcessor(Fetcher(FetchOptions(deadline_s=1.5, batch_wait_s=0.3)), NoEngine(), None)
+    at = datetime.now(UTC).replace(microsecond=0)
+    ticks = [Tick(camera_id="x", tick_id=f"x:{round((at + timedelta(seconds=n)).timestamp() * 1000)}",
+                  scheduled_at=at + timedelta(seconds=n), emitted_at=at) for n in range(3)]
+    by_tick = dict(zip([t.tick_id for t in ticks], [slow, fast, fast], strict=True))
+    order = {t.tick_id: n for n, t in enumerate(ticks)}
+
+    def process(batch: list[Tick], behind: Any) -> Any:
+        return proc.process_detaching([(t, by_tick[t.tick_id]) for t in batch], behind)
+
+    try:
+        step = FetchInfer(process, proc.finish, None)
+        out = list(step.on_item([ticks[0]])[0])
+        assert out == [] and [order[t.tick_id] for t in step.snapshot()] == [0]  # detached: still hanging
+        out += step.on_item([ticks[1]])[0]
+        time.sleep(0.3)  # x:1 has its frame by now; x:0 still hangs
+        out += step.on_notify()[0]
+        assert out == [], [order[o.frame.tick_id] for o in out]  # tick 1 waits behind tick 0
+        end = time.monotonic() + 10
+        while len(out) < 2 and time.monotonic() < end:
+            out += step.on_notify()[0]
+            time.sleep(0.1)
+        out += step.on_item([ticks[2]])[0]  # x:0 failed, so x is suspect: x:2 follows on its own
+        while len(out) < 3 and time.monotonic() < end:
+            out += step.on_notify()[0]
+            time.sleep(0.05)
+        assert [(order[o.frame.tick_id], o.fetched_status) for o in out] == [
+            (0, "timeout"), (1, "ok"), (2, "ok")]
+        assert step.snapshot() == []
     finally:
         proc.fetcher.close()
         dripper.close()
