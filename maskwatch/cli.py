@@ -101,9 +101,12 @@ def config_show(as_json: bool) -> None:
 
 
 @config.command("vars")
-def config_vars() -> None:
-    """Print every variable with its default and meaning, as Markdown (the README's configuration)."""
-    click.echo(variables_markdown(), nl=False)
+@click.option("--compact", is_flag=True,
+              help="Names and defaults only, a paragraph per section (the README's).")
+def config_vars(compact: bool) -> None:
+    """Print every variable with its default and meaning, as Markdown (docs/configuration.md; with
+    --compact, the README's configuration)."""
+    click.echo(variables_markdown(compact), nl=False)
 
 
 if __name__ == "__main__":

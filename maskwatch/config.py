@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import re
+import textwrap
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
 from urllib.parse import urlsplit
@@ -95,7 +96,8 @@ class Settings(_Section):
     model_config = SettingsConfigDict(
         env_prefix="MASKWATCH_", extra="ignore", frozen=True, validate_default=True
     )
-    SECRETS: ClassVar[frozenset[str]] = frozenset({"store_password", "kafka_sasl_password"})
+    SECRETS: ClassVar[frozenset[str]] = frozenset({"store_password", "store_dashboard_password",
+                                                   "kafka_sasl_password"})
     TITLE: ClassVar[str] = "Core"
 
     home: Path = Field(
@@ -117,6 +119,11 @@ class Settings(_Section):
         description="ClickHouse: http(s)://[user@]host:port/?database=NAME",
     )
     store_password: SecretStr | None = Field(default=None, description="the store user's password (or _FILE)")
+    store_dashboard_password: SecretStr | None = Field(
+        default=None,
+        description="password of the dashboard's read-mostly store user maskwatch_dashboard (or _FILE): "
+        "the embedded store serves it; `maskwatch store grant-dashboard` creates it on ClickHouse",
+    )
     store_timeout_s: float = Field(
         default=15.0,
         gt=0,
@@ -200,10 +207,17 @@ class Settings(_Section):
     def store_password_value(self) -> str | None:
         return self.store_password.get_secret_value() if self.store_password is not None else None
 
+    def store_dashboard_password_value(self) -> str | None:
+        secret = self.store_dashboard_password
+        return secret.get_secret_value() if secret is not None else None
+
 
 # The embedded store's password, made by `maskwatch services up` (mode 600): the default of
-# MASKWATCH_STORE_PASSWORD_FILE for a store on this machine, so every local process finds it.
+# MASKWATCH_STORE_PASSWORD_FILE for a store on this machine, so every local process finds it; and the
+# one of its dashboard user (a store URL naming maskwatch_dashboard@ reads that one).
 LOCAL_STORE_CREDENTIAL = Path("secrets") / "store_password"
+LOCAL_DASHBOARD_CREDENTIAL = Path("secrets") / "store_dashboard_password"
+DASHBOARD_STORE_USER = "maskwatch_dashboard"
 _LOOPBACK = re.compile(r"^[a-z]+://(?:[^@/]*@)?(?:127\.[0-9.]+|localhost|\[::1\])(?::\d+)?(?:[/?]|$)", re.I)
 
 
@@ -215,7 +229,8 @@ def local_store_password(data: dict[str, Any]) -> str | None:
     if not _LOOPBACK.match(url):
         return None
     home = Path(data.get("home") or os.environ.get("MASKWATCH_HOME") or Settings.model_fields["home"].default)
-    path = home.expanduser() / LOCAL_STORE_CREDENTIAL
+    dashboard = re.match(rf"^[a-z]+://{DASHBOARD_STORE_USER}@", url, re.I) is not None
+    path = home.expanduser() / (LOCAL_DASHBOARD_CREDENTIAL if dashboard else LOCAL_STORE_CREDENTIAL)
     try:
         return path.read_text().strip() or None
     except OSError:
@@ -552,24 +567,37 @@ def effective() -> list[tuple[str, str, str]]:
     return rows
 
 
-def variables_markdown() -> str:
-    """Every variable with its default and meaning: a Markdown table per section (the README's)."""
+def _shown_default(info: Any) -> str:
+    default = info.default
+    if isinstance(default, Path) and default.is_absolute():
+        default = ("~/" + str(default.relative_to(Path.home())) if default.is_relative_to(Path.home())
+                   else default)
+    if isinstance(default, tuple):
+        default = ",".join(map(str, default))
+    return "" if default is None else str(default)
+
+
+def variables_markdown(compact: bool = False) -> str:
+    """Every variable with its default and meaning, a Markdown table per section (docs/configuration.md);
+    ``compact``: every variable with its default, a paragraph per section (the README's)."""
     out = []
     for section in SECTIONS:
-        out.append(f"**{section.TITLE}** — {(section.__doc__ or '').strip()}\n")
+        title = f"**{section.TITLE}** — {(section.__doc__ or '').strip()}"
+        if compact:
+            entries = []
+            for field, info in section.model_fields.items():
+                default = _shown_default(info)
+                name = f"`{env_name(section, field)}`" + ("(`_FILE`)" if field in section.SECRETS else "")
+                entries.append(f"{name} `{default}`" if default else name)
+            out.append("\n".join(textwrap.wrap(f"{title} " + " · ".join(entries), 110,
+                                                break_long_words=False, break_on_hyphens=False)) + "\n")
+            continue
+        out.append(f"{title}\n")
         out.append("| variable | default | meaning |")
         out.append("| --- | --- | --- |")
         for field, info in section.model_fields.items():
-            default = info.default
-            if isinstance(default, Path) and default.is_absolute():
-                default = (
-                    "~/" + str(default.relative_to(Path.home()))
-                    if default.is_relative_to(Path.home())
-                    else default
-                )
-            if isinstance(default, tuple):
-                default = ",".join(map(str, default))
-            shown = "" if default is None else f"`{default}`"
+            default = _shown_default(info)
+            shown = f"`{default}`" if default else ""
             suffix = " (or `_FILE`)" if field in section.SECRETS else ""
             out.append(f"| `{env_name(section, field)}`{suffix} | {shown} | {info.description or ''} |")
         out.append("")

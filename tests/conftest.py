@@ -63,20 +63,25 @@ def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
 
 @pytest.fixture(scope="session", autouse=True)
 def store_credential(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """One store password for the session, as `maskwatch services up` makes one: every store server the
-    tests start and every process they start read it through MASKWATCH_STORE_PASSWORD_FILE."""
-    path = tmp_path_factory.mktemp("secrets") / "store_password"
-    path.write_text(secrets.token_urlsafe(24) + "\n")
-    path.chmod(0o600)
-    previous = os.environ.get("MASKWATCH_STORE_PASSWORD_FILE")
-    os.environ["MASKWATCH_STORE_PASSWORD_FILE"] = str(path)
+    """One store password for the session, and one for its dashboard user, as `maskwatch services up`
+    makes them: every store server the tests start and every process they start read them through
+    MASKWATCH_STORE_PASSWORD_FILE and MASKWATCH_STORE_DASHBOARD_PASSWORD_FILE."""
+    folder = tmp_path_factory.mktemp("secrets")
+    paths = {"MASKWATCH_STORE_PASSWORD_FILE": folder / "store_password",
+             "MASKWATCH_STORE_DASHBOARD_PASSWORD_FILE": folder / "store_dashboard_password"}
+    previous = {name: os.environ.get(name) for name in paths}
+    for name, path in paths.items():
+        path.write_text(secrets.token_urlsafe(24) + "\n")
+        path.chmod(0o600)
+        os.environ[name] = str(path)
     try:
-        yield path
+        yield paths["MASKWATCH_STORE_PASSWORD_FILE"]
     finally:
-        if previous is None:
-            os.environ.pop("MASKWATCH_STORE_PASSWORD_FILE", None)
-        else:
-            os.environ["MASKWATCH_STORE_PASSWORD_FILE"] = previous
+        for name, value in previous.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 @pytest.fixture(scope="session")
@@ -166,6 +171,7 @@ def demo_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> DemoEnv:
     # As a new user has it: no store password configured; `maskwatch up` makes one under the home.
     monkeypatch.delenv("MASKWATCH_STORE_PASSWORD_FILE", raising=False)
     monkeypatch.delenv("MASKWATCH_STORE_PASSWORD", raising=False)
+    monkeypatch.delenv("MASKWATCH_STORE_DASHBOARD_PASSWORD_FILE", raising=False)
     from tests.flowkit import DemoEnv
 
     return DemoEnv(broker_port, store_port)

@@ -507,3 +507,13 @@ def opened(messages: list[Any]) -> list[dict[str, Any]]:
     first = [p for p in steps if p["kind"] == "opened"]
     assert {p["alert_id"] for p in steps} == {p["alert_id"] for p in first}, "a step of an unopened alert"
     return first
+
+
+def dashboard_identity(store_url: str) -> dict[str, str]:
+    """The environment of a dashboard that uses the store's read-mostly dashboard user (as `maskwatch up`,
+    docker/ and docker/k8s/ run it), with the session's dashboard password (conftest)."""
+    from maskwatch.devservices.demo import with_user
+    from maskwatch.store.identities import DASHBOARD_USER
+
+    return {"MASKWATCH_STORE_URL": with_user(store_url, DASHBOARD_USER),
+            "MASKWATCH_STORE_PASSWORD_FILE": os.environ["MASKWATCH_STORE_DASHBOARD_PASSWORD_FILE"]}

@@ -119,7 +119,14 @@ def test_flow_settings_become_the_options_build_flow_is_given(monkeypatch: pytes
 
 def test_the_readme_lists_every_variable_as_the_settings_model_documents_it() -> None:
     readme = (REPO_ROOT / "README.md").read_text()
-    assert variables_markdown() in readme, "README configuration is stale: paste `maskwatch config vars`"
+    assert variables_markdown(compact=True) in readme, \
+        "README configuration is stale: paste `maskwatch config vars --compact`"
+    reference = (REPO_ROOT / "docs" / "configuration.md").read_text()
+    assert variables_markdown() in reference, "docs/configuration.md is stale: paste `maskwatch config vars`"
+    for section in SECTIONS:  # every variable, with its default, in both
+        for field in section.model_fields:
+            name = env_name(section, field)
+            assert f"`{name}`" in readme and f"| `{name}`" in reference, name
 
 
 def test_version_and_log_level_on_the_command_line() -> None:

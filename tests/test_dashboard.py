@@ -25,6 +25,8 @@ from maskwatch.dashboards.queries import Scope
 from maskwatch.ports import free_port
 from maskwatch.schemas.events import Camera, RuleOverrides
 
+from tests.flowkit import dashboard_identity
+
 APP = Path(__file__).resolve().parents[1] / "dashboards" / "app.py"
 SECRETS = ("s3cret-7-", "pw-7-")  # passwords in the seeded cameras' source URLs (seed=7)
 
@@ -88,17 +90,24 @@ def seeded(
         store.migrate(settings)
         info = seed.seed(settings, n_cameras=6, days=3, dataset_dir=dataset_dir)
         assert info.detections > 5000 and info.alerts > 20 and info.snapshots > 0
+        for key, value in dashboard_identity(settings.store_url).items():  # the app runs as the dashboard
+            mp.setenv(key, value)
         yield settings
         store.close_clients()
 
 
 @pytest.fixture
-def fresh(monkeypatch: pytest.MonkeyPatch, store_url: str, tmp_path: Path) -> Settings:
-    """A migrated, empty database of its own."""
+def fresh(monkeypatch: pytest.MonkeyPatch, store_url: str, tmp_path: Path, store_credential: Path
+          ) -> Settings:
+    """A migrated, empty database of its own; the app runs as the dashboard's store user, the returned
+    settings are the store's own user (what the tests check with)."""
     monkeypatch.setenv("MASKWATCH_HOME", str(tmp_path / "home"))
     monkeypatch.setenv("MASKWATCH_STORE_URL", store_url)
+    monkeypatch.setenv("MASKWATCH_STORE_PASSWORD_FILE", str(store_credential))  # (`seeded` is the app's)
     settings = Settings()
     store.migrate(settings)
+    for key, value in dashboard_identity(store_url).items():
+        monkeypatch.setenv(key, value)
     return settings
 
 
@@ -303,7 +312,7 @@ def test_manage_register_edit_disable_keeps_credentials(fresh: Settings) -> None
     at.text_input(key="source:new").input("rtsp://guard:topsecret@10.9.9.9:554/live")
     at.checkbox(key="private:new").check()  # a LAN address needs the explicit opt-in (maskwatch.netpolicy)
     next(b for b in at.button if b.label == "Save camera").click().run()
-    assert not at.exception
+    assert not at.exception and not at.error, [e.value for e in at.error]
     saved = registry.get_camera("gate-1", fresh)
     assert saved is not None and saved.source_url == "rtsp://guard:topsecret@10.9.9.9:554/live"
     assert (saved.name, saved.site, saved.zone) == ("Main gate", "hq", "gate")
@@ -447,7 +456,8 @@ def test_empty_store_says_so(fresh: Settings) -> None:
 
 
 def test_unmigrated_store_says_how_to_fix(monkeypatch: pytest.MonkeyPatch, store_url: str) -> None:
-    monkeypatch.setenv("MASKWATCH_STORE_URL", store_url)
+    for key, value in dashboard_identity(store_url).items():
+        monkeypatch.setenv(key, value)
     at = open_app()
     shown = [unescaped(e.value) for e in at.error] + [unescaped(w.value) for w in at.warning]
     assert any("maskwatch store migrate" in text for text in shown), shown

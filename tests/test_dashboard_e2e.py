@@ -28,6 +28,8 @@ from maskwatch.config import Settings
 from maskwatch.dashboards import seed
 from maskwatch.ports import free_port
 
+from tests.flowkit import dashboard_identity
+
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 
 
@@ -128,7 +130,9 @@ def dashboard(seeded_env: tuple[Settings, dict[str, str]], tmp_path: Path) -> It
     log = (tmp_path / "dashboard.log").open("wb")
     proc = subprocess.Popen(
         [sys.executable, "-m", "maskwatch.cli", "dashboard", "run", "--port", str(port)],
-        env={**os.environ, **env}, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        # As it runs in production: as the store's read-mostly dashboard user.
+        env={**os.environ, **env, **dashboard_identity(env["MASKWATCH_STORE_URL"])}, stdout=log,
+        stderr=subprocess.STDOUT, start_new_session=True,
     )
     url = f"http://127.0.0.1:{port}"
     try:

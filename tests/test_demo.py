@@ -62,6 +62,18 @@ def test_up_then_down(demo_env: DemoEnv, dataset_dir: Path) -> None:
 
         ticker_pid = int((home / "run" / "ticker.pid").read_text())
         assert pid_alive(ticker_pid)
+        # The dashboard runs as the store's read-mostly user, with a password of its own.
+        dashboard_pid = int((home / "run" / "dashboard.pid").read_text())
+        environ = dict(line.split("=", 1) for line in Path(f"/proc/{dashboard_pid}/environ").read_text()
+                       .split("\0") if "=" in line)
+        assert environ["MASKWATCH_STORE_URL"].startswith("http://maskwatch_dashboard@127.0.0.1:")
+        dashboard_credential = Path(environ["MASKWATCH_STORE_PASSWORD_FILE"])
+        assert dashboard_credential == home / "secrets" / "store_dashboard_password"
+        assert dashboard_credential.stat().st_mode & 0o777 == 0o600
+        assert dashboard_credential.read_text() != credential.read_text()
+        dashboard = settings.replace(store_url=environ["MASKWATCH_STORE_URL"],
+                                     store_password=dashboard_credential.read_text().strip())
+        assert {c.id for c in registry.list_cameras(dashboard, sources=False)} == SAMPLE_IDS
         again = run_maskwatch("up", timeout=180)  # idempotent: nothing started twice, cameras unchanged
         assert again.returncode == 0, again.stdout + again.stderr
         assert "ticker: already running" in again.stdout and "3 unchanged" in again.stdout

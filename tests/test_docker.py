@@ -178,7 +178,8 @@ def test_compose_commands_env_and_secrets(compose: dict[str, Any], monkeypatch: 
                                                              for k in env), f"{name}: secret in env"
         settings = settings_from(env, monkeypatch)
         assert settings.kafka_bootstrap == "kafka:9092"
-        assert settings.store_url.startswith("http://maskwatch@clickhouse:8123/")
+        user = "maskwatch_dashboard" if name == "dashboard" else "maskwatch"  # (test below)
+        assert settings.store_url.startswith(f"http://{user}@clickhouse:8123/")
         assert settings.topic_alerts == "maskwatch.alerts" and settings.tick_partitions == 8
         assert str(settings.models_dir) == "/opt/maskwatch/models"
     # Kafka: the advertised listener is what the jobs bootstrap from.
@@ -235,6 +236,37 @@ def test_dashboard_login_and_secrets_are_files_each_job_mounts_only_its_own(
         [volume] = [v for v in template["spec"]["volumes"] if "secret" in v]
         keys = {item["key"] for item in volume["secret"]["items"]}
         assert keys == mounted[service], workload["metadata"]["name"]
+
+
+def test_the_dashboard_uses_the_read_mostly_store_user(compose: dict[str, Any],
+                                                      k8s: list[dict[str, Any]]) -> None:
+    """compose and k8s: the migrate job creates maskwatch_dashboard (maskwatch.store.identities) with its
+    own password; the dashboard connects as it, and holds neither the store's own password nor more."""
+    services = compose["services"]
+    mounted = {n: {x["source"] for x in s.get("secrets", [])} for n, s in services.items()}
+    holders = sorted(n for n, m in mounted.items() if "store_dashboard_password" in m)
+    assert holders == ["dashboard", "migrate"]
+    assert "store_password" not in mounted["dashboard"]
+    dashboard = services["dashboard"]["environment"]
+    assert dashboard["MASKWATCH_STORE_URL"].startswith("http://maskwatch_dashboard@clickhouse:8123/")
+    assert dashboard["MASKWATCH_STORE_PASSWORD_FILE"] == "/run/secrets/store_dashboard_password"
+    migrate = services["migrate"]
+    steps = [step.strip() for step in migrate["command"][-1].split("&&")]
+    assert steps[:2] == ["maskwatch store migrate", "maskwatch store grant-dashboard"]
+    assert migrate["environment"]["MASKWATCH_STORE_DASHBOARD_PASSWORD_FILE"] == \
+        "/run/secrets/store_dashboard_password"
+    # The migrate job's user may create users and grant (SQL-driven access control on).
+    assert services["clickhouse"]["environment"]["CLICKHOUSE_DEFAULT_ACCESS_MANAGEMENT"] == "1"
+
+    containers = {d["metadata"]["name"]: c for d in k8s if d["kind"] in ("Deployment", "Job")
+                  for c in d["spec"]["template"]["spec"]["containers"]}
+    env = {e["name"]: e["value"] for e in containers["maskwatch-dashboard"]["env"]}
+    assert env["MASKWATCH_STORE_URL"].startswith("http://maskwatch_dashboard@")
+    assert env["MASKWATCH_STORE_PASSWORD_FILE"] == "/run/secrets/maskwatch/store_dashboard_password"
+    job = containers["maskwatch-migrate"]
+    assert [step.strip() for step in job["args"][-1].split("&&")][:2] == steps[:2]
+    assert {e["name"]: e["value"] for e in job["env"]}["MASKWATCH_STORE_DASHBOARD_PASSWORD_FILE"] == \
+        "/run/secrets/maskwatch/store_dashboard_password"
 
 
 def test_compose_ports_and_scrape_targets(compose: dict[str, Any]) -> None:
@@ -348,7 +380,8 @@ def test_k8s_cross_references(k8s: list[dict[str, Any]], compose: dict[str, Any]
             mounts = {m["mountPath"]: m["name"] for m in container.get("volumeMounts", [])}
             for mount in mounts.values():
                 assert mount in volumes or mount in claims, f"{where}: volume {mount} is not defined"
-            env = {e["name"]: e.get("value") for e in container.get("env", [])} | env_cm["data"]
+            # A container's own env wins over its envFrom (as Kubernetes resolves them).
+            env = env_cm["data"] | {e["name"]: e.get("value") for e in container.get("env", [])}
             for key, value in env.items():
                 if key.startswith("MASKWATCH_"):
                     assert_read_by_code(key, where)

@@ -39,7 +39,8 @@ if "manage_select_next" in st.session_state:
 choice = st.selectbox("Camera", [NEW, *cameras["id"].to_list()], key="manage_camera",
                       format_func=lambda c: c if c == NEW else
                       f"{c} · {cameras.filter(cameras['id'] == c)['name'].item()}")
-current = None if choice == NEW else registry.get_camera(choice, settings)
+# The dashboard's store identity may not read sources: the masked display URL stands in (registry).
+current = None if choice == NEW else registry.get_camera(choice, settings, sources=False)
 if choice != NEW and current is None:
     st.warning(f"Camera {ui.plain(choice)} was removed meanwhile.")
     data.clear_cameras()
@@ -242,13 +243,16 @@ if submitted:
     elif private and not admin and not kept_grant:
         st.error("Not saved: only an admin can put a camera on a private network or change the source of "
                  "a camera that is on one.", icon=":material/lock:")
-    elif current is None and fields["id"] and registry.get_camera(fields["id"], settings) is not None:
+    elif current is None and fields["id"] and registry.get_camera(fields["id"], settings,
+                                                                  sources=False) is not None:
         st.error(f"A camera with id {ui.plain(fields['id'])} already exists; pick it in the list above "
                  "to edit it.")
     else:
         try:
             with ui.store_errors(settings):
-                saved = registry.put_camera(registry.parse_camera(fields), settings)
+                # Only a typed source is written: the one shown is masked, the stored one stays.
+                saved = registry.put_camera(registry.parse_camera(fields), settings,
+                                            source=current is None or bool(source.strip()))
         except (SchemaError, ValueError) as exc:
             st.error(f"Not saved: {ui.plain(exc)}", icon=":material/error:")
         else:

@@ -2,7 +2,9 @@
 
 Stored in the ``cameras`` table (ReplacingMergeTree by ``updated_at``); removal writes a tombstone row
 (``deleted = 1``) so every reader sees the same history. Source URLs are stored as given because the
-flow needs them; everything meant for display uses ``Camera.display_url`` / the ``display_url`` column.
+flow needs them, in a table of their own (``camera_sources``), so that the dashboard's store identity
+can read and edit cameras without reading any source: it reads with ``sources=False`` (the masked
+``display_url`` stands in for the source) and writes a source only when an operator types a new one.
 """
 
 from __future__ import annotations
@@ -34,13 +36,15 @@ class RegistryError(ValueError):
 
 
 def _row(camera: Camera, deleted: bool = False) -> list[Any]:
-    return [camera.id, camera.name, camera.site, camera.zone, camera.source_url, camera.display_url,
+    # The cameras table's own source_url column is blanked (migration 010): sources live in camera_sources.
+    return [camera.id, camera.name, camera.site, camera.zone, "", camera.display_url,
             camera.interval_s, camera.enabled, camera.rules.model_dump_json(exclude_none=True),
             camera.area.model_dump_json(), camera.schedule.model_dump_json(exclude_none=True),
             camera.allow_private_network, camera.updated_at, int(deleted)]
 
 
 def _from_row(row: dict[str, Any]) -> Camera:
+    row = {"source_url": row["display_url"], **row}  # a source-blind read (see _select)
     data = {key: row[key] for key in _COLUMNS if key not in ("display_url", "deleted")}
     data["rules"] = json.loads(data["rules"] or "{}")
     data["area"] = json.loads(data["area"] or "{}")
@@ -63,8 +67,25 @@ def _cameras(rows: list[dict[str, Any]]) -> list[Camera]:
     return cameras
 
 
-def _write(camera: Camera, settings: Settings | None, deleted: bool = False) -> None:
-    store.client(settings).insert("cameras", [_row(camera, deleted)], column_names=_COLUMNS)
+def _write(camera: Camera, settings: Settings | None, deleted: bool = False, source: bool = False) -> None:
+    """The camera's row; with ``source`` its source first, so no reader finds the camera without it."""
+    client = store.client(settings)
+    if source:
+        client.insert("camera_sources", [[camera.id, camera.source_url, camera.updated_at]],
+                      column_names=["id", "source_url", "updated_at"])
+    client.insert("cameras", [_row(camera, deleted)], column_names=_COLUMNS)
+
+
+def _select(where: str, sources: bool) -> str:
+    """The registry's query. With ``sources`` each camera's newest source (a camera written before
+    camera_sources existed, by an older release, still has its own); without, the masked display URL
+    stands in for it, for a reader that may not read sources (the dashboard)."""
+    columns = [f"c.{c} AS {c}" for c in _COLUMNS if c != "source_url"]
+    if not sources:  # (not even the word: the embedded store refuses it to the dashboard's user)
+        return f"SELECT {', '.join(columns)} FROM cameras AS c FINAL WHERE {where} ORDER BY c.id"
+    return (f"SELECT {', '.join(columns)}, if(s.id = '', c.source_url, s.source_url) AS source_url "
+            "FROM cameras AS c FINAL LEFT JOIN (SELECT id, argMax(source_url, updated_at) AS source_url "
+            f"FROM camera_sources GROUP BY id) AS s ON s.id = c.id WHERE {where} ORDER BY c.id")
 
 
 def next_version(previous: Camera | Site | None) -> datetime:
@@ -76,42 +97,47 @@ def next_version(previous: Camera | Site | None) -> datetime:
     return now
 
 
-def list_cameras(settings: Settings | None = None, enabled_only: bool = False) -> list[Camera]:
-    where = "deleted = 0" + (" AND enabled" if enabled_only else "")
-    sql = f"SELECT {', '.join(_COLUMNS)} FROM cameras FINAL WHERE {where} ORDER BY id"
-    return _cameras(store.query_rows(sql, settings=settings))
+def list_cameras(settings: Settings | None = None, enabled_only: bool = False, sources: bool = True
+                 ) -> list[Camera]:
+    """Every camera; ``sources=False`` for a reader that may not read sources (see ``_select``)."""
+    where = "c.deleted = 0" + (" AND c.enabled" if enabled_only else "")
+    return _cameras(store.query_rows(_select(where, sources), settings=settings))
 
 
-def get_camera(camera_id: str, settings: Settings | None = None) -> Camera | None:
-    sql = f"SELECT {', '.join(_COLUMNS)} FROM cameras FINAL WHERE id = {{id:String}} AND deleted = 0"
+def get_camera(camera_id: str, settings: Settings | None = None, sources: bool = True) -> Camera | None:
+    sql = _select("c.id = {id:String} AND c.deleted = 0", sources)
     cameras = _cameras(store.query_rows(sql, {"id": camera_id}, settings=settings))
     return cameras[0] if cameras else None
 
 
-def require_camera(camera_id: str, settings: Settings | None = None) -> Camera:
-    camera = get_camera(camera_id, settings)
+def require_camera(camera_id: str, settings: Settings | None = None, sources: bool = True) -> Camera:
+    camera = get_camera(camera_id, settings, sources)
     if camera is None:
         raise RegistryError(f"no camera with id {camera_id!r}")
     return camera
 
 
-def put_camera(camera: Camera, settings: Settings | None = None) -> Camera:
-    """Add or replace a camera (by id); returns it as stored."""
-    stored = camera.model_copy(update={"updated_at": next_version(get_camera(camera.id, settings))})
-    _write(stored, settings)
+def put_camera(camera: Camera, settings: Settings | None = None, source: bool = True) -> Camera:
+    """Add or replace a camera (by id); returns it as stored. ``source=False`` keeps the stored source
+    (``camera.source_url`` is then only the masked display URL a source-blind reader got)."""
+    previous = get_camera(camera.id, settings, sources=False)
+    if previous is None and not source:
+        raise RegistryError(f"camera {camera.id}: a new camera needs its source URL")
+    stored = camera.model_copy(update={"updated_at": next_version(previous)})
+    _write(stored, settings, source=source)
     log.info("camera %s saved, source %s", stored.id, stored.display_url)
     return stored
 
 
 def remove_camera(camera_id: str, settings: Settings | None = None) -> Camera:
-    camera = require_camera(camera_id, settings)
+    camera = require_camera(camera_id, settings, sources=False)
     _write(camera.model_copy(update={"updated_at": next_version(camera)}), settings, deleted=True)
     log.info("camera %s removed", camera_id)
     return camera
 
 
 def set_enabled(camera_id: str, enabled: bool, settings: Settings | None = None) -> Camera:
-    camera = require_camera(camera_id, settings)
+    camera = require_camera(camera_id, settings, sources=False)
     if camera.enabled == enabled:
         return camera
     updated = camera.model_copy(update={"enabled": enabled, "updated_at": next_version(camera)})
@@ -123,7 +149,7 @@ def set_enabled(camera_id: str, enabled: bool, settings: Settings | None = None)
 def set_area(camera_id: str, area: CountingArea, settings: Settings | None = None) -> Camera:
     """Replace a camera's counting area (which of its faces count); the flow applies it within its
     registry refresh."""
-    camera = require_camera(camera_id, settings)
+    camera = require_camera(camera_id, settings, sources=False)
     updated = camera.model_copy(update={"area": area, "updated_at": next_version(camera)})
     _write(updated, settings)
     log.info("camera %s: counting area set (%d include, %d exclude polygons, min face %d px)", camera_id,
@@ -133,7 +159,7 @@ def set_area(camera_id: str, area: CountingArea, settings: Settings | None = Non
 
 def set_schedule(camera_id: str, schedule: Schedule, settings: Settings | None = None) -> Camera:
     """Replace a camera's own schedule (its site's applies as well)."""
-    camera = require_camera(camera_id, settings)
+    camera = require_camera(camera_id, settings, sources=False)
     updated = camera.model_copy(update={"schedule": schedule, "updated_at": next_version(camera)})
     _write(updated, settings)
     log.info("camera %s: schedule set (%s)", camera_id, schedule.model_dump_json(exclude_none=True))

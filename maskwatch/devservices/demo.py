@@ -8,13 +8,15 @@ the demo, add one ``App`` line to ``APPS``.
 
 from __future__ import annotations
 
+import os
 import shutil
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
-from maskwatch.config import Settings
+from maskwatch.config import DASHBOARD_STORE_USER, LOCAL_DASHBOARD_CREDENTIAL, Settings
 from maskwatch.devservices.process import ManagedProcess, ServiceError, tail
 
 # The checkout this runs from: `maskwatch up` is the embedded default of a source tree (bin/dev up).
@@ -33,6 +35,18 @@ class App:
     # A job that ends by itself (exit 0 is success, not a failed start), run at a lower CPU priority so
     # the flow keeps serving while it works.
     oneshot: bool = False
+    # Runs as the store's read-mostly dashboard user (maskwatch.store.identities), not the store's own.
+    dashboard_identity: bool = False
+
+    def env(self, settings: Settings) -> dict[str, str | None]:
+        if not self.dashboard_identity:
+            return {}
+        path = os.environ.get("MASKWATCH_STORE_DASHBOARD_PASSWORD_FILE") or str(
+            settings.home / LOCAL_DASHBOARD_CREDENTIAL)
+        return {"MASKWATCH_STORE_URL": with_user(settings.store_url, DASHBOARD_STORE_USER),
+                "MASKWATCH_STORE_PASSWORD": os.environ.get("MASKWATCH_STORE_DASHBOARD_PASSWORD"),
+                "MASKWATCH_STORE_PASSWORD_FILE": None if os.environ.get("MASKWATCH_STORE_DASHBOARD_PASSWORD")
+                else path}
 
     def process(self, settings: Settings) -> ManagedProcess:
         # The marker tells our live process from an unrelated one that reused the pid.
@@ -51,9 +65,16 @@ class App:
 APPS: list[App] = [
     App("ticker", ("ticker",)),
     App("flow", ("flow", "run")),  # recovery state in $MASKWATCH_HOME/recovery
-    App("dashboard", ("dashboard", "run")),  # port: MASKWATCH_DASHBOARD_PORT (default 8501)
+    App("dashboard", ("dashboard", "run"), dashboard_identity=True),  # port: MASKWATCH_DASHBOARD_PORT (8501)
     App("tune", ("models", "tune", str(DATASET)), oneshot=True),
 ]
+
+
+def with_user(url: str, user: str) -> str:
+    """``url`` with ``user`` as its user name (any user name it had replaced)."""
+    parts = urlsplit(url)
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit(parts._replace(netloc=f"{user}@{host}"))
 
 
 def wanted_apps() -> list[App]:
@@ -71,7 +92,7 @@ def start_apps(settings: Settings, startup_s: float = 2.0) -> list[str]:
         if pid is not None:
             messages.append(f"{app.name}: already running (pid {pid})")
             continue
-        pid = proc.start(app.argv(), cwd=REPO_ROOT)
+        pid = proc.start(app.argv(), env=app.env(settings), cwd=REPO_ROOT)
         started.append((app, proc, pid))
     deadline = time.monotonic() + startup_s
     for app, proc, pid in started:

@@ -110,15 +110,19 @@ class ManagedProcess:
         self.pid_file.unlink(missing_ok=True)
         return None
 
-    def start(self, argv: Sequence[str], env: Mapping[str, str] | None = None,
+    def start(self, argv: Sequence[str], env: Mapping[str, str | None] | None = None,
               cwd: Path | None = None, attached: bool = False) -> int:
         """Start detached (survives this process), or ``attached``: SIGTERMed by the kernel when this
-        process dies, so a killed test run leaves no broker behind."""
+        process dies, so a killed test run leaves no broker behind. ``env`` adds to this process's
+        environment (None: leaves that variable out)."""
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.log_dir.mkdir(parents=True, exist_ok=True)
         full_env = dict(os.environ)
-        if env:
-            full_env.update(env)
+        for key, value in (env or {}).items():
+            if value is None:
+                full_env.pop(key, None)
+            else:
+                full_env[key] = value
         with open(self.log_file, "ab") as out:
             proc = subprocess.Popen(
                 list(argv), stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,

@@ -11,7 +11,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from maskwatch.config import LOCAL_STORE_CREDENTIAL
+from maskwatch.config import LOCAL_DASHBOARD_CREDENTIAL, LOCAL_STORE_CREDENTIAL
 from maskwatch.devservices.process import ManagedProcess, ServiceError, port_stays_busy
 
 log = logging.getLogger(__name__)
@@ -26,6 +26,20 @@ def store_ready(url: str, timeout: float = 2.0) -> bool:
             return bool(response.status == 200 and response.read().startswith(b"Ok."))
     except OSError:
         return False
+
+
+def _make_secret(path: Path) -> None:
+    """A random password in ``path`` (mode 600), unless one is there."""
+    if path.is_file():
+        return
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:  # made by a second `services up` at the same moment
+        return
+    with os.fdopen(fd, "w") as out:
+        out.write(secrets.token_urlsafe(32) + "\n")
+    log.info("store: created a password in %s", path)
 
 
 @dataclass
@@ -63,22 +77,22 @@ class StoreService:
     def credential(self) -> Path:
         return self.home / LOCAL_STORE_CREDENTIAL
 
+    @property
+    def dashboard_credential(self) -> Path:
+        return self.home / LOCAL_DASHBOARD_CREDENTIAL
+
     def credential_env(self) -> dict[str, str]:
-        """How the server gets its password: the one configured (MASKWATCH_STORE_PASSWORD(_FILE)), else a
-        random one made once under this home (mode 600), which every local process then finds."""
-        if os.environ.get("MASKWATCH_STORE_PASSWORD") or os.environ.get("MASKWATCH_STORE_PASSWORD_FILE"):
-            return {}
-        if not self.credential.is_file():
-            self.credential.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-            try:
-                fd = os.open(self.credential, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            except FileExistsError:  # made by a second `services up` at the same moment
-                pass
-            else:
-                with os.fdopen(fd, "w") as out:
-                    out.write(secrets.token_urlsafe(32) + "\n")
-                log.info("store: created its password in %s", self.credential)
-        return {"MASKWATCH_STORE_PASSWORD_FILE": str(self.credential)}
+        """How the server gets its passwords: the ones configured (MASKWATCH_STORE_PASSWORD(_FILE),
+        MASKWATCH_STORE_DASHBOARD_PASSWORD(_FILE)), else random ones made once under this home (mode
+        600), which every local process then finds (the dashboard's by its user name in the store URL)."""
+        env = {}
+        for name, path in (("MASKWATCH_STORE_PASSWORD", self.credential),
+                           ("MASKWATCH_STORE_DASHBOARD_PASSWORD", self.dashboard_credential)):
+            if os.environ.get(name) or os.environ.get(f"{name}_FILE"):
+                continue
+            _make_secret(path)
+            env[f"{name}_FILE"] = str(path)
+        return env
 
     def start(self, timeout: float = 60.0) -> int:
         proc = self.process

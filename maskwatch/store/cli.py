@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from maskwatch.config import settings
+from maskwatch.schemas.redaction import redact_text
 
 
 @click.group()
@@ -64,3 +65,36 @@ def ttl(from_env: bool, **days: int | None) -> None:
             click.echo(f"{table}: {f'{now} days' if now else 'no TTL (or no such table)'}")
     except (StoreError, ValueError) as exc:
         raise click.ClickException(str(exc)) from exc
+
+
+@store.command("grant-dashboard")
+@click.option("--print", "print_only", is_flag=True,
+              help="Print the SQL (password masked) instead of running it.")
+def grant_dashboard(print_only: bool) -> None:
+    """Create or update the dashboard's read-mostly user (maskwatch_dashboard) on a ClickHouse server:
+    it reads what the dashboard shows, writes acknowledgements and camera/site edits, and can neither
+    change the schema nor read camera sources. Its password: MASKWATCH_STORE_DASHBOARD_PASSWORD(_FILE).
+    Run by the migrate job of docker/ and docker/k8s/ with the store's own (admin) user; the embedded
+    store serves this user by itself."""
+    from maskwatch.store import StoreError, client, database_name
+    from maskwatch.store.identities import DASHBOARD_USER, grant_statements
+
+    current = settings()
+    database = database_name(current)
+    if print_only:
+        click.echo(";\n".join(grant_statements(database, "***")) + ";")
+        return
+    password = current.store_dashboard_password_value()
+    if not password:
+        raise click.ClickException("no dashboard password: set MASKWATCH_STORE_DASHBOARD_PASSWORD_FILE "
+                                   "(or MASKWATCH_STORE_DASHBOARD_PASSWORD)")
+    try:
+        db = client(current)
+        for statement in grant_statements(database, password):
+            db.command(statement)
+    except StoreError as exc:
+        raise click.ClickException(str(exc)) from exc
+    except Exception as exc:  # the server's refusal (no access management for this user, ...)
+        raise click.ClickException(f"cannot set up {DASHBOARD_USER}: {redact_text(str(exc))}") from None
+    click.echo(f"store user {DASHBOARD_USER}: can read what the dashboard shows in {database}, "
+               "write acknowledgements and camera/site edits")

@@ -48,6 +48,7 @@ from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 from maskwatch.config import Settings
+from maskwatch.store.identities import DASHBOARD_USER, check_dashboard_sql
 from maskwatch.store.sqlguard import UnsafeSql, check_sql, is_read
 
 log = logging.getLogger(__name__)
@@ -126,6 +127,8 @@ class Request:
     body: bytes
     accept_encoding: str = ""
     read_only: bool = False  # a GET: nothing but reads, as ClickHouse does
+    # The dashboard's identity (maskwatch.store.identities): reads without sources, a few inserts.
+    dashboard: bool = False
 
 
 @dataclass
@@ -298,10 +301,16 @@ class Engine:
                              "send Content-Encoding instead", 48, "NOT_IMPLEMENTED")
         try:
             check_sql(sql)
+            if request.dashboard:
+                check_dashboard_sql(sql)
         except UnsafeSql as ex:
             raise StoreError(str(ex), 497, "ACCESS_DENIED", 403) from None
         settings = self._limits(settings, sql, request.read_only)
         session_id = params.get("session_id")
+        # What the dashboard reads cannot write, whatever it sets. (Not in a session: readonly = 2 cannot
+        # be undone there, and the statement check above already lets only reads and plain inserts by.)
+        if request.dashboard and is_read(sql) and not session_id and settings.get("readonly") != "1":
+            settings["readonly"] = "2"
         if session_id and request.read_only:
             raise StoreError("sessions need POST (a GET is read-only)", 164, "READONLY", 403)
         with self._lock:
@@ -601,7 +610,8 @@ class _Handler(BaseHTTPRequestHandler):
                                     404))
             return
         params = dict(parse_qsl(url.query, keep_blank_values=True))
-        if not self._authorized(params):
+        user = self._authorized(params)
+        if user is None:
             self._refuse(StoreError("Code: 516. DB::Exception: Authentication failed: password is incorrect. "
                                     "(AUTHENTICATION_FAILED)", 516, status=403))
             return
@@ -619,7 +629,8 @@ class _Handler(BaseHTTPRequestHandler):
             content_type = self.headers.get("Content-Type", "")
             if content_type.startswith("multipart/form-data"):
                 body = self._form(content_type, body, params)
-            response = self.server.engine.execute(Request(params, body, read_only=self.command == "GET"))
+            response = self.server.engine.execute(Request(params, body, read_only=self.command == "GET",
+                                                          dashboard=user == DASHBOARD_USER))
         except StoreError as ex:
             self._error(ex)
             return
@@ -656,18 +667,26 @@ class _Handler(BaseHTTPRequestHandler):
             return f"Host {host[:100]!r} is not this server's address"
         return ""
 
-    def _authorized(self, params: dict[str, str]) -> bool:
-        """ClickHouse's ways of sending the password: Basic auth, X-ClickHouse-Key, or the ``password``
-        parameter (the user name is not checked: there is one user). There is always a password."""
-        expected = self.server.password
+    def _authorized(self, params: dict[str, str]) -> str | None:
+        """Who sent the request (None: nobody this server knows), from ClickHouse's ways of sending a
+        user and password: Basic auth, X-ClickHouse-User/Key, or the ``user``/``password`` parameters.
+        ``maskwatch_dashboard`` has its own password; any other name is the store's own user (there is
+        one), as before users existed. There is always a password."""
+        user = self.headers.get("X-ClickHouse-User") or params.get("user") or ""
         given = self.headers.get("X-ClickHouse-Key") or params.get("password") or ""
         auth = self.headers.get("Authorization", "")
         if auth.lower().startswith("basic "):
             try:
-                given = base64.b64decode(auth[6:].strip()).decode().partition(":")[2]
+                user, _, given = base64.b64decode(auth[6:].strip()).decode().partition(":")
             except (ValueError, UnicodeDecodeError):
-                return False
-        return hmac.compare_digest(given.encode(), expected.encode())
+                return None
+        if user == DASHBOARD_USER:
+            expected = self.server.dashboard_password
+            if expected is None:
+                return None
+        else:
+            user, expected = "", self.server.password
+        return user if hmac.compare_digest(given.encode(), expected.encode()) else None
 
     def _read_body(self) -> bytes:
         too_big = StoreError(f"request body over {MAX_BODY_BYTES} bytes", 241, "MEMORY_LIMIT_EXCEEDED", 413)
@@ -749,11 +768,15 @@ class _Server(ThreadingHTTPServer):
     allow_reuse_address = True
     request_queue_size = MAX_CONNECTIONS
 
-    def __init__(self, address: tuple[str, int], engine: Engine, password: str):
-        if not password:
+    def __init__(self, address: tuple[str, int], engine: Engine, password: str,
+                 dashboard_password: str | None = None):
+        if not password or dashboard_password == "":
             raise ValueError("the store server needs a password")
+        if dashboard_password == password:
+            raise ValueError("the dashboard's store password must differ from the store's own")
         self.engine = engine
         self.password = password
+        self.dashboard_password = dashboard_password
         self._slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
         super().__init__(address, _Handler)
         host, port = str(self.server_address[0]), int(self.server_address[1])
@@ -800,8 +823,11 @@ def serve(host: str, port: int, data_dir: str) -> None:
 
     Every request but ``/ping`` must carry the password MASKWATCH_STORE_PASSWORD(_FILE) says; without one
     the server does not start (``maskwatch services up`` makes one under ``$MASKWATCH_HOME/secrets``).
+    With MASKWATCH_STORE_DASHBOARD_PASSWORD(_FILE) it also serves the dashboard's read-mostly user,
+    ``maskwatch_dashboard`` (``maskwatch.store.identities``).
     """
-    password = Settings().store_password_value()
+    settings = Settings()
+    password = settings.store_password_value()
     if not password:
         raise SystemExit("store serve: no password: set MASKWATCH_STORE_PASSWORD_FILE (or "
                          "MASKWATCH_STORE_PASSWORD); `maskwatch services up` creates one in "
@@ -812,7 +838,10 @@ def serve(host: str, port: int, data_dir: str) -> None:
     except DataDirBusy as ex:
         raise SystemExit(f"store serve: {ex}") from None
     try:
-        server = _Server((host, port), engine, password)
+        server = _Server((host, port), engine, password, settings.store_dashboard_password_value())
+    except ValueError as ex:
+        engine.close()
+        raise SystemExit(f"store serve: {ex}") from None
     except OSError as ex:
         engine.close()
         raise SystemExit(f"store serve: cannot listen on {host}:{port}: {ex.strerror or ex}") from None

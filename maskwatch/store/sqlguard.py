@@ -55,7 +55,7 @@ class UnsafeSql(ValueError):
     """A statement the embedded store will not run; the message says what it names."""
 
 
-def _words(sql: str) -> Iterator[str]:
+def words(sql: str) -> Iterator[str]:
     """Identifiers and single characters of ``sql``, lowercased; strings, comments and space dropped.
     A quoted identifier counts as its name (```file`(...)`` calls file())."""
     for match in _TOKEN.finditer(sql):
@@ -71,25 +71,25 @@ def _words(sql: str) -> Iterator[str]:
 
 def check_sql(sql: str) -> None:
     """Raise :class:`UnsafeSql` when ``sql`` reaches outside the store's own tables."""
-    words = list(_words(sql))
-    for i, word in enumerate(words):
-        after = words[i + 1] if i + 1 < len(words) else ""
+    tokens = list(words(sql))
+    for i, word in enumerate(tokens):
+        after = tokens[i + 1] if i + 1 < len(tokens) else ""
         if after == "(" and _FUNCTION_FAMILIES.match(word):
             raise UnsafeSql(f"the embedded store does not run {word}(): it reaches files or the network")
         if (word == "into" and after == "outfile") or (word == "from" and after == "infile"):
             raise UnsafeSql(f"the embedded store does not run {word.upper()} {after.upper()}")
-        if word == "engine" and after == "=" and i + 2 < len(words) and _ENGINES.match(words[i + 2]):
-            raise UnsafeSql(f"the embedded store does not create {words[i + 2]} tables")
-        if word == "dictionary" and i > 0 and words[i - 1] in ("create", "replace"):
+        if word == "engine" and after == "=" and i + 2 < len(tokens) and _ENGINES.match(tokens[i + 2]):
+            raise UnsafeSql(f"the embedded store does not create {tokens[i + 2]} tables")
+        if word == "dictionary" and i > 0 and tokens[i - 1] in ("create", "replace"):
             raise UnsafeSql("the embedded store does not create dictionaries (their sources reach out)")
         if word in _PROTECTED_SETTINGS and after == "=":
             raise UnsafeSql(f"the setting {word} is the server's to set")
-    first = next((w for w in words if w not in ("(", ";")), "")
+    first = next((w for w in tokens if w not in ("(", ";")), "")
     if first in _STATEMENTS:
         raise UnsafeSql(f"the embedded store does not run {first.upper()} statements")
 
 
 def is_read(sql: str) -> bool:
     """True for statements that only read (SELECT, WITH, SHOW, DESCRIBE, EXISTS, EXPLAIN)."""
-    first = next((w for w in _words(sql) if w not in ("(", ";")), "")
+    first = next((w for w in words(sql) if w not in ("(", ";")), "")
     return first in ("select", "with", "show", "describe", "desc", "exists", "explain")
