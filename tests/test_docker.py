@@ -558,3 +558,27 @@ def test_alert_rules_parse_and_name_real_metrics(compose: dict[str, Any]) -> Non
                for c in compose["services"]["prometheus"]["configs"]}
     for path in prometheus["rule_files"]:
         assert Path(mounted[path]).name == "alerts.yml", path
+
+
+def test_k8s_prometheus_operator_rules_are_the_compose_rules(k8s: list[dict[str, Any]]) -> None:
+    """docker/k8s/monitoring: the PrometheusRule carries exactly docker/alerts.yml's groups, and the
+    PodMonitor selects every pod that serves metrics, on that port."""
+    monitoring = K8S / "monitoring"
+    kustomization = yaml.safe_load((monitoring / "kustomization.yaml").read_text())
+    assert kustomization["resources"][0] == ".." and sorted(kustomization["resources"][1:]) == sorted(
+        p.name for p in monitoring.glob("*.yaml") if p.name != "kustomization.yaml")
+    rule = yaml.safe_load((monitoring / "prometheus-rule.yaml").read_text())
+    assert (rule["apiVersion"], rule["kind"]) == ("monitoring.coreos.com/v1", "PrometheusRule")
+    assert rule["spec"]["groups"] == yaml.safe_load((DOCKER / "alerts.yml").read_text())["groups"]
+    monitor = yaml.safe_load((monitoring / "pod-monitor.yaml").read_text())
+    assert (monitor["apiVersion"], monitor["kind"]) == ("monitoring.coreos.com/v1", "PodMonitor")
+    selector = monitor["spec"]["selector"]["matchLabels"]
+    [endpoint] = monitor["spec"]["podMetricsEndpoints"]
+    serving = [(w, t) for w, t in _pod_specs(k8s) if any(
+        p.get("name") == endpoint["port"] for c in t["spec"]["containers"] for p in c.get("ports", []))]
+    assert {w["metadata"]["name"] for w, _ in serving} >= {"maskwatch-flow", "maskwatch-ticker",
+                                                          "maskwatch-notifier"}
+    for workload, template in serving:
+        labels = template["metadata"]["labels"]
+        assert all(labels.get(k) == v for k, v in selector.items()), workload["metadata"]["name"]
+        assert workload["metadata"]["namespace"] == monitor["metadata"]["namespace"] == "maskwatch"
