@@ -3,7 +3,9 @@
 Real streams on loopback, one measuring process per configuration (so each one's CPU time is its own):
 
 - **rtsp**: GStreamer's RTSP server (the one the tests use) serves H.264 1280x720 at 25 fps, a keyframe a
-  second, from one shared encoder. N cameras held by the new fetcher (PyAV: demux continuously, decode a
+  second, from one shared encoder per server (one server per 100 cameras), of a real scene (a photo with
+  sensor noise, ~2.4 Mbit/s; ``--scene ball``: a ball on black, which the encoder sends at ~0.2 Mbit/s).
+  N cameras held by the new fetcher (PyAV: demux continuously, decode a
   keyframe per tick) at 1 tick per ``--interval-s``, and, as the baseline in the same run, by the reader
   the flow had before (OpenCV's FFmpeg capture, decoding every frame). Per configuration: CPU cores used
   by the measuring process per held camera, and the share of ticks fetched ``ok`` within their deadline.
@@ -41,11 +43,13 @@ import click
 import cv2
 import numpy as np
 
-from bench.rtsp_server import H264_MOUNT, PASSWORD, USER, start_server, stop_server
+from bench.rtsp_server import H264_MOUNT, PASSWORD, SCENE_MOUNT, USER, start_server, stop_server
 
 RESULTS = Path(__file__).parent / "results"
 DATASET = Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "kaggle-face-mask"
 BATCH = 16  # the flow's default micro-batch
+SESSIONS_PER_SERVER = 100
+SCENE_PHOTO = 5  # which photo of the labelled set the real scene shows (a street with people)
 
 
 def _percentile(values: list[float], q: float) -> float:
@@ -70,11 +74,12 @@ def _work_rtsp_new(url: str, n: int, seconds: float, interval_s: float, deadline
     from maskwatch.cameras.capture.fetcher import Fetcher, FetchOptions, FetchRequest
 
     fetcher = Fetcher(FetchOptions(deadline_s=deadline_s, concurrency=2, rtsp_max_age_s=3.0))
+    urls = url.split(",")  # cameras spread over the servers
 
     def batch(cams: list[int]) -> list[Any]:
         ms = round(time.time() * 1000)
-        return fetcher.fetch_batch([FetchRequest(f"cam{c}", f"cam{c}:{ms}", url, ms, interval_s, True)
-                                    for c in cams])
+        return fetcher.fetch_batch([FetchRequest(f"cam{c}", f"cam{c}:{ms}", urls[c % len(urls)], ms,
+                                                 interval_s, True) for c in cams])
 
     # Open every stream and wait until each gives a picture (or 60 s): the held state is what is measured.
     # In batches of 16, as the flow would: the server refuses a burst of 100 new sessions at once.
@@ -95,7 +100,7 @@ def _work_rtsp_legacy(url: str, n: int, seconds: float, interval_s: float, deadl
                       ) -> dict[str, Any]:
     from bench.legacy_rtsp import RtspReader
 
-    readers = [RtspReader(url) for _ in range(n)]
+    readers = [RtspReader(url.split(",")[c % len(url.split(","))]) for c in range(n)]
     end = time.monotonic() + 60
     held = 0
     for r in readers:
@@ -338,10 +343,13 @@ def _run_worker(args: list[str], timeout: float) -> dict[str, Any]:
 
 
 def run(rtsp_counts: list[int], legacy_count: int, http_cameras: int, seconds: float, interval_s: float,
-        dataset_dir: Path, http_counts: Sequence[int] = ()) -> dict[str, Any]:
+        dataset_dir: Path, http_counts: Sequence[int] = (), scene_kind: str = "real") -> dict[str, Any]:
     deadline_s = 5.0
     report: dict[str, Any] = {"seconds": seconds, "interval_s": interval_s, "deadline_s": deadline_s,
-                              "rtsp": [], "http": [], "isolation": []}
+                              "rtsp": [], "http": [], "isolation": [], "scene": scene_kind}
+    # The real scene: a photo of the labelled set with sensor-like noise; "ball": a ball on black.
+    scene = str(sorted((dataset_dir / "images").iterdir())[SCENE_PHOTO]) if scene_kind == "real" else ""
+    mount = SCENE_MOUNT if scene else H264_MOUNT
     # A fresh server per configuration: GStreamer's shared media, once its last client has left, may
     # answer 503 to the next ones for a long while.
     configs = ([("legacy (decode every frame)", "legacy", legacy_count)] if rtsp_counts else []) + [
@@ -351,16 +359,20 @@ def run(rtsp_counts: list[int], legacy_count: int, http_cameras: int, seconds: f
         # answers every session of a fresh start with 503 (seen on a loaded box); that is the server's
         # state, not the reader's cost.
         for attempt in range(2):
-            server = start_server()
+            # GStreamer's server does not hand out many more than 100 sessions: one server per 100 cameras.
+            servers = [start_server(scene=scene) for _ in range(max(1, -(-n // SESSIONS_PER_SERVER)))]
             try:
-                url = f"rtsp://{USER}:{PASSWORD}@127.0.0.1:{server.port}{H264_MOUNT}"
+                url = ",".join(f"rtsp://{USER}:{PASSWORD}@127.0.0.1:{server.port}{mount}"
+                               for server in servers)
                 common = [url, str(seconds), str(interval_s), str(deadline_s)]
                 result = _run_worker([kind, str(n), *common], seconds + 180)
             finally:
-                stop_server(server)
+                for server in servers:
+                    stop_server(server)
             if result["held"] or attempt:
                 break
-        report["rtsp"].append({"reader": label, **result, "server_starts": attempt + 1})
+        report["rtsp"].append({"reader": label, **result, "server_starts": attempt + 1,
+                               "servers": len(servers)})
     image = str(sorted((dataset_dir / "images").iterdir())[0])
     for n in http_counts:
         report["http"].append(_run_worker(
@@ -376,8 +388,10 @@ def run(rtsp_counts: list[int], legacy_count: int, http_cameras: int, seconds: f
 def print_table(report: dict[str, Any]) -> None:
     if report["rtsp"]:
         base = report["rtsp"][0]["cores_per_camera"]
-        print(f"\nRTSP, H.264 1280x720 25 fps, 1 tick / {report['interval_s']:g} s per camera, "
-              f"{report['seconds']:g} s measured")
+        scenes = {"real": "a photo with sensor noise", "ball": "a ball on black"}
+        scene = scenes.get(report.get("scene", ""), "?")
+        print(f"\nRTSP, H.264 1280x720 25 fps 2 Mbit/s ({scene}), 1 tick / {report['interval_s']:g} s per "
+              f"camera, {report['seconds']:g} s measured")
         print(f"{'reader':<28} {'cameras':>7} {'held':>5} {'cores':>6} {'cores/cam':>10} {'vs legacy':>10} "
               f"{'ok ticks':>9} {'p99 ms':>7}")
         for r in report["rtsp"]:
@@ -416,11 +430,13 @@ def print_table(report: dict[str, Any]) -> None:
 @click.option("--http-cameras", default=100, show_default=True, help="HTTP cameras in the isolation runs.")
 @click.option("--seconds", default=30.0, show_default=True, help="Measured window per configuration.")
 @click.option("--interval-s", default=5.0, show_default=True, help="Seconds between a camera's ticks.")
+@click.option("--scene", type=click.Choice(["real", "ball"]), default="real", show_default=True,
+              help="What the RTSP cameras show: a photo with sensor noise, or a ball on black.")
 @click.option("--dataset", default="../shared/datasets/kaggle-face-mask", show_default=True,
               type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.argument("worker_args", nargs=-1)
 def main(worker: bool, rtsp_counts: str, legacy_count: int, http_counts: str, http_cameras: int,
-         seconds: float, interval_s: float, dataset: Path, worker_args: tuple[str, ...]) -> None:
+         seconds: float, interval_s: float, scene: str, dataset: Path, worker_args: tuple[str, ...]) -> None:
     """Measure what holding cameras costs (see the module docstring)."""
     if worker:
         kind, *rest = worker_args
@@ -439,7 +455,7 @@ def main(worker: bool, rtsp_counts: str, legacy_count: int, http_counts: str, ht
         return
     counts = [int(c) for c in rtsp_counts.split(",") if c]
     report = run(counts, legacy_count, http_cameras, seconds, interval_s, dataset,
-                 [int(c) for c in http_counts.split(",") if c])
+                 [int(c) for c in http_counts.split(",") if c], scene)
     report["when"] = datetime.now(UTC).isoformat()
     RESULTS.mkdir(exist_ok=True)
     path = RESULTS / f"cameras-{datetime.now(UTC):%Y%m%dT%H%M%SZ}.json"

@@ -22,6 +22,7 @@ import numpy as np
 SYSTEM_PYTHON = "/usr/bin/python3"  # Debian's, where python3-gi lives (not the project's venv)
 USER, PASSWORD = "alice", "Rt5p-s3cret-Pw"
 H264_MOUNT = "/h264"
+SCENE_MOUNT = "/h264-scene"  # only when start_server is given a scene photo
 
 # Run by Debian's python3: serve a loop of JPEG files at rtsp://127.0.0.1:PORT/live and H.264 720p at /h264
 # to USER:PASSWORD; print "ready" once listening and "client" for every RTSP client connection accepted.
@@ -33,7 +34,8 @@ gi.require_version("GstRtspServer", "1.0")
 from gi.repository import GLib, Gst, GstRtspServer
 
 Gst.init(None)
-port, pattern, user, password = sys.argv[1:5]
+port, pattern, user, password, *rest = sys.argv[1:]
+scene = rest[0] if rest else ""
 server = GstRtspServer.RTSPServer()
 server.set_address("127.0.0.1")
 server.set_service(port)
@@ -60,6 +62,22 @@ h264.set_launch('( videotestsrc is-live=true pattern=ball ! video/x-raw,width=12
 h264.set_shared(True)
 h264.set_permissions(perms)
 server.get_mount_points().add_factory("/h264", h264)
+# The same, of a real scene: a photo with sensor-like noise (about what a camera's picture carries), so the
+# encoder spends its 2 Mbit/s as on a real camera and a decoder has as much to do.
+if scene:
+    real = GstRtspServer.RTSPMediaFactory()
+    real.set_launch(
+        f'( compositor name=mix sink_1::alpha=0.12 ! video/x-raw,width=1280,height=720,framerate=25/1 '
+        '! videoconvert ! x264enc tune=zerolatency speed-preset=ultrafast key-int-max=25 bitrate=2000 '
+        '! rtph264pay name=pay0 pt=96 config-interval=-1 '
+        f'multifilesrc location="{scene}" loop=true caps="image/jpeg,framerate=1/1" ! jpegdec '
+        '! videoconvert ! videoscale ! video/x-raw,width=1280,height=720 ! videorate '
+        '! video/x-raw,framerate=25/1 ! mix.sink_0 '
+        'videotestsrc is-live=true pattern=snow ! video/x-raw,width=1280,height=720,framerate=25/1 '
+        '! mix.sink_1 )')
+    real.set_shared(True)
+    real.set_permissions(perms)
+    server.get_mount_points().add_factory("/h264-scene", real)
 server.connect("client-connected", lambda *_: print("client", flush=True))
 if server.attach(None) == 0:
     sys.exit(f"cannot listen on 127.0.0.1:{port}")
@@ -75,9 +93,9 @@ class Server:
     proc: subprocess.Popen[str]
 
 
-def start_server(pattern: str | None = None, timeout_s: float = 15.0) -> Server:
+def start_server(pattern: str | None = None, timeout_s: float = 15.0, scene: str = "") -> Server:
     """Start the server on a free port; ``pattern`` names the JPEG frames of ``/live`` (default: one grey
-    frame in a temporary folder)."""
+    frame in a temporary folder); ``scene``, a JPEG photo, adds ``/h264-scene``."""
     from maskwatch.ports import free_port
 
     if pattern is None:
@@ -86,7 +104,7 @@ def start_server(pattern: str | None = None, timeout_s: float = 15.0) -> Server:
         pattern = str(folder / "frame%03d.jpg")
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "VIRTUAL_ENV"))}
-    proc = subprocess.Popen([SYSTEM_PYTHON, "-c", SERVER, str(port), pattern, USER, PASSWORD],
+    proc = subprocess.Popen([SYSTEM_PYTHON, "-c", SERVER, str(port), pattern, USER, PASSWORD, scene],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     assert proc.stdout is not None
     deadline = time.monotonic() + timeout_s
