@@ -96,6 +96,9 @@ def test_the_dashboard_user_reads_and_edits_but_cannot_drop_or_read_sources(
         "SELECT * FROM `camera_sources`",
         f"SELECT * FROM {admin_database(admin)}.camera_sources",
         "SELECT source_url FROM cameras",
+        r"SELECT * FROM `camera\x5fsources`",  # the name ClickHouse reads, escapes decoded
+        r"SELECT `source\x5furl` FROM cameras",
+        "SELECT * FROM mergeTreeIndex(currentDatabase(), 'camera_sources', with_marks = true)",
         "DROP TABLE frames",
         "TRUNCATE TABLE alerts",
         "ALTER TABLE frames DELETE WHERE 1",

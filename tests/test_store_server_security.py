@@ -131,6 +131,9 @@ def test_services_up_makes_a_private_credential_every_local_process_finds(
     [
         "SELECT * FROM file('/etc/passwd', 'LineAsString')",
         "SELECT * FROM `file`('/etc/passwd', 'LineAsString')",
+        r"SELECT * FROM `fil\x65`('/etc/passwd', 'LineAsString')",  # ClickHouse decodes \x65: file()
+        r"""SELECT * FROM "\x75rl"('http://127.0.0.1:1/', 'LineAsString')""",
+        r"CREATE TABLE evil2 (s String) ENGINE = `Fil\x65`(TSV)",
         "select * from FILE('/etc/passwd', 'LineAsString')",
         "SELECT file('/etc/passwd')",
         "SELECT * FROM url('http://127.0.0.1:1/', 'LineAsString')",
