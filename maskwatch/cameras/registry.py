@@ -83,7 +83,7 @@ def _select(where: str, sources: bool) -> str:
     columns = [f"c.{c} AS {c}" for c in _COLUMNS if c != "source_url"]
     if not sources:  # (not even the word: the embedded store refuses it to the dashboard's user)
         return f"SELECT {', '.join(columns)} FROM cameras AS c FINAL WHERE {where} ORDER BY c.id"
-    return (f"SELECT {', '.join(columns)}, if(s.id = '', c.source_url, s.source_url) AS source_url "
+    return (f"SELECT {', '.join(columns)}, coalesce(nullIf(s.source_url, ''), c.source_url) AS source_url "
             "FROM cameras AS c FINAL LEFT JOIN (SELECT id, argMax(source_url, updated_at) AS source_url "
             f"FROM camera_sources GROUP BY id) AS s ON s.id = c.id WHERE {where} ORDER BY c.id")
 
