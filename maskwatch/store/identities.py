@@ -13,6 +13,9 @@ The same rules hold in both stores:
   ``MASKWATCH_STORE_DASHBOARD_PASSWORD(_FILE)`` and holds each of its statements to
   :func:`check_dashboard_sql`.
 
+The tests run the embedded side for real; the grants they can only parse, with ClickHouse's own parser
+(in chdb): no ClickHouse server installs here, and chdb has no users.
+
 >>> check_dashboard_sql("SELECT count() FROM frames FINAL")
 >>> check_dashboard_sql("SELECT source_url FROM camera_sources")  # doctest: +IGNORE_EXCEPTION_DETAIL
 Traceback (most recent call last):
