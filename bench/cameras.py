@@ -100,7 +100,8 @@ def _work_rtsp_legacy(url: str, n: int, seconds: float, interval_s: float, deadl
                       ) -> dict[str, Any]:
     from bench.legacy_rtsp import RtspReader
 
-    readers = [RtspReader(url.split(",")[c % len(url.split(","))]) for c in range(n)]
+    urls = url.split(",")  # cameras spread over the servers
+    readers = [RtspReader(urls[c % len(urls)]) for c in range(n)]
     end = time.monotonic() + 60
     held = 0
     for r in readers:

@@ -94,7 +94,7 @@ def test_the_dashboard_user_reads_and_edits_but_cannot_drop_or_read_sources(
     refused = [
         "SELECT source_url FROM camera_sources",
         "SELECT * FROM `camera_sources`",
-        f"SELECT * FROM {admin_database(admin)}.camera_sources",
+        f"SELECT * FROM {store.database_name(admin)}.camera_sources",
         "SELECT source_url FROM cameras",
         r"SELECT * FROM `camera\x5fsources`",  # the name ClickHouse reads, escapes decoded
         r"SELECT `source\x5furl` FROM cameras",
@@ -119,10 +119,6 @@ def test_the_dashboard_user_reads_and_edits_but_cannot_drop_or_read_sources(
     # Whatever a read sets, it cannot write.
     with pytest.raises(DatabaseError):
         client.command("SELECT 1 SETTINGS readonly = 0")
-
-
-def admin_database(settings: Settings) -> str:
-    return store.database_name(settings)
 
 
 def test_the_dashboard_user_needs_its_own_password(admin: Settings, dashboard: Settings) -> None:

@@ -41,12 +41,14 @@ class App:
     def env(self, settings: Settings) -> dict[str, str | None]:
         if not self.dashboard_identity:
             return {}
+        # The dashboard's password becomes the process's store password: as a value if one is configured,
+        # else as the file (configured, or the one `services up` made); the store's own is left out.
+        password = os.environ.get("MASKWATCH_STORE_DASHBOARD_PASSWORD")
         path = os.environ.get("MASKWATCH_STORE_DASHBOARD_PASSWORD_FILE") or str(
             settings.home / LOCAL_DASHBOARD_CREDENTIAL)
         return {"MASKWATCH_STORE_URL": with_user(settings.store_url, DASHBOARD_STORE_USER),
-                "MASKWATCH_STORE_PASSWORD": os.environ.get("MASKWATCH_STORE_DASHBOARD_PASSWORD"),
-                "MASKWATCH_STORE_PASSWORD_FILE": None if os.environ.get("MASKWATCH_STORE_DASHBOARD_PASSWORD")
-                else path}
+                "MASKWATCH_STORE_PASSWORD": password,
+                "MASKWATCH_STORE_PASSWORD_FILE": None if password else path}
 
     def process(self, settings: Settings) -> ManagedProcess:
         # The marker tells our live process from an unrelated one that reused the pid.

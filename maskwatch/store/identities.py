@@ -26,7 +26,7 @@ UnsafeSql: the dashboard's store user cannot read camera_sources
 from __future__ import annotations
 
 from maskwatch.config import DASHBOARD_STORE_USER as DASHBOARD_USER
-from maskwatch.store.sqlguard import UnsafeSql, is_read, strings, words
+from maskwatch.store.sqlguard import READ_STATEMENTS, UnsafeSql, first_word, strings, words
 
 __all__ = ["DASHBOARD_USER", "check_dashboard_sql", "grant_statements"]
 # Every table and view the dashboard shows. A new table is not readable until it is listed here
@@ -68,13 +68,14 @@ def check_dashboard_sql(sql: str) -> None:
     """Raise :class:`UnsafeSql` unless ``sql`` is one the dashboard's identity may run: a read that names
     no source, or a plain data insert into one of ``DASHBOARD_WRITES``."""
     tokens = list(words(sql))
-    first = next((w for w in tokens if w not in ("(", ";")), "")
+    first = first_word(tokens)
     if first in ("describe", "desc") and _described(tokens) in DASHBOARD_WRITES:
         return  # a client's insert asks for the table's columns first; names and types are no secret
-    if is_read(sql):
+    if first in READ_STATEMENTS:
         # Also in strings: table functions name tables by string (mergeTreeIndex(db, 'camera_sources')).
-        named = sorted(_SECRET_WORDS.intersection(tokens) | {w for w in _SECRET_WORDS
-                                                             for text in strings(sql) if w in text})
+        texts = list(strings(sql))
+        named = sorted(_SECRET_WORDS.intersection(tokens)
+                       | {w for w in _SECRET_WORDS if any(w in text for text in texts)})
         if named:
             raise UnsafeSql(f"the dashboard's store user cannot read {', '.join(named)}")
         return

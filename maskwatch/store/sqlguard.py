@@ -108,12 +108,19 @@ def check_sql(sql: str) -> None:
             raise UnsafeSql("the embedded store does not create dictionaries (their sources reach out)")
         if word in _PROTECTED_SETTINGS and after == "=":
             raise UnsafeSql(f"the setting {word} is the server's to set")
-    first = next((w for w in tokens if w not in ("(", ";")), "")
+    first = first_word(tokens)
     if first in _STATEMENTS:
         raise UnsafeSql(f"the embedded store does not run {first.upper()} statements")
 
 
+READ_STATEMENTS = frozenset({"select", "with", "show", "describe", "desc", "exists", "explain"})
+
+
+def first_word(tokens: list[str]) -> str:
+    """The statement's keyword, from its ``words`` ('' for none)."""
+    return next((w for w in tokens if w not in ("(", ";")), "")
+
+
 def is_read(sql: str) -> bool:
     """True for statements that only read (SELECT, WITH, SHOW, DESCRIBE, EXISTS, EXPLAIN)."""
-    first = next((w for w in words(sql) if w not in ("(", ";")), "")
-    return first in ("select", "with", "show", "describe", "desc", "exists", "explain")
+    return first_word(list(words(sql))) in READ_STATEMENTS
