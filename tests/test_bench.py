@@ -145,6 +145,7 @@ def test_scaled_detector_graph_has_priors_for_its_new_input(tmp_path: Path) -> N
     assert boxes.shape[1] == len(grid.priors(320, 240)) < len(grid.priors(640, 480))
 
 
+@pytest.mark.without_models
 def test_cameras_section_holds_real_streams_and_measures_both_readers(dataset_dir: Path) -> None:
     """A small ``python -m bench.cameras``: real RTSP streams held by both readers, real Digest cameras
     beside slow and dead ones; every healthy tick is fetched and every figure is there."""

@@ -12,6 +12,8 @@ import pytest
 from maskwatch.flows.buffer import BufferFullError, DiskBuffer
 from maskwatch.flows.sinks import StorePartition
 
+pytestmark = pytest.mark.without_models
+
 # Recent, millisecond precision: store tables expire rows by TTL, and keep DateTime64(3).
 WHEN = datetime.now(UTC).replace(microsecond=123000)
 

@@ -24,6 +24,8 @@ import pytest
 
 from maskwatch.cameras.capture.fetcher import Fetched, Fetcher, FetchOptions, FetchRequest
 
+pytestmark = pytest.mark.without_models
+
 USER, PASSWORD, REALM = "admin", "Dig3st-s3cret", "IP Camera"
 NONCE = "dcd98b7102dd2f0e8b11d0f600bfb0c093"
 

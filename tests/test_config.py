@@ -22,6 +22,8 @@ from maskwatch.config import (
     variables_markdown,
 )
 
+pytestmark = pytest.mark.without_models
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 

@@ -27,6 +27,8 @@ from maskwatch.schemas.events import Camera, RuleOverrides
 
 from tests.flowkit import dashboard_identity
 
+pytestmark = pytest.mark.without_models
+
 APP = Path(__file__).resolve().parents[1] / "dashboards" / "app.py"
 SECRETS = ("s3cret-7-", "pw-7-")  # passwords in the seeded cameras' source URLs (seed=7)
 

@@ -30,6 +30,8 @@ from maskwatch.ports import free_port
 
 from tests.flowkit import dashboard_identity
 
+pytestmark = pytest.mark.without_models
+
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 
 

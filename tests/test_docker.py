@@ -21,6 +21,8 @@ from maskwatch.cli import COMMANDS
 from maskwatch.config import Settings
 from maskwatch.notify.config import load_config
 
+pytestmark = pytest.mark.without_models
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DOCKER = REPO_ROOT / "docker"
 K8S = DOCKER / "k8s"

@@ -18,6 +18,8 @@ from maskwatch.cameras.capture.fetcher import Fetcher, FetchOptions, FetchReques
 from maskwatch.cameras.capture.files import replay_index
 from maskwatch.ports import free_port
 
+pytestmark = pytest.mark.without_models
+
 
 class _QuietServer(http.server.ThreadingHTTPServer):
     def handle_error(self, request: object, client_address: object) -> None:

@@ -40,6 +40,8 @@ from maskwatch.schemas.events import Camera, Tick
 
 from bench.rtsp_server import PASSWORD, SERVER, SYSTEM_PYTHON, USER
 
+pytestmark = pytest.mark.without_models
+
 DEBIAN_PACKAGES = ("python3-gi gir1.2-gst-rtsp-server-1.0 gstreamer1.0-plugins-base "
                    "gstreamer1.0-plugins-good gstreamer1.0-plugins-bad gstreamer1.0-plugins-ugly")
 WRONG_PASSWORD = "Wr0ng-guess-Pw"

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.without_models
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 # The top-level folders the brief requires, imported as maskwatch.<name> through the links maskwatch/<name>.
 MAPPED = ("flows", "inference", "dashboards", "schemas")

@@ -29,6 +29,8 @@ from maskwatch.topics import ensure_topics
 
 from tests.flowkit import metric_values
 
+pytestmark = pytest.mark.without_models
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 T = TypeVar("T")
 GRAFANA = REPO_ROOT / "docker" / "grafana" / "maskwatch.json"

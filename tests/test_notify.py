@@ -34,6 +34,8 @@ from maskwatch.topics import ensure_topics
 
 from tests.flowkit import alert_event
 
+pytestmark = pytest.mark.without_models
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SECRET = "T0SECRET/B0SECRET/xoxSECRETxyz"  # the secret part of a Slack-style webhook path
 FAST_RETRY = {"attempts": 4, "base_delay_s": 0.05, "max_delay_s": 0.2, "timeout_s": 5}

@@ -39,6 +39,8 @@ from tests.test_notify import (
     produce,
 )
 
+pytestmark = pytest.mark.without_models
+
 HMAC_SECRET = "whsec-test-0123456789"
 LINK_KEY = "link-key-for-tests"
 BOT = "123456:ABC-bot-token-SECRET"

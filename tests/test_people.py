@@ -16,6 +16,8 @@ from maskwatch.flows.areas import ignored, inside
 from maskwatch.flows.people import PeopleState, TrackingConfig, associate
 from maskwatch.schemas.events import CountingArea, FaceDetection, FrameResult
 
+pytestmark = pytest.mark.without_models
+
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 CONFIG = TrackingConfig(max_gap_s=30, max_move=1.5)
 

@@ -9,6 +9,8 @@ import pytest
 from maskwatch.logs import RedactingFilter
 from maskwatch.schemas.redaction import MASK, redact_text, redact_url
 
+pytestmark = pytest.mark.without_models
+
 
 def test_userinfo_and_secret_params_masked_host_kept() -> None:
     url = "rtsp://admin:s3cret@10.0.0.7:554/stream?token=abc&channel=2"

@@ -18,6 +18,8 @@ from maskwatch.cameras.cli import cameras
 from maskwatch.config import Settings
 from maskwatch.schemas.events import Camera, RuleOverrides
 
+pytestmark = pytest.mark.without_models
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SECRET_URL = "rtsp://admin:hunter2@10.1.2.3:554/stream1?token=tok3n"
 

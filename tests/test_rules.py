@@ -25,6 +25,8 @@ from maskwatch.flows.rules import (
     evaluate,
 )
 
+pytestmark = pytest.mark.without_models
+
 T0 = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
 B = 10
 

@@ -15,6 +15,8 @@ from maskwatch.flows.schedules import suppressed
 from maskwatch.schemas import events
 from maskwatch.schemas.events import Schedule, Site, parse_hours
 
+pytestmark = pytest.mark.without_models
+
 MONDAY = datetime(2026, 12, 7, tzinfo=UTC)  # a Monday, 00:00 UTC
 
 

@@ -22,6 +22,8 @@ from maskwatch.schemas import (
 from maskwatch.schemas.events import EVENT_MODELS, SCHEMA_VERSION
 from maskwatch.schemas.generate import JSON_DIR, model_version, render
 
+pytestmark = pytest.mark.without_models
+
 NOW = "2026-01-01T12:00:00Z"
 GOOD_TICK = {"camera_id": "lobby", "tick_id": "lobby:1767268800000", "scheduled_at": NOW, "emitted_at": NOW}
 

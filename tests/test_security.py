@@ -36,6 +36,8 @@ from maskwatch.dashboards.cli import dashboard
 from maskwatch.notify.messages import from_v1, render
 from maskwatch.schemas.events import Alert, CameraHealth
 
+pytestmark = pytest.mark.without_models
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 APP = REPO_ROOT / "dashboards" / "app.py"
 PASSWORD = "c0rrect-h0rse-battery"

@@ -27,6 +27,8 @@ from maskwatch.devservices.process import ManagedProcess, pid_alive
 from maskwatch.ports import free_port, port_in_use
 from maskwatch.topics import ensure_topics
 
+pytestmark = pytest.mark.without_models
+
 
 @pytest.fixture
 def home_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[Path]:

@@ -16,6 +16,8 @@ import trustme
 from maskwatch.snapshots.links import check, make_link
 from maskwatch.snapshots.server import SnapshotServer
 
+pytestmark = pytest.mark.without_models
+
 KEY = b"test-link-key"
 
 

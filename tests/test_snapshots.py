@@ -8,8 +8,11 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import pytest
 
 from maskwatch.flows.snapshots import BoxedFace, annotate, save_snapshot, snapshot_path
+
+pytestmark = pytest.mark.without_models
 
 
 def _image(path: Path) -> np.ndarray:

@@ -18,6 +18,8 @@ from maskwatch import store
 from maskwatch.config import ConfigError, Settings
 from maskwatch.schemas.events import Alert, CameraHealth, FaceDetection, FrameResult
 
+pytestmark = pytest.mark.without_models
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 # Recent (older rows would already be past their TTL and dropped), whole milliseconds (DateTime64(3)).
 T0 = (datetime.now(UTC) - timedelta(hours=1)).replace(microsecond=0)

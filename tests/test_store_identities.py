@@ -32,6 +32,8 @@ from maskwatch.store.identities import (
 
 from tests.flowkit import dashboard_identity
 
+pytestmark = pytest.mark.without_models
+
 SECRET = "rtsp://guard:topsecret-42@10.9.9.9:554/live"
 
 

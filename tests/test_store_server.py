@@ -28,6 +28,8 @@ from maskwatch.devservices.process import ServiceError
 from maskwatch.devservices.store import StoreService
 from maskwatch.ports import free_port
 
+pytestmark = pytest.mark.without_models
+
 UTC = dt.UTC
 TYPES_DDL = """
 CREATE TABLE frames (

@@ -22,6 +22,8 @@ from maskwatch.store import server as store_server_module
 
 from tests.test_store_server import connect, key
 
+pytestmark = pytest.mark.without_models
+
 
 def request(
     url: str, data: bytes | None = None, headers: dict[str, str] | None = None, method: str | None = None

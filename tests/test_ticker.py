@@ -25,6 +25,8 @@ from maskwatch.schemas.events import Camera, Tick
 from maskwatch.schemas.parse import parse_event
 from maskwatch.topics import ensure_topics
 
+pytestmark = pytest.mark.without_models
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 T0 = 1_767_268_800_123  # ms
 
