@@ -4,6 +4,7 @@ Training modules load PyTorch, so each command imports what it runs only when it
 
 from __future__ import annotations
 
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,11 @@ import click
 models_dir_option = click.option(
     "--models-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
     help="Model cache directory [default: $MASKWATCH_MODELS_DIR or ~/.cache/maskwatch/models].",
+)
+
+threads_option = click.option(
+    "--threads", type=click.IntRange(min=1), default=None,
+    help="CPU threads to train on [default: every CPU this process may use].",
 )
 
 
@@ -106,7 +112,8 @@ def eval_command(**kwargs: Any) -> None:
 @click.option("--base", default="mobilenetv2-mask", show_default=True, help="pulled classifier to start from")
 @click.option("--name", default=None, help="name of the result [default: BASE-ft]")
 @click.option("--force", is_flag=True, help="re-train even when the result is already cached")
-def finetune_command(dataset: Path, base: str, name: str | None, force: bool) -> None:
+@threads_option
+def finetune_command(dataset: Path, base: str, name: str | None, force: bool, threads: int | None) -> None:
     """Fine-tune a classifier on DATASET's train split; cache it beside the pulled models."""
     from maskwatch.config import Settings
     from maskwatch.inference.models.manifest import FINETUNED_SUFFIX, get_spec
@@ -116,7 +123,8 @@ def finetune_command(dataset: Path, base: str, name: str | None, force: bool) ->
     out = name or f"{base}{FINETUNED_SUFFIX}"
     base_spec = get_spec(base)
     build_once(
-        models_dir, out, recipe(base_spec), force, lambda: finetune(dataset, base_spec, out, models_dir)
+        models_dir, out, recipe(base_spec), force,
+        lambda: finetune(dataset, base_spec, out, models_dir, threads=threads),
     )
 
 
@@ -126,7 +134,8 @@ def finetune_command(dataset: Path, base: str, name: str | None, force: bool) ->
     "--base", default="rfb640", show_default=True, help="pulled Ultra-Light RFB detector to start from"
 )
 @click.option("--force", is_flag=True, help="re-train even when the result is already cached")
-def finetune_detector_command(dataset: Path, base: str, force: bool) -> None:
+@threads_option
+def finetune_detector_command(dataset: Path, base: str, force: bool, threads: int | None) -> None:
     """Re-train the face detector's later stages on DATASET's train split; cache it beside the models."""
     from maskwatch.config import Settings
     from maskwatch.inference.models.manifest import FINETUNED_SUFFIX, get_spec
@@ -139,7 +148,7 @@ def finetune_detector_command(dataset: Path, base: str, force: bool) -> None:
     base_spec = get_spec(base)
 
     def train() -> ModelSpec:
-        return finetune_detector(dataset, base_spec, name, models_dir)
+        return finetune_detector(dataset, base_spec, name, models_dir, threads=threads)
 
     build_once(models_dir, name, recipe(base_spec), force, train)
 
@@ -178,9 +187,28 @@ def tune_command(ctx: click.Context, dataset: Path) -> None:
     fine-tuned classifier, the re-trained detector with its box style fitted (`rfb640-ft-cal`, the
     default), and the calibrated shipped detector the evaluation compares with (`rfb640-cal`)."""
     from maskwatch.inference.models.manifest import DEFAULT_DETECTOR, FINETUNED_SUFFIX
+    from maskwatch.inference.session import cpu_count
 
     # One list for bin/dev and the image build (docker/Dockerfile), so both serve the same defaults.
-    ctx.invoke(finetune_command, dataset=dataset)
-    ctx.invoke(finetune_detector_command, dataset=dataset)
-    for detector in (DEFAULT_DETECTOR + FINETUNED_SUFFIX, DEFAULT_DETECTOR):
-        ctx.invoke(calibrate_command, dataset=dataset, detector=detector)
+    # The classifier's build and the detector's (then the calibrations) are independent, so they run side
+    # by side in two processes, each on half the CPUs: one PyTorch run on all of them waits at every
+    # operation for its slowest thread, and stalls whenever another process takes a core (`bin/dev test`
+    # builds beside the tests that need no model; `bin/dev up` beside the flow).
+    threads = max(1, cpu_count() // 2)
+    classifier = subprocess.Popen(
+        [sys.executable, "-m", "maskwatch.cli", "models", "finetune", str(dataset),
+         "--threads", str(threads)],
+        stdout=subprocess.PIPE, text=True,
+    )
+    try:
+        ctx.invoke(finetune_detector_command, dataset=dataset, threads=threads)
+        for detector in (DEFAULT_DETECTOR + FINETUNED_SUFFIX, DEFAULT_DETECTOR):
+            ctx.invoke(calibrate_command, dataset=dataset, detector=detector)
+        said, _ = classifier.communicate()
+    finally:
+        if classifier.poll() is None:
+            classifier.terminate()  # it resumes from its checkpoint next time
+            classifier.wait()
+    click.echo(said, nl=False)
+    if classifier.returncode != 0:
+        raise click.ClickException(f"the classifier's build failed (exit {classifier.returncode}; see above)")

@@ -264,11 +264,17 @@ def _global_pool(graph: Any, size: int) -> None:
 
 
 def finetune(
-    dataset: Path, base: ModelSpec, name: str, models_dir: Path, size: int = INPUT, int8: bool = INT8
+    dataset: Path,
+    base: ModelSpec,
+    name: str,
+    models_dir: Path,
+    size: int = INPUT,
+    int8: bool = INT8,
+    threads: int | None = None,
 ) -> ModelSpec:
     """Re-train the network (from FIRST_TRAINED on) on the train split of `dataset` at `size`x`size`
-    input; write `<name>.yaml` and `<name>.onnx` (int8 when `int8`, the float32 model then beside it as
-    `<name>.fp32.onnx`)."""
+    input, on `threads` CPU threads (all this process may use by default); write `<name>.yaml` and
+    `<name>.onnx` (int8 when `int8`, the float32 model then beside it as `<name>.fp32.onnx`)."""
     import torch
 
     from maskwatch.inference.models.convert_torch import export
@@ -276,7 +282,7 @@ def finetune(
     from maskwatch.inference.training.quantize import quantize_int8
 
     torch.manual_seed(SEED)
-    torch.set_num_threads(cpu_count())
+    torch.set_num_threads(threads or cpu_count())
     rng = np.random.default_rng(SEED)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")  # same steps, a GPU is only faster
     graph = _keras_graph(base, models_dir)

@@ -284,16 +284,18 @@ def finetune_detector(
     epochs: int = EPOCHS,
     limit: int | None = None,
     box_teacher: float = BOX_TEACHER,
+    threads: int | None = None,
 ) -> ModelSpec:
-    """Re-train `base` (an Ultra-Light RFB graph) on the train split of `dataset` (its first `limit` images);
-    write `<models_dir>/<name>.onnx` and `<name>.yaml`."""
+    """Re-train `base` (an Ultra-Light RFB graph) on the train split of `dataset` (its first `limit` images),
+    on `threads` CPU threads (all this process may use by default); write `<models_dir>/<name>.onnx` and
+    `<name>.yaml`."""
     import onnx
     import torch
 
     from maskwatch.inference.session import cpu_count
 
     torch.manual_seed(SEED)
-    threads = cpu_count()
+    threads = threads or cpu_count()
     torch.set_num_threads(threads)
     rng = np.random.default_rng(SEED)
     model = onnx.load(base.file)
