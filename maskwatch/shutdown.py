@@ -1,10 +1,13 @@
-"""Graceful stop for the long-running commands (``maskwatch ticker``, ``maskwatch notify``)."""
+"""Graceful stop for the long-running commands (``maskwatch ticker``, ``maskwatch notify``), and children
+that stop with the process that started them."""
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import signal
 import threading
+from collections.abc import Callable
 from types import FrameType
 
 
@@ -19,3 +22,11 @@ def stop_on_signals(log: logging.Logger, unit: str) -> threading.Event:
     signal.signal(signal.SIGTERM, handle)
     signal.signal(signal.SIGINT, handle)
     return stop
+
+
+def die_with_parent() -> Callable[[], None]:
+    """A ``preexec_fn`` for ``subprocess.Popen``: the child is SIGTERMed by the kernel when the thread that
+    started it exits, however that process ends (a SIGKILL included)."""
+    # Resolved before fork: the child only makes the one libc call (PR_SET_PDEATHSIG = 1).
+    prctl = ctypes.CDLL(None, use_errno=True).prctl
+    return lambda: prctl(1, signal.SIGTERM)

@@ -240,3 +240,50 @@ def test_an_interrupted_build_resumes_from_its_checkpoint_and_ends_where_an_unin
     assert resumes[1] == "resumed from the checkpoint at epoch 1/2"
     assert sum(d.startswith("epoch 1/2") for d in resumes) == 1  # the fold model's epoch 1 is not redone
     assert np.allclose(resumed, whole, atol=1e-4)
+
+
+def test_the_classifier_build_widens_to_every_cpu_when_told_and_stdin_eof_tells_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """How `models tune` shares the CPUs: the classifier's build starts on its share and, once asked (its
+    standard input closed), trains on every CPU from the next epoch."""
+    import os
+
+    import torch
+
+    from maskwatch.inference import cli
+    from maskwatch.inference.models.manifest import get_spec
+    from maskwatch.inference.session import cpu_count
+    from maskwatch.inference.training import classifier
+
+    read, write = os.pipe()
+    with os.fdopen(read) as stdin, os.fdopen(write, "w") as writer:
+        monkeypatch.setattr("sys.stdin", stdin)
+        assert not cli._stdin_closed()  # open, nothing written: keep the share
+        writer.close()
+        assert cli._stdin_closed()
+
+    monkeypatch.setattr(classifier, "EPOCHS", 2)
+    small = tmp_path / "dataset"
+    (small / "images").mkdir(parents=True)
+    (small / "annotations").mkdir()
+    for s in [s for s in load_dataset(DATASET, split="train") if "no_mask" in s.labels][:6]:
+        (small / "images" / s.image.name).symlink_to(s.image)
+        xml = f"{s.image.stem}.xml"
+        (small / "annotations" / xml).symlink_to(DATASET / "annotations" / xml)
+    out = tmp_path / "models"
+    out.mkdir()
+    for name in ("manifest.json", "wheels"):
+        (out / name).symlink_to(Settings().models_dir / name)
+    asked: list[int] = []
+
+    def widen() -> bool:
+        asked.append(torch.get_num_threads())
+        return len(asked) == 2  # told before the fold model's second epoch
+
+    before = torch.get_num_threads()
+    try:
+        classifier.finetune(small, get_spec(DEFAULT_CLASSIFIER), "tiny", out, size=64, threads=1, widen=widen)
+        assert asked == [1, 1] and torch.get_num_threads() == cpu_count()  # asked until told, then not
+    finally:
+        torch.set_num_threads(before)

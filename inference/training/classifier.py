@@ -271,10 +271,12 @@ def finetune(
     size: int = INPUT,
     int8: bool = INT8,
     threads: int | None = None,
+    widen: Callable[[], bool] | None = None,
 ) -> ModelSpec:
     """Re-train the network (from FIRST_TRAINED on) on the train split of `dataset` at `size`x`size`
-    input, on `threads` CPU threads (all this process may use by default); write `<name>.yaml` and
-    `<name>.onnx` (int8 when `int8`, the float32 model then beside it as `<name>.fp32.onnx`)."""
+    input, on `threads` CPU threads (all this process may use by default; once `widen()`, checked before
+    each epoch, says so, all of them); write `<name>.yaml` and `<name>.onnx` (int8 when `int8`, the float32
+    model then beside it as `<name>.fp32.onnx`)."""
     import torch
 
     from maskwatch.inference.models.convert_torch import export
@@ -364,7 +366,12 @@ def finetune(
             torch.set_rng_state(resumed["torch_rng"])
             start = resumed["epoch"]
             progress.step(f"resumed from the checkpoint at epoch {start}/{EPOCHS}", n=start * len(rows))
+        nonlocal widen
         for epoch in range(start, EPOCHS):
+            if widen is not None and widen():
+                torch.set_num_threads(cpu_count())  # between steps: PyTorch's threads are per caller
+                log.info("training on %d threads from here", cpu_count())
+                widen = None
             x = faces.augmented(rng)[rows]
             order = rng.permutation(len(rows))
             total = 0.0

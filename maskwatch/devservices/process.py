@@ -7,7 +7,6 @@ A service is identified by its pid file under ``$MASKWATCH_HOME/run``; a pid fil
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import logging
 import os
 import signal
@@ -18,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from maskwatch.ports import port_in_use
+from maskwatch.shutdown import die_with_parent
 
 log = logging.getLogger(__name__)
 
@@ -51,12 +51,6 @@ def _cmdline(pid: int) -> str:
         return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
     except OSError:
         return ""
-
-
-def _die_with_parent() -> Callable[[], None]:
-    # Resolved before fork: the child only makes the one libc call (PR_SET_PDEATHSIG = 1).
-    prctl = ctypes.CDLL(None, use_errno=True).prctl
-    return lambda: prctl(1, signal.SIGTERM)
 
 
 def wait_until(check: Callable[[], bool], timeout: float, interval: float = 0.1) -> bool:
@@ -127,7 +121,7 @@ class ManagedProcess:
             proc = subprocess.Popen(
                 list(argv), stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
                 env=full_env, cwd=cwd, start_new_session=True,
-                preexec_fn=_die_with_parent() if attached else None,
+                preexec_fn=die_with_parent() if attached else None,
             )
         self.pid_file.write_text(f"{proc.pid}\n")
         # Keep a handle so a process that dies during start-up is reaped, not left a zombie.
